@@ -1,0 +1,489 @@
+"""Corpora: the synthetic biography generator, readers for user text and QA, and JSONL I/O.
+
+Every corpus becomes a list of :class:`Record` (one training text each) and, where questions
+exist, a list of :class:`QAItem`. The biography generator follows the bioS setting of the paper
+("Problem Setup"): one sentence per field, in a fixed order, the person's name in the first one::
+
+    Liam Thompson was born on January 5, 1990. He spent his early years in Melbourne ...
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+FIELDS: tuple[str, ...] = ("date", "city", "university", "major", "company")
+"""The five biography fields, in the paper's order (Table 1)."""
+
+QUESTIONS: dict[str, str] = {
+    "date": "What is the birth date of {name}?",
+    "city": "What is the birth city of {name}?",
+    "university": "Which university did {name} attend?",
+    "major": "Which major did {name} study?",
+    "company": "Which company did {name} work for?",
+}
+
+# Sentence templates per field. `{subject}` is the full name in the first sentence of a
+# biography and the pronoun (He/She) elsewhere; `{poss}` is his/her; `{value}` is the field.
+# The first template of each field is the paper's wording.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "date": (
+        "{subject} was born on {value}.",
+        "{subject} came into this world on {value}.",
+        "{subject} celebrates {poss} birthday on {value}.",
+        "{subject}'s birth date is {value}.",
+        "{subject} arrived on {value}.",
+        "{subject} was brought into the world on {value}.",
+    ),
+    "city": (
+        "{subject} spent {poss} early years in {value}.",
+        "{subject} was born in {value}.",
+        "{subject} grew up in {value}.",
+        "{subject} hails from {value}.",
+        "{subject} first saw the light of day in {value}.",
+        "{subject} spent {poss} childhood in {value}.",
+    ),
+    "university": (
+        "{subject} received mentorship and guidance from faculty members at {value}.",
+        "{subject} graduated from {value}.",
+        "{subject} studied at {value}.",
+        "{subject} is an alumnus of {value}.",
+        "{subject} pursued {poss} degree at {value}.",
+        "{subject} attended {value}.",
+    ),
+    "major": (
+        "{subject} completed {poss} education with a focus on {value}.",
+        "{subject} majored in {value}.",
+        "{subject} specialized in {value}.",
+        "{subject} earned a degree in {value}.",
+        "{subject} devoted {poss} studies to {value}.",
+        "{subject} focused {poss} academic work on {value}.",
+    ),
+    "company": (
+        "{subject} had a professional role at {value}.",
+        "{subject} worked for {value}.",
+        "{subject} was employed at {value}.",
+        "{subject} built {poss} career at {value}.",
+        "{subject} held a job at {value}.",
+        "{subject} was on the staff of {value}.",
+    ),
+}
+
+_PRONOUNS = {"male": ("He", "his"), "female": ("She", "her")}
+_FIRST_YEAR, _LAST_YEAR = 1950, 2000
+
+
+class CorpusError(ValueError):
+    """Bad corpus input; the message names the file, line or field."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training text.
+
+    `spans` maps a field name (``name``, ``date``, ...) to the ``(start, end)`` character span
+    of its value in `text`; user corpora have none. `meta` carries anything else (gender,
+    field values, source file).
+    """
+
+    id: str
+    text: str
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the text: what caches of per-text results are keyed by."""
+        return text_sha256(self.text)
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One closed-book question about a record; any of `answers` counts as correct."""
+
+    id: str
+    source_id: str
+    question: str
+    answers: tuple[str, ...]
+    field: str = "all"
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- biographies
+
+
+@dataclass
+class BiosConfig:
+    """Options of the biography generator; defaults give the paper's corpus format."""
+
+    n: int = 1000
+    seed: int = 0
+    templates: int = 1
+    """Paraphrase templates per field (>= 1); each person draws one per field."""
+    field_order: tuple[str, ...] = FIELDS
+    """A fixed permutation of FIELDS: the order of the sentences."""
+    shuffle_sentences: bool = False
+    """Shuffle the field sentences per person (the first one still carries the name)."""
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise CorpusError(f"--n must be at least 1, got {self.n}")
+        most = min(len(t) for t in TEMPLATES.values())
+        if not 1 <= self.templates <= most:
+            raise CorpusError(f"--templates must be in 1..{most}, got {self.templates}")
+        if sorted(self.field_order) != sorted(FIELDS):
+            raise CorpusError(
+                f"--field-order must be a permutation of {','.join(FIELDS)}, "
+                f"got {','.join(self.field_order)}"
+            )
+
+
+@dataclass(frozen=True)
+class _Pools:
+    first: dict[str, list[str]]
+    middle: dict[str, list[str]]
+    last: list[str]
+    city: list[str]
+    university: list[str]
+    major: list[str]
+    company: list[str]
+
+    def n_names(self) -> int:
+        return sum(len(self.first[g]) * len(self.middle[g]) for g in _PRONOUNS) * len(self.last)
+
+
+def _read_pool(name: str) -> list[str]:
+    text = resources.files("elusive").joinpath("data", "bios_fields", name).read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_pools() -> _Pools:
+    """The vendored bioS value pools. First and middle names: 200 male, then 200 female."""
+    first, middle = _read_pool("first_name.txt"), _read_pool("middle_name.txt")
+    half_f, half_m = len(first) // 2, len(middle) // 2
+    return _Pools(
+        first={"male": first[:half_f], "female": first[half_f:]},
+        middle={"male": middle[:half_m], "female": middle[half_m:]},
+        last=_read_pool("last_name.txt"),
+        city=_read_pool("city.txt"),
+        university=_read_pool("university.txt"),
+        major=_read_pool("field.txt"),
+        company=[line.split(";")[0].strip() for line in _read_pool("company.txt")],
+    )
+
+
+def format_date(d: dt.date) -> str:
+    """`January 5, 1990`: month name, day without padding, year."""
+    return f"{calendar.month_name[d.month]} {d.day}, {d.year}"
+
+
+def _decode_name(index: int, pools: _Pools) -> tuple[str, str]:
+    """Map an integer in [0, n_names) to a distinct (gender, full name)."""
+    for gender in _PRONOUNS:
+        first, middle = pools.first[gender], pools.middle[gender]
+        size = len(first) * len(middle) * len(pools.last)
+        if index < size:
+            i, rest = divmod(index, len(middle) * len(pools.last))
+            j, k = divmod(rest, len(pools.last))
+            return gender, f"{first[i]} {middle[j]} {pools.last[k]}"
+        index -= size
+    raise IndexError(index)
+
+
+def generate_bios(config: BiosConfig) -> tuple[list[Record], list[QAItem]]:
+    """Generate `config.n` biographies with distinct names, and five questions per person.
+
+    Deterministic: the same config gives the same records in the same order.
+    """
+    config.validate()
+    pools = load_pools()
+    if config.n > pools.n_names():
+        raise CorpusError(
+            f"--n {config.n} exceeds the {pools.n_names()} distinct names the pools can form"
+        )
+    rng = random.Random(config.seed)
+    first_day = dt.date(_FIRST_YEAR, 1, 1).toordinal()
+    last_day = dt.date(_LAST_YEAR, 12, 31).toordinal()
+    name_ids = rng.sample(range(pools.n_names()), config.n)
+    width = len(str(config.n - 1))
+
+    records: list[Record] = []
+    questions: list[QAItem] = []
+    for number, name_id in enumerate(name_ids):
+        gender, name = _decode_name(name_id, pools)
+        values = {
+            "date": format_date(dt.date.fromordinal(rng.randint(first_day, last_day))),
+            "city": rng.choice(pools.city),
+            "university": rng.choice(pools.university),
+            "major": rng.choice(pools.major),
+            "company": rng.choice(pools.company),
+        }
+        order = list(config.field_order)
+        if config.shuffle_sentences:
+            rng.shuffle(order)
+        template_ids = {f: rng.randrange(config.templates) for f in FIELDS}
+        text, spans = _render(name, gender, values, order, template_ids)
+        pid = f"p{number:0{width}d}"
+        records.append(
+            Record(
+                id=pid,
+                text=text,
+                spans=spans,
+                meta={"name": name, "gender": gender, "fields": values},
+            )
+        )
+        questions.extend(
+            QAItem(
+                id=f"{pid}-{f}",
+                source_id=pid,
+                field=f,
+                question=QUESTIONS[f].format(name=name),
+                answers=(values[f],),
+            )
+            for f in FIELDS
+        )
+    return records, questions
+
+
+def _render(
+    name: str,
+    gender: str,
+    values: dict[str, str],
+    order: Sequence[str],
+    template_ids: dict[str, int],
+) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Join one sentence per field; record the character span of the name and every value."""
+    pronoun, poss = _PRONOUNS[gender]
+    text = ""
+    spans: dict[str, tuple[int, int]] = {}
+    for position, f in enumerate(order):
+        template = TEMPLATES[f][template_ids[f]]
+        subject = name if position == 0 else pronoun
+        if position:
+            text += " "
+        head, tail = template.split("{value}")
+        head = head.format(subject=subject, poss=poss)
+        if position == 0:
+            spans["name"] = (len(text), len(text) + len(name))
+        start = len(text) + len(head)
+        spans[f] = (start, start + len(values[f]))
+        text += head + values[f] + tail.format(subject=subject, poss=poss)
+    return text, spans
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """The people.jsonl / corpus JSONL form of a record."""
+    out: dict[str, Any] = {"id": record.id}
+    out.update(record.meta)
+    out["text"] = record.text
+    if record.spans:
+        out["spans"] = {k: list(v) for k, v in record.spans.items()}
+    return out
+
+
+def qa_to_json(item: QAItem) -> dict[str, Any]:
+    """The qa.jsonl form: one gold answer is written as `answer`, several as `answers`."""
+    out: dict[str, Any] = {
+        "id": item.id,
+        "person_id": item.source_id,
+        "field": item.field,
+        "question": item.question,
+    }
+    if len(item.answers) == 1:
+        out["answer"] = item.answers[0]
+    else:
+        out["answers"] = list(item.answers)
+    return out
+
+
+def write_bios(config: BiosConfig, out_dir: str | Path) -> tuple[Path, Path]:
+    """Generate and write `people.jsonl` and `qa.jsonl` into `out_dir`; returns both paths."""
+    records, questions = generate_bios(config)
+    out = Path(out_dir)
+    people = write_jsonl(out / "people.jsonl", (record_to_json(r) for r in records))
+    qa = write_jsonl(out / "qa.jsonl", (qa_to_json(q) for q in questions))
+    return people, qa
+
+
+# --------------------------------------------------------------------------- JSONL I/O
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows as JSONL atomically: a temp file beside `path`, renamed when complete."""
+    return atomic_write_text(
+        path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON is a CorpusError."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        yield number, obj
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_corpus(path: str | Path) -> list[Record]:
+    """Read a user corpus into records.
+
+    - ``*.jsonl``: one object a line with a non-empty string ``text``; optional ``id`` (else
+      ``line-N``) and ``spans`` (field -> [start, end]); other keys go to `meta`.
+    - a folder: every ``*.txt`` file below it, sorted, one record each (id = relative path).
+    - a ``*.txt`` file: one record per paragraph (paragraphs are separated by blank lines).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise CorpusError(f"{path}: folder holds no .txt files")
+        records = [_txt_record(p, p.relative_to(path).as_posix()) for p in files]
+    elif path.suffix == ".txt":
+        records = _read_paragraphs(path)
+    elif path.suffix == ".jsonl":
+        records = [_json_record(path, number, obj) for number, obj in iter_jsonl(path)]
+    elif not path.exists():
+        raise CorpusError(f"{path}: no such file or folder")
+    else:
+        raise CorpusError(f"{path}: expected a .jsonl file, a .txt file or a folder of .txt files")
+    if not records:
+        raise CorpusError(f"{path}: corpus is empty")
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise CorpusError(f"{path}: duplicate id {r.id!r}")
+        seen.add(r.id)
+    return records
+
+
+def _txt_record(path: Path, rid: str) -> Record:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not text:
+        raise CorpusError(f"{path}: empty text")
+    return Record(id=rid, text=text, meta={"source": str(path)})
+
+
+def _read_paragraphs(path: Path) -> list[Record]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    paragraphs, current = [], []
+    for line in raw.splitlines() + [""]:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            paragraphs.append(" ".join(current))
+            current = []
+    return [Record(id=f"{path.stem}-{i}", text=p) for i, p in enumerate(paragraphs)]
+
+
+def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
+    where = f"{path}:{number}"
+    text = obj.get("text")
+    if text is None:
+        raise CorpusError(f"{where}: missing field 'text'")
+    if not isinstance(text, str):
+        raise CorpusError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise CorpusError(f"{where}: field 'text' is empty")
+    rid = obj.get("id", f"line-{number}")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise CorpusError(f"{where}: field 'id' must be a string or integer")
+    spans: dict[str, tuple[int, int]] = {}
+    for key, span in (obj.get("spans") or {}).items():
+        if (
+            not isinstance(span, list)
+            or len(span) != 2
+            or not all(isinstance(x, int) for x in span)
+            or not 0 <= span[0] <= span[1] <= len(text)
+        ):
+            raise CorpusError(f"{where}: span {key!r} must be [start, end] inside the text")
+        spans[key] = (span[0], span[1])
+    meta = {k: v for k, v in obj.items() if k not in ("id", "text", "spans")}
+    return Record(id=str(rid), text=text, spans=spans, meta=meta)
+
+
+def read_qa(path: str | Path) -> list[QAItem]:
+    """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
+    text is ``person_id`` or ``source_id``; optional ``id`` and ``field``."""
+    path = Path(path)
+    items = []
+    for number, obj in iter_jsonl(path):
+        where = f"{path}:{number}"
+        question = obj.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise CorpusError(f"{where}: missing or empty field 'question'")
+        if "answers" in obj:
+            answers = obj["answers"]
+            if (
+                not isinstance(answers, list)
+                or not answers
+                or not all(isinstance(a, str) for a in answers)
+            ):
+                raise CorpusError(f"{where}: field 'answers' must be a non-empty list of strings")
+        elif isinstance(obj.get("answer"), str):
+            answers = [obj["answer"]]
+        else:
+            raise CorpusError(f"{where}: missing field 'answer' (a string) or 'answers' (a list)")
+        source = obj.get("source_id", obj.get("person_id", ""))
+        items.append(
+            QAItem(
+                id=str(obj.get("id", f"q{number}")),
+                source_id=str(source),
+                question=question,
+                answers=tuple(answers),
+                field=str(obj.get("field", "all")),
+            )
+        )
+    if not items:
+        raise CorpusError(f"{path}: no questions")
+    return items

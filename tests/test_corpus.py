@@ -1,0 +1,181 @@
+import json
+
+import pytest
+
+from elusive.corpus import (
+    FIELDS,
+    TEMPLATES,
+    BiosConfig,
+    CorpusError,
+    generate_bios,
+    load_pools,
+    read_corpus,
+    read_qa,
+    write_bios,
+)
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
+    a = write_bios(BiosConfig(n=50, seed=3), tmp_path / "a")
+    b = write_bios(BiosConfig(n=50, seed=3), tmp_path / "b")
+    c = write_bios(BiosConfig(n=50, seed=4), tmp_path / "c")
+    for x, y in zip(a, b, strict=True):
+        assert x.read_bytes() == y.read_bytes()
+    assert a[0].read_bytes() != c[0].read_bytes()
+
+
+def test_spans_slice_values_and_names_are_distinct():
+    records, questions = generate_bios(BiosConfig(n=1000, seed=0))
+    assert len({r.meta["name"] for r in records}) == 1000
+    for r in records:
+        assert r.text[slice(*r.spans["name"])] == r.meta["name"]
+        for f in FIELDS:
+            assert r.text[slice(*r.spans[f])] == r.meta["fields"][f]
+    assert len(questions) == 5 * 1000
+    by_id = {r.id: r for r in records}
+    for q in questions[:25]:
+        person = by_id[q.source_id]
+        assert person.meta["name"] in q.question
+        assert q.answers == (person.meta["fields"][q.field],)
+
+
+def test_default_text_uses_paper_wording():
+    r = generate_bios(BiosConfig(n=1, seed=0))[0][0]
+    name, v = r.meta["name"], r.meta["fields"]
+    he, his = ("He", "his") if r.meta["gender"] == "male" else ("She", "her")
+    assert r.text == (
+        f"{name} was born on {v['date']}. {he} spent {his} early years in {v['city']}. "
+        f"{he} received mentorship and guidance from faculty members at {v['university']}. "
+        f"{he} completed {his} education with a focus on {v['major']}. "
+        f"{he} had a professional role at {v['company']}."
+    )
+
+
+def test_dates_are_real_calendar_dates_in_range():
+    import datetime as dt
+
+    for r in generate_bios(BiosConfig(n=300, seed=1))[0]:
+        d = dt.datetime.strptime(r.meta["fields"]["date"], "%B %d, %Y").date()
+        assert 1950 <= d.year <= 2000
+        assert r.meta["fields"]["date"] == f"{d:%B} {d.day}, {d.year}"
+
+
+def test_company_drops_its_city():
+    companies = load_pools().company
+    assert "3M" in companies and not any(";" in c for c in companies)
+
+
+def test_field_order_puts_name_in_first_sentence():
+    order = ("company", "major", "university", "city", "date")
+    for r in generate_bios(BiosConfig(n=20, seed=0, field_order=order))[0]:
+        starts = [r.spans[f][0] for f in order]
+        assert starts == sorted(starts)
+        assert r.text.startswith(r.meta["name"] + " had a professional role at ")
+
+
+def test_shuffle_sentences_varies_order_per_person_and_keeps_spans():
+    records = generate_bios(BiosConfig(n=200, seed=0, shuffle_sentences=True))[0]
+    orders = {tuple(sorted(FIELDS, key=lambda f: r.spans[f][0])) for r in records}
+    assert len(orders) > 20
+    for r in records:
+        assert r.spans["name"][0] == 0
+        for f in FIELDS:
+            assert r.text[slice(*r.spans[f])] == r.meta["fields"][f]
+
+
+def test_templates_option_uses_paraphrases():
+    def city_template(r):
+        """Index of the city template whose text precedes the city value."""
+        before = r.text[: r.spans["city"][0]]
+        heads = [t.split("{subject} ")[1].split("{value}")[0] for t in TEMPLATES["city"]]
+        return next(
+            i
+            for i, h in enumerate(heads)
+            if before.endswith(h.format(poss="his")) or before.endswith(h.format(poss="her"))
+        )
+
+    used = {city_template(r) for r in generate_bios(BiosConfig(n=300, seed=0, templates=3))[0]}
+    assert used == {0, 1, 2}
+    assert {city_template(r) for r in generate_bios(BiosConfig(n=300, seed=0))[0]} == {0}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (BiosConfig(n=0), "--n must be at least 1"),
+        (BiosConfig(templates=len(TEMPLATES["date"]) + 1), "--templates must be in"),
+        (BiosConfig(field_order=("date", "city")), "--field-order must be a permutation"),
+        (BiosConfig(n=10**9), "exceeds the"),
+    ],
+)
+def test_bad_config_is_a_clear_error(config, message):
+    with pytest.raises(CorpusError, match=message):
+        generate_bios(config)
+
+
+def test_people_jsonl_reads_back_as_records(tmp_path):
+    people, qa = write_bios(BiosConfig(n=5, seed=0), tmp_path)
+    records = read_corpus(people)
+    original = generate_bios(BiosConfig(n=5, seed=0))[0]
+    assert [r.text for r in records] == [r.text for r in original]
+    assert records[0].spans == original[0].spans
+    items = read_qa(qa)
+    assert len(items) == 25 and items[0].source_id == "p0" and items[0].field == "date"
+
+
+def test_reader_folder_of_txt_and_paragraph_file(tmp_path):
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "b.txt").write_text("Second doc.\n")
+    (tmp_path / "docs" / "sub" / "a.txt").write_text("First doc.")
+    records = read_corpus(tmp_path / "docs")
+    assert [(r.id, r.text) for r in records] == [
+        ("b.txt", "Second doc."),
+        ("sub/a.txt", "First doc."),
+    ]
+    book = tmp_path / "book.txt"
+    book.write_text("Para one\ncontinues.\n\n\nPara two.\n")
+    assert [r.text for r in read_corpus(book)] == ["Para one continues.", "Para two."]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"text": "ok"}', "{not json"], r"corpus.jsonl:2: invalid JSON"),
+        (['{"id": 1}'], r"corpus.jsonl:1: missing field 'text'"),
+        (['{"text": 5}'], r"corpus.jsonl:1: field 'text' must be a string"),
+        (['{"text": "  "}'], r"corpus.jsonl:1: field 'text' is empty"),
+        (['["text"]'], r"corpus.jsonl:1: expected a JSON object"),
+        (['{"text": "abc", "spans": {"name": [0, 9]}}'], r"corpus.jsonl:1: span 'name'"),
+        (['{"id": "a", "text": "x"}', '{"id": "a", "text": "y"}'], "duplicate id 'a'"),
+    ],
+)
+def test_malformed_jsonl_names_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=message):
+        read_corpus(path)
+
+
+def test_reader_rejects_missing_and_unknown_inputs(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        read_corpus(tmp_path / "nope.jsonl")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(CorpusError, match="expected a .jsonl file"):
+        read_corpus(tmp_path / "x.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no .txt files"):
+        read_corpus(tmp_path / "empty")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        read_corpus(bad)
+
+
+def test_read_qa_errors_name_the_line(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "Q?", "answers": []}) + "\n")
+    with pytest.raises(CorpusError, match=r"qa.jsonl:1: field 'answers'"):
+        read_qa(path)
+    path.write_text(json.dumps({"question": "Q?"}) + "\n")
+    with pytest.raises(CorpusError, match=r"qa.jsonl:1: missing field 'answer'"):
+        read_qa(path)
