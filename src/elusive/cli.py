@@ -60,5 +60,12 @@ def bios_generate(
     typer.echo(f"wrote {n} people to {people} and {5 * n} questions to {qa}")
 
 
+# --- attention commands (issue 3)
+
+# --- augment commands (issue 4)
+
+# --- train / evaluate commands (issue 5)
+
+
 if __name__ == "__main__":
     app()
