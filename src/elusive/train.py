@@ -1,0 +1,404 @@
+"""Continual pretraining: causal-LM finetuning on a corpus, with LoRA (default) or in full.
+
+The paper's setting ("Results"): LoRA rank 16 on every linear layer but the embedding and the
+output head, 10-30 epochs, learning rate in [5e-5, 1e-3]. One text is one sequence:
+
+    [BOS] text tokens [EOS] [PAD ...]
+
+- The tokenizer's BOS (if it adds one) is input only: nothing predicts the first token.
+- EOS is appended to every text and is a target, so the model learns where a text ends.
+- Batches are padded on the right to their longest text; padding is masked out of attention
+  and loss (by the attention mask, not by token id: Qwen pads with its EOS token).
+- The loss is the mean next-token cross-entropy over the target tokens of a micro-batch.
+
+Runs go through `accelerate.Accelerator`, so the same code runs on CPU, one GPU or several
+(`accelerate launch -m elusive.cli train ...`). Shuffling is a permutation seeded by
+(seed, epoch): the same seed gives the same batches, loss log and weights.
+
+Run folder layout::
+
+    RUN_DIR/run.json       the config and corpus hash; a rerun must match it
+    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...]}
+    RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) after epoch N, written to a
+                           temp folder and renamed; the last one also holds trainer_state.pt
+                           (optimizer, scheduler, RNG) to resume from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .corpus import Record, atomic_write_text, read_corpus
+
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainError(ValueError):
+    """Bad training options or a run folder that does not match them."""
+
+
+@dataclass
+class TrainConfig:
+    """Training options; defaults follow the paper (LoRA r=16 on all linear layers)."""
+
+    model: str = ""
+    """Model spec for `elusive.models.load_model` (folder, .gguf, offline pack name)."""
+    full: bool = False
+    """Finetune every weight instead of training a LoRA adapter."""
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup: float = 0.05
+    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
+    schedule: str = "cosine"
+    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_length: int = 512
+    """Tokens per sequence (BOS and EOS included); longer texts are cut."""
+    dtype: str = "float32"
+    """Dtype of the base weights (LoRA weights stay float32)."""
+    mixed_precision: str = "no"
+    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16."""
+
+    def validate(self) -> None:
+        if not self.model:
+            raise TrainError("no model spec given (--model)")
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad accumulation must be >= 1, got {self.grad_accum}"),
+            (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.max_length >= 2, f"max length must be >= 2, got {self.max_length}"),
+            (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"),
+            (
+                self.mixed_precision in ("no", "bf16", "fp16"),
+                f"mixed precision must be no, bf16 or fp16, got {self.mixed_precision!r}",
+            ),
+            (self.full or self.lora_r >= 1, f"LoRA rank must be >= 1, got {self.lora_r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainError(message)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def tokenize_texts(
+    texts: Sequence[str], tokenizer: Any, max_length: int, add_eos: bool = True
+) -> list[list[int]]:
+    """Token ids of each text as one training sequence: tokenizer specials (BOS) + text + EOS,
+    cut to `max_length`."""
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    return [(seq + eos)[:max_length] for seq in ids]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence; labels are -100 on padding."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [batch, seq]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [batch, seq]
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    labels = input_ids.masked_fill(mask == 0, -100)  # [batch, seq]
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of range(n) seeded by (seed, epoch); call `set_epoch` before iterating."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int) -> DataLoader:
+    return DataLoader(
+        seqs,
+        batch_size=batch_size,
+        sampler=EpochShuffle(len(seqs), seed),
+        collate_fn=lambda batch: pad_batch(batch, pad_id),
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(config: TrainConfig, resume_dir: Path | None = None):
+    """(model ready to train, tokenizer): LoRA-wrapped base model, or the full model.
+
+    With `resume_dir` the weights come from that epoch folder instead of a fresh init.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from .models import load_model
+
+    dtype = DTYPES[config.dtype]
+    if config.full:
+        model, tokenizer = load_model(str(resume_dir or config.model), dtype=dtype)
+    else:
+        model, tokenizer = load_model(config.model, dtype=dtype)
+        torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the torch RNG
+        if resume_dir is not None:
+            model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules="all-linear",  # every nn.Linear but the output head
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.train()
+    return model, tokenizer
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """Linear warmup over `config.warmup` of the steps, then cosine / linear decay or constant."""
+    warmup = int(config.warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if config.schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _corpus_hash(records: Sequence[Record]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, corpus_hash: str) -> None:
+    """Write run.json for a new run; for an existing one, refuse a different config/corpus."""
+    want = {"config": dataclasses.asdict(config), "corpus_sha256": corpus_hash}
+    path = run_dir / "run.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps(want, indent=2) + "\n")
+        return
+    have = json.loads(path.read_text("utf-8"))
+    diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
+    if have.get("corpus_sha256") != corpus_hash:
+        diff.append("corpus")
+    if diff:
+        raise TrainError(
+            f"{run_dir} holds a run with different {', '.join(diff)}; use another --out"
+        )
+
+
+def last_epoch(run_dir: str | Path) -> int:
+    """The last epoch whose folder holds a resumable trainer state (0 if none)."""
+    done = [
+        int(p.name.split("-")[1])
+        for p in Path(run_dir).glob("epoch-*")
+        if p.name.split("-")[1].isdigit() and (p / STATE_FILE).is_file()
+    ]
+    return max(done, default=0)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log) -> None:
+    """Write RUN_DIR/epoch-N atomically (temp folder, then rename), then log.json."""
+    if accelerator.is_main_process:
+        final, tmp = run_dir / f"epoch-{epoch}", run_dir / f".epoch-{epoch}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        if config.full:
+            tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (run_dir / f"epoch-{epoch - 1}" / STATE_FILE).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "log.json", json.dumps(log, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss of one micro-batch (the model shifts labels itself)."""
+    return model(**batch, use_cache=False).loss
+
+
+def train(
+    config: TrainConfig,
+    corpus: Sequence[Record] | str | Path,
+    run_dir: str | Path,
+    progress: bool = True,
+) -> Path:
+    """Train on `corpus` (records or a corpus path) into `run_dir`; returns the last epoch folder.
+
+    Resumes after the last saved epoch; a finished run returns at once.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    config.validate()
+    records = read_corpus(corpus) if isinstance(corpus, (str, Path)) else list(corpus)
+    if not records:
+        raise TrainError("the corpus is empty")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(run_dir, config, _corpus_hash(records))
+    start = last_epoch(run_dir)
+    if start >= config.epochs:
+        return run_dir / f"epoch-{config.epochs}"
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision
+    )
+    resume_dir = run_dir / f"epoch-{start}" if start else None
+    model, tokenizer = build_model(config, resume_dir)
+    seqs = tokenize_texts([r.text for r in records], tokenizer, config.max_length)
+    loader = make_loader(seqs, config.batch_size, tokenizer.pad_token_id, config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
+
+    log: dict[str, list] = {"steps": [], "epochs": []}
+    if start:
+        state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        log = json.loads((run_dir / "log.json").read_text("utf-8"))
+        log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
+        log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
+
+    step = start * steps_per_epoch
+    bar = tqdm(
+        total=(config.epochs - start) * steps_per_epoch,
+        desc="train",
+        disable=not (progress and accelerator.is_local_main_process),
+    )
+    for epoch in range(start + 1, config.epochs + 1):
+        loader.set_epoch(epoch)
+        began, window, epoch_losses = time.perf_counter(), [], []
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = _train_step(model, batch)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            window.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            if accelerator.sync_gradients:
+                scheduler.step()  # once per optimizer step
+                step += 1
+                mean = sum(window) / len(window)
+                lr = scheduler.get_last_lr()[0]
+                log["steps"].append({"step": step, "epoch": epoch, "loss": mean, "lr": lr})
+                epoch_losses.append(mean)
+                window = []
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{mean:.4f}")
+        log["epochs"].append(
+            {
+                "epoch": epoch,
+                "loss": sum(epoch_losses) / len(epoch_losses),
+                "seconds": round(time.perf_counter() - began, 3),
+            }
+        )
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        }
+        _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log)
+    bar.close()
+    return run_dir / f"epoch-{config.epochs}"
+
+
+def run_table1(
+    config: TrainConfig,
+    out_dir: str | Path,
+    n: int = 1000,
+    bios_seed: int = 0,
+    eval_config=None,
+    progress: bool = True,
+):
+    """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
+
+    Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
+    predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
+    """
+    from .corpus import BiosConfig, read_qa, write_bios
+    from .evaluate import evaluate_model
+    from .models import load_tokenizer
+    from .report import field_token_distances, plot_accuracy_vs_distance
+
+    out = Path(out_dir)
+    people, qa = write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
+    records = read_corpus(people)
+    last = train(config, records, out / "run", progress=progress)
+    spec, adapter = (str(last), None) if config.full else (config.model, last)
+    result = evaluate_model(
+        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
+    )
+    distances = field_token_distances(records, load_tokenizer(spec))
+    label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
+    plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
+    return result

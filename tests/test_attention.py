@@ -1,0 +1,329 @@
+"""The memory-bounded attention scorer against a naive reference, on tiny random models."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from elusive import attention
+from elusive.attention import (
+    AttentionConfig,
+    AttentionError,
+    TextScores,
+    attention_received,
+    attention_row,
+    query_attention,
+    rank_desc,
+    read_scores,
+    score_records,
+    tokenize,
+    write_scores,
+)
+from elusive.cli import app
+from elusive.corpus import BiosConfig, generate_bios, write_jsonl
+from elusive.models import load_model, make_tiny_model
+
+TEXT = (
+    "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA. "
+    "She received mentorship and guidance from faculty members at Sorbonne University."
+)
+
+
+def naive_maps(model, ids, mask=None):
+    """Every layer's attention maps at once (eager, output_attentions): [layers, b, h, T, T]."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        model.set_attn_implementation(previous)
+    return torch.stack(out.attentions)
+
+
+def naive_scores(model, ids):
+    """The slow reference for one unpadded sequence: mean over layers and heads of the column
+    sums, divided by the number of queries that see each key. [T]"""
+    a = naive_maps(model, ids).mean(dim=(0, 2))[0]  # [T, T]
+    length = ids.shape[1]
+    return a.sum(dim=0) / (length - torch.arange(length))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def twin_dir(tmp_path_factory):
+    """A second tiny llama: same tokenizer as the llama fixture, other weights (the 'large')."""
+    return make_tiny_model(tmp_path_factory.mktemp("twin"), arch="llama", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    return {
+        arch: make_tiny_model(tmp_path_factory.mktemp(f"dirs-{arch}"), arch=arch)
+        for arch in ("llama", "qwen2")
+    }
+
+
+def ids_of(tok, text):
+    return torch.tensor([tok(text)["input_ids"]])
+
+
+def test_blockwise_scores_match_naive_reference(tiny, monkeypatch):
+    model, tok = tiny
+    ids = ids_of(tok, TEXT)
+    expected = naive_scores(model, ids)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 4 * ids.shape[1] * 3)  # 3-query blocks
+    got = attention_received(model, ids)[0]
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert model.config._attn_implementation == "sdpa"  # restored after scoring
+
+
+def test_sliding_window_layers_match_naive_reference():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=1,
+    )
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 64, (1, 17))
+    torch.testing.assert_close(
+        attention_received(model, ids)[0], naive_scores(model, ids), atol=1e-5, rtol=0
+    )
+
+
+def test_scores_are_not_the_authors_row_sums(tiny):
+    """Summing rows instead of columns gives exactly 1/(j+1) for any model: a useless score."""
+    model, tok = tiny
+    ids = ids_of(tok, TEXT)
+    length = ids.shape[1]
+    trap = 1.0 / (torch.arange(length) + 1)
+    rows = naive_maps(model, ids).mean(dim=(0, 2))[0].sum(dim=1) / (torch.arange(length) + 1)
+    torch.testing.assert_close(rows, trap, atol=1e-6, rtol=0)  # the mistake, reproduced
+    ours = attention_received(model, ids)[0]
+    assert (ours - trap).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_one_by_one(tiny, side):
+    model, tok = tiny
+    texts = [TEXT, "He worked for Google.", "Born in Paris, she studied Physics at MIT."]
+    seqs = [tok(t)["input_ids"] for t in texts]
+    length = max(map(len, seqs))
+    ids = torch.full((len(seqs), length), 7)
+    mask = torch.zeros(len(seqs), length, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        span = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq)
+        mask[row, span] = 1
+    batched = attention_received(model, ids, mask)
+    for row, seq in enumerate(seqs):
+        alone = attention_received(model, torch.tensor([seq]))[0]
+        torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=0)
+        assert batched[row][~mask[row].bool()].abs().sum() == 0
+
+
+def test_query_row_matches_naive_and_char_lookup(tiny):
+    model, tok = tiny
+    ids = ids_of(tok, TEXT)
+    query = ids.shape[1] - 5
+    expected = naive_maps(model, ids).mean(dim=(0, 2))[0, query]  # [T]
+    got = attention_row(model, ids, torch.tensor([query]))[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert got[query + 1 :].abs().sum() == 0  # causal: nothing after the query
+
+    at = TEXT.index(" at Sorbonne") + 1  # the "preposition token" before the value
+    by_char = query_attention(model, tok, TEXT, query_char=at)
+    assert by_char.tokens[by_char.query].strip() == "at"
+    by_token = query_attention(model, tok, TEXT, query_token=by_char.query)
+    assert by_token.weights == by_char.weights
+    assert abs(sum(by_char.weights) - 1) < 1e-4  # a softmax row: BOS (if any) included
+    with pytest.raises(AttentionError, match="exactly one"):
+        query_attention(model, tok, TEXT)
+
+
+def test_tokenize_drops_prefix_and_keeps_offsets_in_the_text(tiny):
+    _, tok = tiny
+    text = "Ava Mia Smith, born 1970."
+    plain = tokenize(tok, text)
+    prefixed = tokenize(tok, text, prefix="Text: ")
+    assert len(prefixed.ids) > len(plain.ids)
+    kept = prefixed.kept
+    assert "".join(prefixed.tokens[k] for k in kept if not prefixed.special[k]) == text
+    for k in kept:
+        start, end = prefixed.offsets[k]
+        if not prefixed.special[k]:
+            assert prefixed.tokens[k] == text[start:end]
+    has_bos = prefixed.special[0]
+    assert has_bos == (tok.bos_token_id in tok("x")["input_ids"])
+    assert sum(prefixed.in_prefix) >= 2  # "Text", ":" are scored but dropped
+
+
+def test_eligibility_and_rank():
+    assert rank_desc([0.1, 0.5, 0.3, 0.9], [True, True, True, False]) == [2, 0, 1, -1]
+    assert rank_desc([0.2, 0.2], [True, True]) == [0, 1]  # ties by position
+    assert attention.is_eligible(" Paris", False)
+    assert not attention.is_eligible(" ,", False)
+    assert not attention.is_eligible("  ", False)
+    assert not attention.is_eligible("<bos>", True)
+
+
+def _records(n=6):
+    return generate_bios(BiosConfig(n=n, seed=3))[0]
+
+
+def _count_runs(monkeypatch, fail_on=None):
+    calls = []
+    real = attention._run
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_run", counting)
+    return calls
+
+
+def test_cache_hit_recomputes_nothing_and_interrupted_runs_resume(
+    tiny_dirs, twin_dir, tmp_path, monkeypatch
+):
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    config = AttentionConfig(cache_dir=tmp_path, batch_size=2, chunk_size=2)
+    records = _records()
+    with monkeypatch.context() as m:
+        calls = _count_runs(m, fail_on=2)
+        with pytest.raises(KeyboardInterrupt):
+            score_records(records, specs, config, progress=False)
+    calls = _count_runs(monkeypatch)
+    first, prints = score_records(records, specs, config, progress=False)
+    assert sum(calls) == 2 * len(records) - 2  # the large model's first chunk was kept
+    calls.clear()
+    again, _ = score_records(records, specs, config, progress=False)
+    assert calls == []
+    assert again == first
+    assert prints["large"] != prints["small"]
+    other = AttentionConfig(cache_dir=tmp_path, batch_size=2, chunk_size=2, prefix="Text: ")
+    score_records(records[:1], specs, other, progress=False)
+    assert sum(calls) == 2  # a new prefix is a new key
+
+
+def test_contrast_rows_follow_the_contract(tiny_dirs, twin_dir, tmp_path):
+    records = _records(3)
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    rows, _ = score_records(records, specs, AttentionConfig(cache_dir=tmp_path), progress=False)
+    model, tok = load_model(tiny_dirs["llama"])
+    for record, row in zip(records, rows, strict=True):
+        assert row.text_sha256 == record.sha256
+        assert row.tokens[0] == "<bos>" and not row.eligible[0] and row.rank[0] == -1
+        assert [record.text[s:e] for s, e in row.offsets[1:]] == row.tokens[1:]
+        small = attention_received(model, ids_of(tok, record.text))[0]
+        torch.testing.assert_close(torch.tensor(row.scores["small"]), small, atol=1e-6, rtol=0)
+        diff = [a - b for a, b in zip(row.scores["large"], row.scores["small"], strict=True)]
+        assert row.contrast == pytest.approx(diff, abs=1e-6)
+        eligible = [k for k, ok in enumerate(row.eligible) if ok]
+        assert sorted(row.rank[k] for k in eligible) == list(range(len(eligible)))
+        best = min(eligible, key=lambda k: row.rank[k])
+        assert row.contrast[best] == max(row.contrast[k] for k in eligible)
+        assert not any(row.eligible[k] for k, t in enumerate(row.tokens) if t.strip() in ".,")
+
+
+def test_mismatched_tokenizers_name_the_first_differing_token(tiny_dirs, tmp_path):
+    specs = {"large": str(tiny_dirs["llama"]), "small": str(tiny_dirs["qwen2"])}
+    records = _records(2)
+    with pytest.raises(
+        AttentionError, match=r"'p0'.*token 0: '<bos>' \(large\) vs '\w+' \(small\)"
+    ):
+        score_records(records, specs, AttentionConfig(cache_dir=tmp_path), progress=False)
+    rows, _ = score_records(
+        records, specs, AttentionConfig(cache_dir=tmp_path, align="chars"), progress=False
+    )
+    assert rows[0].tokens[0] != "<bos>"  # the trained (small, qwen2) model's tokens
+    assert len(rows[0].scores["large"]) == len(rows[0].tokens)
+
+
+def test_chars_alignment_is_exact_for_identical_tokenizers(tiny_dirs, twin_dir, tmp_path):
+    records = _records(2)
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    by_tokens, _ = score_records(
+        records, specs, AttentionConfig(cache_dir=tmp_path), progress=False
+    )
+    config = AttentionConfig(cache_dir=tmp_path, align="chars")
+    by_chars, _ = score_records(records, specs, config, progress=False)
+    for a, b in zip(by_tokens, by_chars, strict=True):
+        assert a.scores["small"] == b.scores["small"]
+        assert a.scores["large"][1:] == pytest.approx(b.scores["large"][1:], abs=1e-6)
+        assert b.scores["large"][0] == 0.0  # BOS covers no character
+
+
+def test_scores_files_round_trip_and_bad_files_fail(tmp_path):
+    row = TextScores(
+        id="p0",
+        text_sha256="ab",
+        tokens=["Ava", " ."],
+        offsets=[(0, 3), (3, 5)],
+        eligible=[True, False],
+        scores={"large": [0.5, 0.1], "small": [0.25, 0.2]},
+        contrast=[0.25, -0.1],
+        rank=[0, -1],
+    )
+    manifest = {"models": {}, "corpus": "c", "prefix": "", "align": "tokens", "trained": "small"}
+    write_scores(tmp_path, manifest, [row])
+    assert read_scores(tmp_path) == [row]
+    single = TextScores("p1", "cd", ["A"], [(0, 1)], [True], {"model": [0.3]}, None, [0])
+    write_scores(tmp_path, manifest, [single])
+    assert "contrast" not in (tmp_path / "scores.jsonl").read_text()
+    assert read_scores(tmp_path) == [single]
+    bad = single.to_json() | {"rank": [0, 1]}
+    (tmp_path / "scores.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(AttentionError, match=r"scores.jsonl:1: field 'rank' has 2 items"):
+        read_scores(tmp_path)
+    with pytest.raises(AttentionError, match="manifest.json: no such file"):
+        read_scores(tmp_path / "nowhere")
+
+
+def test_cli_writes_scores_folder(tiny_dirs, twin_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": TEXT}, {"text": "Hi there."}])
+    out = tmp_path / "scores"
+    runner = CliRunner()
+    args = ["attention", "--corpus", str(corpus), "--out", str(out), "--cache-dir", str(tmp_path)]
+    pair = ["--large", str(twin_dir), "--small", str(tiny_dirs["llama"])]
+    result = runner.invoke(app, args + pair + ["--prefix", "Text: ", "--batch-size", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["large"]["spec"] == str(twin_dir)
+    assert (manifest["prefix"], manifest["align"], manifest["trained"]) == (
+        "Text: ",
+        "tokens",
+        "small",
+    )
+    rows = read_scores(out)
+    assert [r.id for r in rows] == ["a", "line-2"]
+    assert "Text" not in rows[0].tokens[:3] and rows[0].contrast is not None
+
+    result = runner.invoke(app, args + ["--model", str(tiny_dirs["qwen2"])])
+    assert result.exit_code == 0, result.output
+    rows = read_scores(out)
+    assert set(rows[0].scores) == {"model"} and rows[0].contrast is None
+
+    result = runner.invoke(app, args + ["--model", str(tiny_dirs["qwen2"]), "--large", "x"])
+    assert result.exit_code != 0 and "either --model or" in result.output
+    result = runner.invoke(app, args + ["--model", str(tmp_path / "missing.gguf")])
+    assert result.exit_code != 0 and "missing.gguf" in result.output
+    assert read_scores(out) == rows  # nothing half-written by the failed runs

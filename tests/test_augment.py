@@ -1,0 +1,375 @@
+import copy
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import elusive.augment as augment_module
+from elusive.attention import TextScores, write_scores
+from elusive.augment import (
+    POLICIES,
+    RANKED,
+    AugmentConfig,
+    AugmentError,
+    augment,
+    drop_probabilities,
+)
+from elusive.cli import app
+from elusive.corpus import BiosConfig, Record, generate_bios, read_corpus, record_to_json
+from elusive.corpus import write_jsonl as write_rows
+
+runner = CliRunner()
+TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")  # words with their leading space, or punctuation
+
+
+def fake_scores(record, roles=("large", "small"), seed=0, space_in_token=True):
+    """Scores of `record` by the preamble's schema: regex tokens after a BOS, random scores."""
+    rng = np.random.default_rng(seed)
+    spans = [m.span() for m in TOKEN.finditer(record.text)]
+    if not space_in_token:  # tokenizers whose offsets leave out the leading space
+        spans = [(s + len(record.text[s:e]) - len(record.text[s:e].lstrip()), e) for s, e in spans]
+    tokens = ["<s>"] + [record.text[s:e] for s, e in spans]
+    eligible = [False] + [any(c.isalnum() for c in t) for t in tokens[1:]]
+    scores = {role: rng.random(len(tokens)).round(3).tolist() for role in roles}
+    contrast = None
+    if {"large", "small"} <= set(roles):
+        contrast = [a - b for a, b in zip(scores["large"], scores["small"], strict=True)]
+    by = contrast or scores[roles[0]]
+    order = sorted((i for i in range(len(tokens)) if eligible[i]), key=lambda i: -by[i])
+    rank = [-1] * len(tokens)
+    for r, i in enumerate(order):
+        rank[i] = r
+    offsets = [(0, 0), *spans]
+    return TextScores(record.id, record.sha256, tokens, offsets, eligible, scores, contrast, rank)
+
+
+def reference_drop(row, policy, alpha, beta, role="small"):
+    """Slow reference for the ranked policies: a sort and a loop with math.exp."""
+    n = len(row.tokens)
+    values = {
+        "contrast": lambda i: row.contrast[i],
+        "attention": lambda i: row.scores[role][i],
+        "position": lambda i: -i,
+    }[policy]
+    order = sorted((i for i in range(n) if row.eligible[i]), key=lambda i: (-values(i), i))
+    p = [0.0] * n
+    for r, i in enumerate(order):
+        p[i] = alpha * (1 - math.exp(-beta * r))
+    return p
+
+
+@pytest.fixture(scope="module")
+def bios():
+    records, _ = generate_bios(BiosConfig(n=30, seed=3))
+    return records
+
+
+@pytest.fixture(scope="module")
+def scores(bios):
+    return [fake_scores(r, seed=i) for i, r in enumerate(bios)]
+
+
+def write_fixture(tmp_path, records, rows, trained="small"):
+    corpus = write_rows(tmp_path / "people.jsonl", (record_to_json(r) for r in records))
+    manifest = {
+        "models": {role: {"spec": f"tiny-{role}", "fingerprint": role} for role in rows[0].scores},
+        "corpus": str(corpus),
+        "prefix": "",
+        "align": "tokens",
+        "trained": trained,
+    }
+    return corpus, write_scores(tmp_path / "scores", manifest, rows)
+
+
+# --------------------------------------------------------------------------- probabilities
+
+
+@pytest.mark.parametrize("policy", ["contrast", "attention", "position"])
+def test_drop_probabilities_match_reference(scores, policy):
+    rows = copy.deepcopy(scores[:10])
+    for row in rows:
+        row.scores["small"][3] = row.scores["small"][5]  # a tie: broken by position
+        row.contrast[4] = row.contrast[6]
+    got = drop_probabilities(rows, AugmentConfig(policy=policy, alpha=0.65, beta=0.07))
+    expected = [p for row in rows for p in reference_drop(row, policy, 0.65, 0.07)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_shuffled_is_a_seeded_permutation_of_the_same_probabilities(scores):
+    a = drop_probabilities(scores[:5], AugmentConfig(policy="shuffled", seed=1))
+    b = drop_probabilities(scores[:5], AugmentConfig(policy="shuffled", seed=2))
+    contrast = drop_probabilities(scores[:5], AugmentConfig(policy="contrast"))
+    start = 0
+    for row in scores[:5]:
+        part = a[start : start + len(row.tokens)]
+        expected = sorted(0.7 * (1 - math.exp(-0.03 * r)) for r in range(sum(row.eligible)))
+        np.testing.assert_allclose(np.sort(part[np.array(row.eligible)]), expected)
+        start += len(row.tokens)
+    assert not np.array_equal(a, b) and not np.array_equal(a, contrast)
+    again = drop_probabilities(scores[:5][::-1], AugmentConfig(policy="shuffled", seed=1))
+    np.testing.assert_array_equal(
+        a[: len(scores[0].tokens)], again[-len(scores[0].tokens) :]
+    )  # the permutation of a text does not depend on its neighbours
+
+
+def keep_matrix(rows, source_id):
+    return np.array([r["keep"] for r in rows if r["source_id"] == source_id and r["copy"] > 0])
+
+
+@pytest.mark.parametrize("policy", ["contrast", "position"])
+def test_empirical_drop_rate_per_rank_within_3_sigma(bios, scores, policy):
+    copies, alpha, beta = 3000, 0.7, 0.1
+    rows = augment(bios[:1], scores[:1], AugmentConfig(policy, alpha, beta, copies=copies))
+    dropped = 1.0 - keep_matrix(rows, bios[0].id).mean(axis=0)  # [tokens]
+    p = np.array(reference_drop(scores[0], policy, alpha, beta))
+    sigma = np.sqrt(p * (1 - p) / copies)
+    assert np.all(np.abs(dropped - p) <= 3 * sigma + 1e-12), np.abs(dropped - p) / (sigma + 1e-12)
+    assert p.max() > 0.5  # the test covers high ranks, not only rank 0
+
+
+def test_random_drops_each_eligible_token_with_alpha(bios, scores):
+    copies, alpha = 2000, 0.6
+    rows = augment(bios[:2], scores[:2], AugmentConfig("random", alpha, copies=copies))
+    for record, row in zip(bios[:2], scores[:2], strict=True):
+        dropped = 1.0 - keep_matrix(rows, record.id).mean(axis=0)
+        eligible = np.array(row.eligible)
+        sigma = math.sqrt(alpha * (1 - alpha) / copies)
+        assert np.all(np.abs(dropped[eligible] - alpha) <= 3 * sigma)
+        assert np.all(dropped[~eligible] == 0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_protected_tokens_never_drop(bios, scores, policy):
+    config = AugmentConfig(policy, alpha=1.0, beta=50.0, copies=20)
+    rows = augment(bios[:5], scores[:5], config)
+    for record, row in zip(bios[:5], scores[:5], strict=True):
+        keep = keep_matrix(rows, record.id)
+        assert keep[:, ~np.array(row.eligible)].all()
+        punctuation = [
+            t for t, e in zip(row.tokens, row.eligible, strict=True) if not e and t != "<s>"
+        ]
+        for out in (r for r in rows if r["source_id"] == record.id):
+            assert "".join(c for c in out["text"] if c in ".,'") == "".join(punctuation)
+        if policy in ("random", *RANKED):  # alpha 1: everything else goes, bar rank 0
+            assert keep[:, np.array(row.eligible)].sum(axis=1).max() <= (policy != "random")
+
+
+def reference_text(text, offsets, keep, replacement):
+    """Slow reference: walk the tokens; a dropped token takes the whitespace-only gap before
+    it; a shared character belongs to the first token; a dropped token of at least one
+    character becomes `replacement`."""
+    out, pos = "", 0
+    for (start, end), k in zip(offsets, keep, strict=True):
+        start = max(start, pos)
+        end = max(end, start)
+        gap, piece = text[pos:start], text[start:end]
+        if gap.isspace():
+            gap, piece = "", gap + piece
+        out += gap + (piece if k else replacement if piece else "")
+        pos = end
+    return out + text[pos:]
+
+
+@pytest.mark.parametrize("space_in_token", [True, False])
+@pytest.mark.parametrize("spaces", [False, True])
+def test_text_is_the_kept_tokens(bios, space_in_token, spaces):
+    rows_in = [fake_scores(r, seed=7, space_in_token=space_in_token) for r in bios[:8]]
+    config = AugmentConfig("random", 0.5, copies=6, replace_with_spaces=spaces)
+    rows = augment(bios[:8], rows_in, config)
+    for out in rows:
+        i = int(out["source_id"][1:])
+        record, row = bios[i], rows_in[i]
+        expected = reference_text(record.text, row.offsets, out["keep"], " " if spaces else "")
+        assert out["text"] == expected
+        if not spaces:
+            assert "  " not in out["text"]
+    assert rows[0]["text"] == bios[0].text
+
+
+@pytest.mark.parametrize("spaces", [False, True])
+def test_unicode_gaps_shared_characters_and_empty_token_lists(spaces):
+    text = "Zoë 🙂 lives in 東京—really.\nNext  line"
+    spans = [(0, 3), (3, 5), (4, 5), (5, 11), (11, 14), (15, 17), (18, 24), (24, 25), (26, 30)]
+    spans += [(32, 35)]  # gaps: " " at 14, "—" at 17 (kept), "\n" at 25, "  " at 30; tail "e"
+    assert [text[a:b] for a, b in spans][:3] == ["Zoë", " 🙂", "🙂"]
+    records = [Record("u", text), Record("empty", "no tokens here")]
+    eligible = [True] * len(spans)
+    eligible[7] = False  # "."
+    rows = [
+        TextScores("u", records[0].sha256, [text[a:b] for a, b in spans], spans, eligible, {}),
+        TextScores("empty", records[1].sha256, [], [], [], {}),
+    ]
+    config = AugmentConfig("random", 0.5, copies=200, replace_with_spaces=spaces)
+    out = augment(records, rows, config)
+    assert len(out) == 2 * 201
+    for r in out[:201]:
+        assert r["text"] == reference_text(text, spans, r["keep"], " " if spaces else "")
+        assert "—" in r["text"] and "." in r["text"]
+    assert {r["text"] for r in out[201:]} == {"no tokens here"} and out[201]["keep"] == []
+    assert len({r["text"] for r in out[:201]}) > 100  # 8 droppable non-empty tokens: 256 texts
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def test_original_always_included_and_policies_give_equal_counts(bios, scores):
+    counts = {}
+    for policy in POLICIES:
+        rows = augment(bios, scores, AugmentConfig(policy, copies=4))
+        counts[policy] = len(rows)
+        assert [r["id"] for r in rows[:5]] == [f"{bios[0].id}#{c}" for c in range(5)]
+        for r in rows:
+            assert r["policy"] == policy and r["id"] == f"{r['source_id']}#{r['copy']}"
+            if r["copy"] == 0 or policy == "none":
+                original = next(b for b in bios if b.id == r["source_id"])
+                assert r["text"] == original.text and all(r["keep"])
+        if policy != "none":
+            assert any(not all(r["keep"]) for r in rows)
+    assert set(counts.values()) == {len(bios) * 5}
+
+
+def test_deterministic_order_chunk_free_and_prefix_stable(bios, scores, monkeypatch):
+    config = AugmentConfig("contrast", copies=6, seed=11)
+    a = augment(bios, scores, config)
+    b = augment(bios[::-1], scores, config)
+    by_id = {r["id"]: r for r in b}
+    assert all(by_id[r["id"]] == r for r in a)
+    short = augment(bios, scores, AugmentConfig("contrast", copies=3, seed=11))
+    assert all(r == by_id[r["id"]] for r in short)
+    monkeypatch.setattr(augment_module, "CHUNK", 7)  # texts sampled 7 at a time
+    assert augment(bios, scores, config) == a
+    other = augment(bios, scores, AugmentConfig("contrast", copies=6, seed=12))
+    assert [r["text"] for r in other] != [r["text"] for r in a]
+
+
+def test_attention_role_defaults_to_small_or_the_only_role(bios):
+    both = [fake_scores(r, seed=5) for r in bios[:3]]
+    only = [fake_scores(r, roles=("model",), seed=5) for r in bios[:3]]
+    small = drop_probabilities(both[:1], AugmentConfig("attention"))
+    np.testing.assert_allclose(small, reference_drop(both[0], "attention", 0.7, 0.03, "small"))
+    large = drop_probabilities(both[:1], AugmentConfig("attention", score_of="large"))
+    np.testing.assert_allclose(large, reference_drop(both[0], "attention", 0.7, 0.03, "large"))
+    model = drop_probabilities(only[:1], AugmentConfig("attention"))
+    np.testing.assert_allclose(model, reference_drop(only[0], "attention", 0.7, 0.03, "model"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"alpha": 1.5}, "--alpha must be in [0, 1], got 1.5"),
+        ({"alpha": -0.1}, "--alpha must be in [0, 1], got -0.1"),
+        ({"beta": -1.0}, "--beta must be a finite number >= 0, got -1.0"),
+        ({"copies": -1}, "--copies must be >= 0, got -1"),
+        ({"policy": "dropall"}, "--policy must be one of"),
+    ],
+)
+def test_bad_options_raise(bios, scores, change, message):
+    with pytest.raises(AugmentError, match=re.escape(message)):
+        augment(bios, scores, AugmentConfig(**change))
+
+
+def test_scores_of_another_corpus_or_missing_roles_raise(bios, scores):
+    other, _ = generate_bios(BiosConfig(n=30, seed=4))  # same ids, different texts
+    with pytest.raises(AugmentError, match="scores of text 'p00' belong to another text"):
+        augment(other, scores, AugmentConfig())
+    with pytest.raises(AugmentError, match="no scores for text 'p29'"):
+        augment(bios, scores[:-1], AugmentConfig())
+    only = [fake_scores(r, roles=("model",)) for r in bios]
+    with pytest.raises(AugmentError, match="contrast needs scores of roles 'large' and 'small'"):
+        augment(bios, only, AugmentConfig("contrast"))
+    with pytest.raises(AugmentError, match="role 'large'; the scores hold model"):
+        augment(bios, only, AugmentConfig("attention", score_of="large"))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_augment_end_to_end_same_seed_same_bytes(tmp_path, bios, scores):
+    corpus, sdir = write_fixture(tmp_path, bios, scores)
+    outs = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = tmp_path / f"{name}.jsonl"
+        args = ["augment", "--scores", str(sdir), "--out", str(out), "--copies", "5"]
+        result = runner.invoke(app, [*args, "--seed", seed, "--corpus", str(corpus)])
+        assert result.exit_code == 0, result.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    rows = [json.loads(line) for line in outs[0].decode().splitlines()]
+    assert len(rows) == 30 * 6 and rows[0]["text"] == bios[0].text
+    assert set(rows[0]) == {"id", "source_id", "policy", "copy", "text", "keep"}
+    again = read_corpus(tmp_path / "a.jsonl")  # train reads the output like any corpus
+    assert again[7].id == rows[7]["id"] and again[7].meta["source_id"] == rows[7]["source_id"]
+    # without --corpus, the manifest names it
+    result = runner.invoke(
+        app,
+        [
+            "augment",
+            "--scores",
+            str(sdir),
+            "--out",
+            str(tmp_path / "m.jsonl"),
+            "--copies",
+            "5",
+            "--seed",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.jsonl").read_bytes() == outs[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--alpha", "1.2"], "--alpha must be in [0, 1], got 1.2"),
+        (["--beta", "-0.5"], "--beta must be a finite number >= 0, got -0.5"),
+        (["--policy", "bogus"], "--policy must be one of"),
+        (["--corpus", "OTHER"], "scores of text 'p00' belong to another text"),
+        (
+            ["--policy", "attention", "--score-of", "huge"],
+            "role 'huge'; the scores hold large, small",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_error_and_writes_nothing(tmp_path, bios, scores, args, message):
+    corpus, sdir = write_fixture(tmp_path, bios, scores)
+    other, _ = generate_bios(BiosConfig(n=30, seed=4))
+    other_path = write_rows(tmp_path / "other.jsonl", (record_to_json(r) for r in other))
+    args = [str(other_path) if a == "OTHER" else a for a in args]
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["augment", "--scores", str(sdir), "--out", str(out), *args])
+    assert result.exit_code != 0
+    assert message in result.output and result.output.strip().count("\n") == 0, result.output
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+
+
+def test_cli_show_writes_html_and_png(tmp_path, bios, scores):
+    corpus, sdir = write_fixture(tmp_path, bios, scores)
+    prefix = tmp_path / "fig" / "p03"
+    result = runner.invoke(app, ["show", "p03", "--scores", str(sdir), "--out", str(prefix)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "fig" / "p03.html").read_text()
+    assert page.count('class="tok"') == sum(scores[3].eligible)
+    assert "keep probability" in page and "never dropped" in page
+    text = re.sub(r"<[^>]+>", "", page.split('<div class="text">')[1].split("</div>")[0])
+    assert text == bios[3].text.replace("'", "&#x27;")
+    assert (tmp_path / "fig" / "p03.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = runner.invoke(app, ["show", "nobody", "--scores", str(sdir), "--out", str(prefix)])
+    assert missing.exit_code != 0 and "text 'nobody' is not in the corpus" in missing.output
+
+
+def test_cli_attention_policy_ranks_by_the_manifests_trained_role(tmp_path, bios, scores):
+    def run(trained, *extra):
+        _, sdir = write_fixture(tmp_path / trained, bios, scores, trained=trained)
+        out = tmp_path / trained / f"out{len(extra)}.jsonl"
+        args = ["augment", "--scores", str(sdir), "--out", str(out), "--policy", "attention"]
+        result = runner.invoke(app, [*args, "--copies", "3", *extra])
+        assert result.exit_code == 0, result.output
+        return out.read_bytes()
+
+    large = run("large")
+    assert large == run("large", "--score-of", "large")
+    assert large != run("small") == run("small", "--score-of", "small")

@@ -1,0 +1,172 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from elusive.config import ConfigError, load_config
+from elusive.models import make_tiny_model
+from elusive.pipeline import grid, run_experiment
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tiny large/small pair of one family: same tokenizer, different sizes and weights."""
+    root = tmp_path_factory.mktemp("pair")
+    small = make_tiny_model(root / "small", arch="llama", seed=0)
+    large = make_tiny_model(root / "large", arch="llama", hidden_size=96, layers=3, seed=1)
+    return str(large), str(small)
+
+
+def write_config(path: Path, tiny_pair, **overrides) -> Path:
+    large, small = tiny_pair
+    config = {
+        "out": str(path.parent / "run"),
+        "seeds": [0, 1],
+        "corpus": {"bios": {"n": 12, "seed": 0}},
+        "validation": 0.25,
+        "models": {"large": large, "small": small, "trained": ["small"]},
+        "augment": {
+            "policies": ["none", "random", "contrast", "shuffled"],
+            "copies": 2,
+            "alpha": [0.7],
+            "beta": [0.03, 0.1],
+        },
+        "train": {"lr": [1e-3], "epochs": [1, 2], "batch_size": 8},
+        "evaluate": {"batch_size": 32, "max_new_tokens": 6},
+        "report": {"analysis_texts": 8},
+    }
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "run.json" and "report" not in p.parts
+    }
+
+
+def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    lines: list[str] = []
+    run = run_experiment(config, progress=False, echo=lines.append)
+    report = run.path("report")
+    for name in ("report.md", "report.json", "fig1.png", "fig2.png", "fig3.png"):
+        assert (report / name).stat().st_size > 0, name
+    summary = json.loads((report / "report.json").read_text())
+    policies = {row["policy"] for row in summary["rows"]}
+    assert policies == {"none", "random", "contrast", "shuffled"}
+    for row in summary["rows"]:
+        assert row["seeds"] == [0, 1]
+        assert set(row["test"]) >= {"date", "company", "overall"}
+        assert 0.0 <= row["test"]["overall"]["f1"] <= 1.0
+    assert "## Table 2" in (report / "report.md").read_text()
+    manifest = json.loads(run.path("run.json").read_text())
+    assert set(manifest["stages"]) == {"corpus", "attention", "augment", "train", "evaluate",
+                                       "report"}
+    assert manifest["versions"]["torch"].startswith("2.13")
+    assert sum(line.startswith("[") for line in lines) == 6
+
+    before = snapshot(run.root)
+    lines.clear()
+    run_experiment(config, progress=False, echo=lines.append)
+    assert snapshot(run.root) == before
+    assert any("(0 new)" in line for line in lines if "evaluate" in line)
+
+
+def test_interrupted_training_resumes_to_the_same_numbers(tmp_path, tiny_pair, monkeypatch):
+    import elusive.train as train_module
+
+    overrides = {"seeds": [0], "augment": {"policies": ["contrast"], "copies": 2,
+                                           "alpha": [0.7], "beta": [0.03]},
+                 "train": {"lr": [1e-3], "epochs": [3], "batch_size": 8}}
+    whole = load_config(write_config(tmp_path / "a.yaml", tiny_pair, **overrides))
+    whole.out = str(tmp_path / "whole")
+    run_experiment(whole, progress=False, echo=lambda _: None)
+
+    broken = load_config(write_config(tmp_path / "b.yaml", tiny_pair, **overrides))
+    broken.out = str(tmp_path / "broken")
+    save_epoch = train_module._save_epoch
+
+    def crash_after_first_epoch(*args, **kwargs):
+        save_epoch(*args, **kwargs)
+        if args[5] == 1:  # epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(broken, progress=False, echo=lambda _: None)
+    monkeypatch.setattr(train_module, "_save_epoch", save_epoch)
+    run = run_experiment(broken, progress=False, echo=lambda _: None)
+
+    def metrics(root: str) -> dict:
+        (path,) = Path(root, "eval").rglob("metrics.json")
+        return json.loads(path.read_text())["scores"]
+
+    assert metrics(run.root) == metrics(whole.out)
+    log = json.loads(next(Path(run.root, "train").rglob("log.json")).read_text())
+    whole_log = json.loads(next(Path(whole.out, "train").rglob("log.json")).read_text())
+    assert [s["loss"] for s in log["steps"]] == pytest.approx(
+        [s["loss"] for s in whole_log["steps"]], abs=1e-6
+    )
+
+
+def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    cells = grid(config)
+    # none: 1 setting, random: 1 alpha, contrast and shuffled: 1 alpha x 2 betas; x 2 seeds
+    assert len(cells) == (1 + 1 + 2 + 2) * 2
+    assert {c.beta for c in cells if c.policy == "random"} == {None}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"augment": {"policies": ["magic"]}}, "unknown policy 'magic'"),
+        ({"train": {"lr": ["fast"]}}, "train: lr: expected float, got 'fast'"),
+        ({"validation": 1.5}, "validation must be in"),
+        ({"modles": {}}, "unknown key 'modles'"),
+        ({"models": {"trained": ["medium"]}}, "unknown role 'medium'"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path / "c.yaml", tiny_pair, **overrides))
+
+
+def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
+    from elusive.pipeline import Run
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    Run(config).open()
+    config.augment.copies = 5
+    with pytest.raises(ConfigError, match="different config"):
+        Run(config).open()
+
+
+def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
+    """Paragraph QA (issue 7): the fixture's paragraphs are the corpus, its questions the QA
+    set; the report has the tables (the figures are for biographies only)."""
+    squad = Path(__file__).parent / "data" / "squad_small.json"
+    overrides = {
+        "seeds": [0],
+        "corpus": {"squad": str(squad)},
+        "validation": 0.4,
+        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7],
+                    "beta": [0.01]},
+        "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4, "max_length": 1024},
+    }
+    config = load_config(write_config(tmp_path / "w.yaml", tiny_pair, **overrides))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    texts = [json.loads(line) for line in run.path("corpus", "corpus.jsonl").open()]
+    questions = [json.loads(line) for line in run.path("corpus", "qa.jsonl").open()]
+    assert len(texts) == 5 and len(questions) == 13
+    summary = json.loads(run.path("report", "report.json").read_text())
+    assert {row["policy"] for row in summary["rows"]} == {"none", "contrast"}
+    for row in summary["rows"]:
+        assert row["test"]["overall"]["n"] > 0
+    assert "## Table 2" in run.path("report", "report.md").read_text()
+    assert not run.path("report", "fig2.png").exists()

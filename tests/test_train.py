@@ -1,0 +1,236 @@
+"""Training on tiny random models: loss goes down, checkpoints round-trip, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from elusive.cli import app
+from elusive.corpus import BiosConfig, generate_bios, write_bios
+from elusive.evaluate import load_for_eval
+from elusive.models import load_model
+from elusive.train import (
+    STATE_FILE,
+    EpochShuffle,
+    TrainConfig,
+    TrainError,
+    last_epoch,
+    make_scheduler,
+    pad_batch,
+    tokenize_texts,
+    train,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return generate_bios(BiosConfig(n=12, seed=3))[0]
+
+
+def _config(model_dir, **overrides) -> TrainConfig:
+    defaults = dict(model=str(model_dir), epochs=3, lr=1e-2, batch_size=4, warmup=0.0)
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def _adapter(run_dir, epoch):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / f"epoch-{epoch}" / "adapter_model.safetensors")
+
+
+def test_tokenize_appends_eos_keeps_bos_and_cuts(tiny_model_dir):
+    _, tok = load_model(tiny_model_dir)
+    seqs = tokenize_texts(["Ava was born.", "Bo"], tok, max_length=512)
+    for seq in seqs:
+        assert seq[-1] == tok.eos_token_id
+        assert (seq[0] == tok.bos_token_id) == (tok("x")["input_ids"][0] == tok.bos_token_id)
+    assert tokenize_texts(["Ava was born on May 2, 1970."], tok, max_length=3)[0] == seqs[0][:3]
+
+
+def test_pad_batch_masks_padding_out_of_the_loss():
+    batch = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+
+
+def test_epoch_shuffle_is_seeded_per_epoch():
+    a, b = EpochShuffle(20, seed=1), EpochShuffle(20, seed=1)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b) and sorted(a) == list(range(20))
+    b.set_epoch(3)
+    assert list(a) != list(b)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedule_warms_up_then_decays(schedule):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, TrainConfig(model="x", warmup=0.2, schedule=schedule), 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 3) and lrs[1] == pytest.approx(2 / 3)  # 2 warmup steps
+    assert lrs[2] == pytest.approx(1.0)
+    if schedule == "constant":
+        assert lrs[-1] == pytest.approx(1.0)
+    else:
+        assert lrs[-1] < 0.2 and all(x >= y for x, y in zip(lrs[2:], lrs[3:], strict=False))
+
+
+def test_bad_options_are_refused(tmp_path, records):
+    with pytest.raises(TrainError, match="schedule"):
+        train(TrainConfig(model="m", schedule="step"), records, tmp_path)
+    with pytest.raises(TrainError, match="model spec"):
+        train(TrainConfig(), records, tmp_path)
+
+
+def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    from peft import PeftModel
+
+    import elusive.train as train_module
+
+    seen = []
+    step = train_module._train_step
+    monkeypatch.setattr(
+        train_module, "_train_step", lambda model, batch: seen.append(model) or step(model, batch)
+    )
+    last = train(_config(tiny_model_dir, epochs=4), records, tmp_path / "run", progress=False)
+
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [s["step"] for s in log["steps"]] == list(range(1, 13))  # 3 steps x 4 epochs
+    losses = [e["loss"] for e in log["epochs"]]
+    assert losses[-1] < losses[0] - 0.1
+    assert sorted(p.name for p in (tmp_path / "run").glob("epoch-*")) == [
+        "epoch-1",
+        "epoch-2",
+        "epoch-3",
+        "epoch-4",
+    ]
+    assert [last_epoch(tmp_path / "run")] == [4] and (last / STATE_FILE).is_file()
+    assert not (tmp_path / "run" / "epoch-3" / STATE_FILE).exists()  # only the last keeps it
+
+    trained = seen[-1].eval()
+    ids = torch.tensor([[3, 17, 42, 99, 5, 250]])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        base, _ = load_model(tiny_model_dir)
+        base_logits = base(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(base, last)(input_ids=ids).logits
+        merged, _ = load_for_eval(str(tiny_model_dir), last)
+        merged_logits = merged(input_ids=ids).logits
+    assert not torch.allclose(want, base_logits, atol=1e-3)  # training changed the model
+    torch.testing.assert_close(reloaded, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged_logits, want, rtol=1e-4, atol=1e-4)
+
+    # A finished run recomputes nothing; a different config is refused.
+    seen.clear()
+    assert train(_config(tiny_model_dir, epochs=4), records, tmp_path / "run") == last
+    assert not seen
+    with pytest.raises(TrainError, match="lr"):
+        train(_config(tiny_model_dir, epochs=4, lr=1e-3), records, tmp_path / "run")
+    with pytest.raises(TrainError, match="corpus"):
+        train(_config(tiny_model_dir, epochs=4), records[:5], tmp_path / "run")
+
+
+def test_resume_after_interrupt_equals_uninterrupted(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    import elusive.train as train_module
+
+    config = _config(tiny_model_dir, batch_size=2, grad_accum=2, lora_dropout=0.1, warmup=0.3)
+    whole = train(config, records, tmp_path / "whole", progress=False)
+
+    step, calls = train_module._train_step, []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 9:  # the 3rd micro-batch of epoch 2 (6 per epoch)
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1
+    monkeypatch.setattr(train_module, "_train_step", step)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+
+    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    steps = [json.loads((d.parent / "log.json").read_text())["steps"] for d in (whole, resumed)]
+    assert [s["step"] for s in steps[1]] == list(range(1, 10))  # 3 optimizer steps x 3 epochs
+    for x, y in zip(*steps, strict=True):
+        assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
+
+
+def test_full_finetune_saves_a_loadable_model(tiny_model_dir, records, tmp_path):
+    last = train(_config(tiny_model_dir, full=True, epochs=2, lr=1e-3), records, tmp_path / "f")
+    model, tok = load_model(last)  # config, weights and tokenizer are all there
+    log = json.loads((tmp_path / "f" / "log.json").read_text())
+    assert log["epochs"][1]["loss"] < log["epochs"][0]["loss"]
+    assert tok.eos_token_id == model.config.eos_token_id
+
+
+def test_cli_train_then_evaluate(tiny_model_dir, tmp_path):
+    people, qa = write_bios(BiosConfig(n=4, seed=1), tmp_path / "data")
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--model", str(tiny_model_dir), "--corpus", str(people), "--out", str(run),
+         "--epochs", "1", "--batch-size", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(run / "epoch-1"),
+         "--qa", str(qa), "--out", str(tmp_path / "eval"), "--max-new-tokens", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "company" in result.output and "EM" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["scores"]["overall"]["n"] == 20 and metrics["adapter"].endswith("epoch-1")
+    assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 20
+
+    bad = runner.invoke(
+        app,
+        ["train", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "none.jsonl"),
+         "--out", str(tmp_path / "r2")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "none.jsonl: no such file" in bad.output
+    bad = runner.invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(run),
+         "--qa", str(qa), "--out", str(tmp_path / "e2")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "adapter_config.json" in bad.output
+
+
+def test_cli_table1_writes_table_metrics_and_figure(tiny_model_dir, tmp_path):
+    args = ["table1", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--n", "4"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "2", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Table 1" in result.output and "university" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["scores"]) == ["date", "city", "university", "major", "company", "overall"]
+    assert metrics["adapter"].endswith("epoch-2") and (tmp_path / "figure1.png").stat().st_size
+    assert last_epoch(tmp_path / "run") == 2
