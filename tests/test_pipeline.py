@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import yaml
 
 from elusive.config import ConfigError, load_config
 from elusive.models import make_tiny_model
-from elusive.pipeline import grid, run_experiment
+from elusive.pipeline import STAGES, grid, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,7 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
         assert 0.0 <= row["test"]["overall"]["f1"] <= 1.0
     assert "## Table 2" in (report / "report.md").read_text()
     manifest = json.loads(run.path("run.json").read_text())
-    assert set(manifest["stages"]) == {"corpus", "attention", "augment", "train", "evaluate",
-                                       "report"}
+    assert set(manifest["stages"]) == set(STAGES)
     assert manifest["versions"]["torch"].startswith("2.13")
     assert sum(line.startswith("[") for line in lines) == 6
 
@@ -80,9 +80,11 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
 def test_interrupted_training_resumes_to_the_same_numbers(tmp_path, tiny_pair, monkeypatch):
     import elusive.train as train_module
 
-    overrides = {"seeds": [0], "augment": {"policies": ["contrast"], "copies": 2,
-                                           "alpha": [0.7], "beta": [0.03]},
-                 "train": {"lr": [1e-3], "epochs": [3], "batch_size": 8}}
+    overrides = {
+        "seeds": [0],
+        "augment": {"policies": ["contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
+        "train": {"lr": [1e-3], "epochs": [3], "batch_size": 8},
+    }
     whole = load_config(write_config(tmp_path / "a.yaml", tiny_pair, **overrides))
     whole.out = str(tmp_path / "whole")
     run_experiment(whole, progress=False, echo=lambda _: None)
@@ -155,8 +157,7 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
         "seeds": [0],
         "corpus": {"squad": str(squad)},
         "validation": 0.4,
-        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7],
-                    "beta": [0.01]},
+        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.01]},
         "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4, "max_length": 1024},
     }
     config = load_config(write_config(tmp_path / "w.yaml", tiny_pair, **overrides))
@@ -170,3 +171,32 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
         assert row["test"]["overall"]["n"] > 0
     assert "## Table 2" in run.path("report", "report.md").read_text()
     assert not run.path("report", "fig2.png").exists()
+
+
+def test_two_processes_under_torchrun(tmp_path, tiny_pair):
+    """`accelerate launch`/`torchrun` with 2 CPU processes: both train (data parallel) and share
+    the evaluations; the main process alone writes the other stages and prints."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = {
+        "seeds": [0],
+        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
+        "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
+        "report": {"analysis_texts": 4},
+    }
+    config = write_config(tmp_path / "c.yaml", tiny_pair, **overrides)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(port), "-m", "elusive.cli", "run", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("[4/6] train") == 1  # one process prints
+    root = tmp_path / "run"
+    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 2
+    summary = json.loads(root.joinpath("report", "report.json").read_text())
+    assert {row["policy"] for row in summary["rows"]} == {"none", "contrast"}

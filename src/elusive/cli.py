@@ -7,7 +7,7 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -68,15 +68,15 @@ def attention_cmd(
     corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt, or a folder of .txt.")],
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
     large: Annotated[
-        Optional[str],  # noqa: UP045 (typer needs Optional)
+        str | None,
         typer.Option(help="Large model spec (default qwen2.5-coder-1.5b)."),
     ] = None,
     small: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Small model spec (default qwen2.5-coder-0.5b)."),
     ] = None,
     model: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Score one model only (no contrast) instead of a large/small pair."),
     ] = None,
     prefix: Annotated[
@@ -91,7 +91,7 @@ def attention_cmd(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
     cache_dir: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Cache for converted models and scores (default $ELUSIVE_CACHE)."),
     ] = None,
 ) -> None:
@@ -125,18 +125,26 @@ def attention_cmd(
 # --- augment commands (issue 4)
 
 _POLICY_HELP = "none, random, attention, contrast (the method), shuffled or position."
+# Options that `augment` and `show` share.
+ScoresOption = Annotated[
+    Path, typer.Option(help="Scores directory written by `elusive attention`.")
+]
+CorpusOption = Annotated[
+    Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
+]
+PolicyOption = Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")]
+AlphaOption = Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")]
+BetaOption = Annotated[float, typer.Option(help="Rise of the drop probability with rank.")]
 
 
 @app.command("augment")
 def augment_command(
-    scores: Annotated[Path, typer.Option(help="Scores directory written by `elusive attention`.")],
+    scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Augmented corpus JSONL to write.")],
-    corpus: Annotated[
-        Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
-    ] = None,
-    policy: Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")] = "contrast",
-    alpha: Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")] = 0.7,
-    beta: Annotated[float, typer.Option(help="Rise of the drop probability with rank.")] = 0.03,
+    corpus: CorpusOption = None,
+    policy: PolicyOption = "contrast",
+    alpha: AlphaOption = 0.7,
+    beta: BetaOption = 0.03,
     copies: Annotated[
         int, typer.Option(help="Augmented copies per text, besides the original.")
     ] = 10,
@@ -167,14 +175,12 @@ def augment_command(
 @app.command("show")
 def show_command(
     text_id: Annotated[str, typer.Argument(help="Id of the text to draw.")],
-    scores: Annotated[Path, typer.Option(help="Scores directory written by `elusive attention`.")],
+    scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Output prefix: writes PREFIX.html and PREFIX.png.")],
-    corpus: Annotated[
-        Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
-    ] = None,
-    policy: Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")] = "contrast",
-    alpha: Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")] = 0.7,
-    beta: Annotated[float, typer.Option(help="Rise of the drop probability with rank.")] = 0.03,
+    corpus: CorpusOption = None,
+    policy: PolicyOption = "contrast",
+    alpha: AlphaOption = 0.7,
+    beta: BetaOption = 0.03,
     seed: Annotated[int, typer.Option(help="Seed of the shuffled policy's permutation.")] = 0,
     score_of: Annotated[
         str | None, typer.Option(help="Role the attention policy ranks by.")
@@ -390,7 +396,7 @@ def _run_config(config, out: Path | None) -> None:
 def run_command(
     config: Annotated[Path, typer.Argument(help="Experiment config (YAML or JSON).")],
     out: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Run folder (default: the config's `out`)."),
     ] = None,
 ) -> None:

@@ -96,9 +96,13 @@ def grid(config: RunConfig) -> list[Cell]:
 class Run:
     """A run folder and its manifest (``run.json``)."""
 
-    def __init__(self, config: RunConfig, out: str | Path | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, out: str | Path | None = None, is_main: bool = True
+    ) -> None:
         self.config = config
         self.root = Path(out or config.out)
+        self.is_main = is_main
+        """Under `accelerate launch`, only the main process writes the manifest and prints."""
         self.manifest_path = self.root / "run.json"
         self.manifest: dict[str, Any] = {}
 
@@ -125,7 +129,8 @@ class Run:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
+        if self.is_main:
+            atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
 
     def stage(self, name: str, work: Callable[[], str], echo: Callable[[str], None]) -> None:
         """Run one stage, time it, record it in the manifest and print one line."""
@@ -134,8 +139,9 @@ class Run:
         seconds = time.perf_counter() - began
         self.manifest["stages"][name] = {"seconds": round(seconds, 2), "summary": summary}
         self.save()
-        index = STAGES.index(name) + 1
-        echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
+        if self.is_main:
+            index = STAGES.index(name) + 1
+            echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
 
 
 def _fixed_hash(config: RunConfig) -> str:
@@ -275,7 +281,8 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
     section = run.config.train
     runs = {cell.train_tag: cell for cell in grid(run.config)}
     for index, (tag, cell) in enumerate(runs.items(), start=1):
-        echo(f"  train {index}/{len(runs)}: {tag}")
+        if run.is_main:
+            echo(f"  train {index}/{len(runs)}: {tag}")
         config = TrainConfig(
             model=getattr(run.config.models, cell.role),
             full=section.full,
@@ -303,7 +310,9 @@ def _eval_dirs(run: Run) -> Iterator[tuple[Cell, int, Path]]:
             yield cell, epoch, run.path("eval", f"{cell.train_tag}_e{epoch}")
 
 
-def stage_evaluate(run: Run, progress: bool) -> str:
+def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
+    """Evaluate every (training run, epoch) not yet evaluated; process `rank` of `world`
+    takes every world-th one."""
     from .evaluate import EvalConfig, evaluate_qa, load_for_eval, write_eval
     from .train import DTYPES
 
@@ -311,7 +320,7 @@ def stage_evaluate(run: Run, progress: bool) -> str:
     eval_config = EvalConfig(**run.config.evaluate)
     done = 0
     todo = [(c, e, d) for c, e, d in _eval_dirs(run) if not (d / "metrics.json").exists()]
-    for cell, epoch, out in todo:
+    for cell, epoch, out in todo[rank::world]:
         checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
         spec = getattr(run.config.models, cell.role)
         dtype = DTYPES[run.config.train.dtype]
@@ -339,13 +348,28 @@ def run_experiment(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Run:
-    """Run every stage of `config` (skipping finished work) and return the run."""
-    run = Run(config, out)
-    run.open()
-    run.stage("corpus", lambda: stage_corpus(run), echo)
-    run.stage("attention", lambda: stage_attention(run, progress), echo)
-    run.stage("augment", lambda: stage_augment(run, progress), echo)
-    run.stage("train", lambda: stage_train(run, progress, echo), echo)
-    run.stage("evaluate", lambda: stage_evaluate(run, progress), echo)
-    run.stage("report", lambda: stage_report(run), echo)
+    """Run every stage of `config` (skipping finished work) and return the run.
+
+    Under `accelerate launch` every process trains (data parallel) and evaluates its share of
+    the checkpoints; the main process alone runs the other stages while the rest wait.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    run = Run(config, out, is_main=state.is_main_process)
+    with state.main_process_first():
+        run.open()
+    rank, world = state.process_index, state.num_processes
+    stages: dict[str, Callable[[], str]] = {
+        "corpus": lambda: stage_corpus(run),
+        "attention": lambda: stage_attention(run, progress),
+        "augment": lambda: stage_augment(run, progress),
+        "train": lambda: stage_train(run, progress and run.is_main, echo),
+        "evaluate": lambda: stage_evaluate(run, progress and run.is_main, rank, world),
+        "report": lambda: stage_report(run),
+    }
+    for name in STAGES:
+        if run.is_main or name in ("train", "evaluate"):
+            run.stage(name, stages[name], echo)
+        state.wait_for_everyone()
     return run
