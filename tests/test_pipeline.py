@@ -200,3 +200,20 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 2
     summary = json.loads(root.joinpath("report", "report.json").read_text())
     assert {row["policy"] for row in summary["rows"]} == {"none", "contrast"}
+
+
+def test_packaged_demo_and_paper_configs_are_valid():
+    from importlib import resources
+
+    demo = resources.files("elusive").joinpath("data", "demo.yaml")
+    with resources.as_file(demo) as path:
+        config = load_config(path)
+    assert (config.models.large, config.models.small) == (
+        "qwen2.5-coder-1.5b",
+        "qwen2.5-coder-0.5b",
+    )
+    assert {"none", "random", "contrast", "shuffled"} <= set(config.augment.policies)
+    configs = Path(__file__).parents[1] / "configs"
+    for name in ("paper-bios.yaml", "paper-wiki.yaml"):
+        paper = load_config(configs / name)
+        assert paper.augment.copies == 10 and paper.train.lora_r == 16

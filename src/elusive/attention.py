@@ -70,7 +70,8 @@ class _ColumnSum(_Reduction):
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
         weights = self.valid[:, q0 : q0 + probs.shape[2]].float()  # [batch, block]
-        self.total[:, : probs.shape[3]] += torch.einsum("bhqk,bq->bk", probs, weights)
+        per_query = probs.sum(dim=1)  # [batch, block, k1]: heads first, no copy of probs
+        self.total[:, : probs.shape[3]] += torch.bmm(weights[:, None], per_query)[:, 0]
 
 
 class _QueryRow(_Reduction):
@@ -121,7 +122,8 @@ def _attention(
     for q0 in range(0, q_len, block):
         q1 = min(q0 + block, q_len)
         k1 = q1 + k_len - q_len  # causal: later keys are masked for every query of the block
-        logits = torch.matmul(query[:, :, q0:q1], key[:, :, :k1].transpose(2, 3)) * scaling
+        # scale the [block, head_dim] queries rather than the [block, k1] logits: fewer flops
+        logits = torch.matmul(query[:, :, q0:q1] * scaling, key[:, :, :k1].transpose(2, 3))
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         logits = _mask_block(logits.float(), attention_mask, q0, q1, sliding_window)

@@ -330,6 +330,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     )
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain `open` or `mkdir` would give (temp files are made private: 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` so that readers see the old file or the whole new one."""
     path = Path(path)
@@ -338,6 +345,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

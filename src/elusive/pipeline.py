@@ -353,9 +353,10 @@ def run_experiment(
     Under `accelerate launch` every process trains (data parallel) and evaluates its share of
     the checkpoints; the main process alone runs the other stages while the rest wait.
     """
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # torchrun on CPUs: gloo
     run = Run(config, out, is_main=state.is_main_process)
     with state.main_process_first():
         run.open()

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import FIELDS, Record
+from .corpus import FIELDS, Record, umask_mode
 from .evaluate import FieldScore
 
 
@@ -57,6 +57,7 @@ def _save_png(fig, path: str | Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -202,8 +203,9 @@ def markdown_tables(summary: dict) -> str:
         return lines
 
     seeds = rows[0]["seeds"]
+    n_test = rows[0]["test"]["overall"]["n"]
     note = (
-        f"Test questions; settings chosen per policy on validation F1 of "
+        f"{n_test} test questions; settings chosen per policy on validation F1 of "
         f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
     )
     out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen), ""]
@@ -342,8 +344,12 @@ def plot_rank_categories(panels: Mapping[str, list[dict[str, int]]], out_png: st
         ax.set_xticks(ranks)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("share of biographies")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    legend = {}  # every category drawn in any panel, in CATEGORIES order
+    for ax in axes[0]:
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles, strict=True))
+    shown = [c for c in CATEGORIES if c in legend]
+    fig.legend([legend[c] for c in shown], shown, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     path = _save_png(fig, out_png)
     plt.close(fig)
