@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import Record, atomic_write_text, read_corpus, write_jsonl
+from .corpus import Record, atomic_path, atomic_write_text, read_corpus, write_jsonl
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -569,13 +569,10 @@ def render_png(
         color=_NEVER,
         va="center",
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def show(

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import FIELDS, Record, umask_mode
+from .corpus import FIELDS, Record, atomic_path
 from .evaluate import FieldScore
 
 
@@ -51,18 +49,9 @@ def field_token_distances(
 
 def _save_png(fig, path: str | Path) -> Path:
     """Save a figure atomically (temp file beside `path`, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def plot_accuracy_vs_distance(
