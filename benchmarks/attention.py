@@ -2,14 +2,15 @@
 
     flock /work/heavy.lock python benchmarks/attention.py [--model qwen2.5-coder-0.5b]
 
-For each text length T, three variants each run in a fresh subprocess (so that their peak RSS
-is their own): "forward" (a plain SDPA forward pass of the decoder, no scores: the floor),
-"naive" (eager attention with output_attentions=True: every layer's T x T maps stacked, then
-averaged, the slow reference) and "ours" (`elusive.attention.attention_received`). Both
-scorers run the decoder stack without the LM head. Printed per variant: tokens/s (median of
-the repeats), peak RSS of the process, and the extra peak over the loaded model (what scoring
-itself needs); then the ratios ours/naive. Targets: ours at least as fast as naive, and at
-T=512 at most half of its extra memory.
+For each text length T, three variants each run in a fresh subprocess, so that their peak
+memory is their own (peak RSS on the CPU, peak allocated GPU memory on a GPU): "forward" (a
+plain SDPA forward pass of the decoder, no scores: the floor), "naive" (eager attention with
+output_attentions=True: every layer's T x T maps stacked, then averaged, the slow reference)
+and "ours" (`elusive.attention.attention_received`). Both scorers run the decoder stack
+without the LM head. Printed per variant: tokens/s (median of the repeats), peak memory of the
+process, and the extra peak over the loaded model (what scoring itself needs); then the ratios
+ours/naive. Targets: ours at least as fast as naive, and at T=512 at most half of its extra
+memory.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def worker(args: argparse.Namespace) -> dict:
     text = " ".join(r.text for r in generate_bios(BiosConfig(n=400, seed=0))[0])
     ids = torch.tensor([tok(text)["input_ids"][: args.length]] * args.batch)  # [batch, T]
     assert ids.shape[1] == args.length, "not enough text for this length"
+    ids = ids.to(model.device)
+    cuda = model.device.type == "cuda"
 
     def naive(x):
         model.set_attn_implementation("eager")
         out = model.base_model(input_ids=x, output_attentions=True, use_cache=False)
         maps = torch.stack(out.attentions).mean(dim=(0, 2))  # [batch, T, T]
-        return maps.sum(dim=1) / (x.shape[1] - torch.arange(x.shape[1]))
+        return maps.sum(dim=1) / (x.shape[1] - torch.arange(x.shape[1], device=x.device))
 
     def forward(x):
         model.set_attn_implementation("sdpa")
@@ -64,20 +67,22 @@ def worker(args: argparse.Namespace) -> dict:
     fn = run[args.variant]
     with torch.inference_mode():
         fn(ids[:, :16])  # warm up kernels and lazy initialisation
-        base = _status("VmRSS")
-        _reset_peak()
+        base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
+        torch.cuda.reset_peak_memory_stats() if cuda else _reset_peak()
         times = []
         while len(times) < args.repeats or (sum(times) < args.min_seconds and len(times) < 50):
             start = time.perf_counter()
             fn(ids)
+            torch.cuda.synchronize() if cuda else None
             times.append(time.perf_counter() - start)
-    peak = _status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
     return {
         "variant": args.variant,
+        "device": str(model.device),
         "length": args.length,
         "tokens_per_s": args.batch * args.length / statistics.median(times),
         "runs": len(times),
-        "peak_rss": peak,
+        "peak": peak,
         "extra_peak": peak - base,
     }
 
@@ -102,7 +107,7 @@ def main() -> None:
 
     gib = 1 << 30
     print(f"model {args.model}, dtype {args.dtype}, batch {args.batch}")
-    print(f"{'T':>6} {'variant':>8} {'tokens/s':>10} {'peak RSS':>10} {'extra':>10}")
+    print(f"{'T':>6} {'variant':>8} {'tokens/s':>10} {'peak mem':>10} {'extra':>10} device")
     results: dict[tuple[int, str], dict] = {}
     for length in args.lengths:
         for variant in args.variants:
@@ -119,7 +124,7 @@ def main() -> None:
             r = results[length, variant] = json.loads(done.stdout.strip().splitlines()[-1])
             print(
                 f"{length:>6} {variant:>8} {r['tokens_per_s']:>10.1f} "
-                f"{r['peak_rss'] / gib:>8.2f}Gi {r['extra_peak'] / gib:>8.3f}Gi",
+                f"{r['peak'] / gib:>8.2f}Gi {r['extra_peak'] / gib:>8.3f}Gi {r['device']}",
                 flush=True,
             )
     print("\nratios (ours vs naive): speed = ours/naive tokens/s, memory = naive/ours extra peak")

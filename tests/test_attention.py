@@ -36,10 +36,11 @@ def naive_maps(model, ids, mask=None):
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+            mask = None if mask is None else mask.to(model.device)
+            out = model(input_ids=ids.to(model.device), attention_mask=mask, output_attentions=True)
     finally:
         model.set_attn_implementation(previous)
-    return torch.stack(out.attentions)
+    return torch.stack(out.attentions).cpu()
 
 
 def naive_scores(model, ids):
@@ -77,7 +78,8 @@ def test_blockwise_scores_match_naive_reference(tiny, monkeypatch):
     model, tok = tiny
     ids = ids_of(tok, TEXT)
     expected = naive_scores(model, ids)
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 4 * ids.shape[1] * 3)  # 3-query blocks
+    small = 4 * ids.shape[1] * 3  # 3-query blocks
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", {"cpu": small, "cuda": small})
     got = attention_received(model, ids)[0]
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

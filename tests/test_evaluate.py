@@ -160,7 +160,7 @@ def _reference_greedy(model, tokenizer, prompt, max_new):
     new = []
     for _ in range(max_new):
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+            logits = model(input_ids=torch.tensor([ids + new], device=model.device)).logits[0, -1]
         new.append(int(logits.argmax()))
         if new[-1] == tokenizer.eos_token_id:
             break

@@ -21,7 +21,7 @@ def test_tiny_model_loads_and_tokenizes_with_offsets(tiny_model_dir):
     enc = tok(text, return_offsets_mapping=True)
     assert len(enc["input_ids"]) < 0.6 * len(text)  # the BPE merges learnt real words
     with torch.no_grad():
-        logits = model(torch.tensor([enc["input_ids"]])).logits
+        logits = model(torch.tensor([enc["input_ids"]], device=model.device)).logits
     assert logits.shape == (1, len(enc["input_ids"]), model.config.vocab_size)
     has_bos = enc["input_ids"][0] == tok.bos_token_id
     assert has_bos == (model.config.model_type == "llama")
@@ -100,7 +100,7 @@ def tiny_gguf(tmp_path_factory):
 
 def _logits(model, ids):
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits
+        return model(torch.tensor([ids], device=model.device)).logits.cpu()
 
 
 def _count_conversions(monkeypatch):
@@ -212,3 +212,16 @@ def test_bad_specs_fail_with_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(ModelSpecError, match="'Qwen/Qwen2.5-0.5B': could not get it from the hub"):
         load_model("Qwen/Qwen2.5-0.5B")
+
+
+def test_device_comes_from_env_or_argument(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ELUSIVE_DEVICE", "cpu")
+    assert models.default_device() == torch.device("cpu")
+    model, _ = load_model(tiny_model_dir)
+    assert model.device.type == "cpu"
+    monkeypatch.setenv("ELUSIVE_DEVICE", "gpu0")
+    with pytest.raises(ModelSpecError, match="ELUSIVE_DEVICE='gpu0'"):
+        models.default_device()
+    monkeypatch.delenv("ELUSIVE_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models.default_device().type == expected

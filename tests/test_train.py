@@ -127,7 +127,7 @@ def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
     assert not (tmp_path / "run" / "epoch-3" / STATE_FILE).exists()  # only the last keeps it
 
     trained = seen[-1].eval()
-    ids = torch.tensor([[3, 17, 42, 99, 5, 250]])
+    ids = torch.tensor([[3, 17, 42, 99, 5, 250]], device=trained.device)
     with torch.no_grad():
         want = trained(input_ids=ids).logits
         base, _ = load_model(tiny_model_dir)

@@ -39,8 +39,9 @@ ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")
 ALIGNS = ("tokens", "chars")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-BLOCK_ELEMENTS = 1 << 22
-"""Attention probabilities per query block (float32): 16 MiB, whatever the text length."""
+BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
+"""Attention probabilities per query block (float32), whatever the text length: 16 MiB on the
+CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
 
 
 class AttentionError(ValueError):
@@ -85,7 +86,9 @@ class _QueryRow(_Reduction):
         self.maps += probs.shape[1] if q0 == 0 else 0
         local = self.query - q0  # [batch]
         inside = (local >= 0) & (local < probs.shape[2])
-        rows = probs[torch.arange(len(local)), :, local.clamp(0, probs.shape[2] - 1)]  # [b, h, k]
+        rows = probs[
+            torch.arange(len(local), device=local.device), :, local.clamp(0, probs.shape[2] - 1)
+        ]  # [b, h, k]
         self.total[:, : probs.shape[3]] += rows.sum(1) * inside[:, None]
 
 
@@ -117,7 +120,8 @@ def _attention(
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
     scaling = head_dim**-0.5 if scaling is None else scaling
-    block = max(1, BLOCK_ELEMENTS // (batch * heads * k_len))
+    budget = BLOCK_ELEMENTS.get(query.device.type, BLOCK_ELEMENTS["cpu"])
+    block = max(1, budget // (batch * heads * k_len))
     out = torch.empty_like(query)  # [batch, heads, q, head_dim]
     for q0 in range(0, q_len, block):
         q1 = min(q0 + block, q_len)
@@ -180,7 +184,8 @@ def _run(
     attention_mask: torch.Tensor,  # [batch, T] 1 = token, 0 = padding (either side)
     reduction: _Reduction,
 ) -> None:
-    """One forward pass of the decoder stack (no LM head) feeding `reduction`."""
+    """One forward pass of the decoder stack (no LM head) feeding `reduction`; the inputs must
+    be on the model's device (see `_on_model`)."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, T]
     with _collecting(model, reduction), torch.inference_mode():
         model.base_model(
@@ -196,13 +201,15 @@ def attention_received(
     input_ids: torch.Tensor,  # [batch, T]
     attention_mask: torch.Tensor | None = None,  # [batch, T]
 ) -> torch.Tensor:
-    """s_j for every token: ``[batch, T]`` float32, 0 at padding."""
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    """s_j for every token: ``[batch, T]`` float32 on the CPU, 0 at padding. The inputs may
+    live anywhere; the forward pass runs on the model's device."""
+    input_ids, mask = _on_model(model, input_ids, attention_mask)
     valid = mask.bool()
     reduction = _ColumnSum(valid)
     _run(model, input_ids, mask, reduction)
     seen_by = valid.flip(-1).cumsum(-1).flip(-1)  # [batch, T] real queries i >= j
-    return torch.where(valid, reduction.total / reduction.maps / seen_by.clamp(min=1), 0.0)
+    scores = torch.where(valid, reduction.total / reduction.maps / seen_by.clamp(min=1), 0.0)
+    return scores.cpu()
 
 
 def attention_row(
@@ -211,11 +218,20 @@ def attention_row(
     query: torch.Tensor,  # [batch] position of the query token in each sequence
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The attention row of one query per sequence, mean over layers and heads: [batch, T]."""
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    reduction = _QueryRow(mask.bool(), query)
+    """The attention row of one query per sequence, mean over layers and heads: [batch, T]
+    float32 on the CPU."""
+    input_ids, mask = _on_model(model, input_ids, attention_mask)
+    reduction = _QueryRow(mask.bool(), query.to(input_ids.device))
     _run(model, input_ids, mask, reduction)
-    return reduction.total / reduction.maps
+    return (reduction.total / reduction.maps).cpu()
+
+
+def _on_model(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) on the model's device; a missing mask is all ones."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    return input_ids.to(model.device), mask.to(model.device)
 
 
 # --------------------------------------------------------------------------- tokens

@@ -129,16 +129,28 @@ def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> P
     )
 
 
+def default_device() -> torch.device:
+    """Where models run unless told otherwise: ``$ELUSIVE_DEVICE`` if set, else the first GPU
+    if there is one, else the CPU."""
+    name = os.environ.get("ELUSIVE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ModelSpecError(f"ELUSIVE_DEVICE={name!r} is not a torch device ({err})") from None
+
+
 def load_model(
     spec: str | Path,
     dtype: torch.dtype = torch.float32,
     *,
     cache_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from a model spec, in eval mode."""
+    """Load (model, tokenizer) from a model spec, in eval mode, on `device` (default:
+    :func:`default_device`)."""
     folder = resolve_model(spec, cache_dir=cache_dir)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    model.eval()
+    model.to(device or default_device()).eval()
     return model, load_tokenizer(folder)
 
 

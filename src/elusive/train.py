@@ -167,10 +167,11 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
     from .models import load_model
 
     dtype = DTYPES[config.dtype]
+    # Loaded on the CPU: `Accelerator.prepare` moves it to this process's device.
     if config.full:
-        model, tokenizer = load_model(str(resume_dir or config.model), dtype=dtype)
+        model, tokenizer = load_model(str(resume_dir or config.model), dtype=dtype, device="cpu")
     else:
-        model, tokenizer = load_model(config.model, dtype=dtype)
+        model, tokenizer = load_model(config.model, dtype=dtype, device="cpu")
         torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the torch RNG
         if resume_dir is not None:
             model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
