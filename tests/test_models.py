@@ -225,3 +225,6 @@ def test_device_comes_from_env_or_argument(tiny_model_dir, monkeypatch):
     monkeypatch.delenv("ELUSIVE_DEVICE")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert models.default_device().type == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # process 1 of torchrun / accelerate launch
+    assert models.default_device() == torch.device("cuda", 1)

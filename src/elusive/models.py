@@ -130,9 +130,10 @@ def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> P
 
 
 def default_device() -> torch.device:
-    """Where models run unless told otherwise: ``$ELUSIVE_DEVICE`` if set, else the first GPU
-    if there is one, else the CPU."""
-    name = os.environ.get("ELUSIVE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    """Where models run unless told otherwise: ``$ELUSIVE_DEVICE`` if set, else this process's
+    GPU if there is one (``cuda:$LOCAL_RANK`` under torchrun / accelerate launch), else the CPU."""
+    gpu = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    name = os.environ.get("ELUSIVE_DEVICE") or gpu
     try:
         return torch.device(name)
     except RuntimeError as err:
