@@ -34,9 +34,30 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def _reset_peak() -> None:
-    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
+class _Memory:
+    """The process's memory on the model's device: RSS on the CPU, allocated memory on a GPU."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.cuda = torch.cuda if device.type == "cuda" else None
+
+    def now(self) -> int:
+        return self.cuda.memory_allocated() if self.cuda else _status("VmRSS")
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            self.cuda.reset_peak_memory_stats()
+        else:  # VmHWM back to the current RSS (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak(self) -> int:
+        return self.cuda.max_memory_allocated() if self.cuda else _status("VmHWM")
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so that a timer sees it."""
+        if self.cuda:
+            self.cuda.synchronize()
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -51,7 +72,7 @@ def worker(args: argparse.Namespace) -> dict:
     ids = torch.tensor([tok(text)["input_ids"][: args.length]] * args.batch)  # [batch, T]
     assert ids.shape[1] == args.length, "not enough text for this length"
     ids = ids.to(model.device)
-    cuda = model.device.type == "cuda"
+    memory = _Memory(model.device)
 
     def naive(x):
         model.set_attn_implementation("eager")
@@ -67,15 +88,15 @@ def worker(args: argparse.Namespace) -> dict:
     fn = run[args.variant]
     with torch.inference_mode():
         fn(ids[:, :16])  # warm up kernels and lazy initialisation
-        base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
-        torch.cuda.reset_peak_memory_stats() if cuda else _reset_peak()
+        base = memory.now()
+        memory.reset_peak()
         times = []
         while len(times) < args.repeats or (sum(times) < args.min_seconds and len(times) < 50):
             start = time.perf_counter()
             fn(ids)
-            torch.cuda.synchronize() if cuda else None
+            memory.sync()
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+    peak = memory.peak()
     return {
         "variant": args.variant,
         "device": str(model.device),

@@ -193,11 +193,8 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     config = write_config(tmp_path / "c.yaml", tiny_pair, **overrides)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     command += ["--master_port", str(port), "-m", "elusive.cli", "run", str(config)]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }  # CPUs, also on GPU hosts
+    # two CPU processes, also on a GPU host (two processes cannot share one GPU under NCCL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("[4/6] train") == 1  # one process prints
