@@ -121,6 +121,8 @@ def test_people_jsonl_reads_back_as_records(tmp_path):
     assert records[0].spans == original[0].spans
     items = read_qa(qa)
     assert len(items) == 25 and items[0].source_id == "p0" and items[0].field == "date"
+    assert items == generate_bios(BiosConfig(n=5, seed=0))[1]  # cloze prompts included
+    assert items[0].cloze == f"{original[0].meta['name']} was born on"
 
 
 def test_reader_folder_of_txt_and_paragraph_file(tmp_path):
@@ -178,4 +180,7 @@ def test_read_qa_errors_name_the_line(tmp_path):
         read_qa(path)
     path.write_text(json.dumps({"question": "Q?"}) + "\n")
     with pytest.raises(CorpusError, match=r"qa.jsonl:1: missing field 'answer'"):
+        read_qa(path)
+    path.write_text(json.dumps({"question": "Q?", "answer": "A", "cloze": 3}) + "\n")
+    with pytest.raises(CorpusError, match=r"qa.jsonl:1: field 'cloze' must be a non-empty"):
         read_qa(path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from elusive.corpus import FIELDS, BiosConfig, generate_bios
-from elusive.evaluate import FieldScore
+from elusive.metrics import FieldScore
 from elusive.models import load_model
 from elusive.report import field_token_distances, plot_accuracy_vs_distance
 

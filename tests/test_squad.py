@@ -16,7 +16,7 @@ from elusive.corpus import (
     read_squad,
     write_corpus_and_qa,
 )
-from elusive.evaluate import aggregate, best_scores, exact_match, f1_score
+from elusive.metrics import aggregate, best_scores, exact_match, f1_score
 
 FIXTURE = Path(__file__).parent / "data" / "squad_small.json"
 RAW = json.loads(FIXTURE.read_text(encoding="utf-8"))
@@ -157,7 +157,7 @@ def test_multi_answer_scoring_takes_the_best_gold():
             max(f1_score(prediction, g) for g in golds),
         )
     rows = [
-        ("all", *best_scores(p, by_id[i].answers))
+        dict(zip(("field", "em", "f1"), ("all", *best_scores(p, by_id[i].answers)), strict=True))
         for i, p in [("varren-1", "112"), ("kadar-1", "Graz")]
     ]
     overall = aggregate(rows)["overall"]

@@ -241,10 +241,18 @@ def train_command(
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
 
 
-def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size):
+def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices):
     from .evaluate import EvalConfig
 
-    config = EvalConfig(max_new_tokens, template.replace("\\n", "\n"), shots, shot_seed, batch_size)
+    config = EvalConfig(
+        max_new_tokens=max_new_tokens,
+        template=template.replace("\\n", "\n"),
+        shots=shots,
+        shot_seed=shot_seed,
+        batch_size=batch_size,
+        probes=probes,
+        choices=choices,
+    )
     try:
         config.validate()
     except ValueError as exc:
@@ -270,8 +278,12 @@ def evaluate_command(
     template: Annotated[str, typer.Option(help=_TEMPLATE_HELP)] = "Question: {question}\\nAnswer:",
     batch_size: Annotated[int, typer.Option(help="Questions per generation batch.")] = 16,
     dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
+    probes: Annotated[
+        bool, typer.Option(help="Knowledge probes: choice, logprob and (bios) cloze.")
+    ] = True,
+    choices: Annotated[int, typer.Option(help="Distractors per question for choice.")] = 9,
 ) -> None:
-    """Closed-book QA: greedy answers, EM and F1 per field and overall."""
+    """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
 
     from .corpus import CorpusError
@@ -281,7 +293,7 @@ def evaluate_command(
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size)
+    config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     try:
         result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
     except (CorpusError, ModelSpecError, ValueError) as exc:

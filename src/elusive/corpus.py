@@ -118,6 +118,9 @@ class QAItem:
     question: str
     answers: tuple[str, ...]
     field: str = "all"
+    cloze: str | None = None
+    """The fact as a sentence to complete, cut right before the answer ("Liam Thompson was
+    born on"); biographies have one per question (see `elusive.probes`)."""
 
 
 def text_sha256(text: str) -> str:
@@ -238,6 +241,7 @@ def generate_bios(config: BiosConfig) -> tuple[list[Record], list[QAItem]]:
             rng.shuffle(order)
         template_ids = {f: rng.randrange(config.templates) for f in FIELDS}
         text, spans = _render(name, gender, values, order, template_ids)
+        clozes = {f: _cloze(name, gender, TEMPLATES[f][template_ids[f]]) for f in FIELDS}
         pid = f"p{number:0{width}d}"
         records.append(
             Record(
@@ -254,6 +258,7 @@ def generate_bios(config: BiosConfig) -> tuple[list[Record], list[QAItem]]:
                 field=f,
                 question=QUESTIONS[f].format(name=name),
                 answers=(values[f],),
+                cloze=clozes[f],
             )
             for f in FIELDS
         )
@@ -286,6 +291,13 @@ def _render(
     return text, spans
 
 
+def _cloze(name: str, gender: str, template: str) -> str:
+    """A field's sentence with the full name as its subject, cut right before the value (the
+    space before the value too: the answer's first token carries it)."""
+    head = template.split("{value}")[0]
+    return head.format(subject=name, poss=_PRONOUNS[gender][1]).rstrip()
+
+
 def record_to_json(record: Record) -> dict[str, Any]:
     """The people.jsonl / corpus JSONL form of a record."""
     out: dict[str, Any] = {"id": record.id}
@@ -309,6 +321,8 @@ def qa_to_json(item: QAItem, source_key: str = "person_id") -> dict[str, Any]:
         out["answer"] = item.answers[0]
     else:
         out["answers"] = list(item.answers)
+    if item.cloze is not None:
+        out["cloze"] = item.cloze
     return out
 
 
@@ -472,7 +486,7 @@ def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
 
 def read_qa(path: str | Path) -> list[QAItem]:
     """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
-    text is ``person_id`` or ``source_id``; optional ``id`` and ``field``."""
+    text is ``person_id`` or ``source_id``; optional ``id``, ``field`` and ``cloze``."""
     path = Path(path)
     items = []
     seen: set[str] = set()
@@ -501,6 +515,9 @@ def read_qa(path: str | Path) -> list[QAItem]:
         if qid in seen:
             raise CorpusError(f"{where}: duplicate question id {qid!r}")
         seen.add(qid)
+        cloze = obj.get("cloze")
+        if cloze is not None and (not isinstance(cloze, str) or not cloze.strip()):
+            raise CorpusError(f"{where}: field 'cloze' must be a non-empty string")
         source = obj.get("source_id", obj.get("person_id", ""))
         items.append(
             QAItem(
@@ -509,6 +526,7 @@ def read_qa(path: str | Path) -> list[QAItem]:
                 question=question,
                 answers=tuple(answers),
                 field=str(obj.get("field", "all")),
+                cloze=cloze,
             )
         )
     if not items:

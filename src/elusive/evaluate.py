@@ -1,10 +1,9 @@
-"""Closed-book QA scoring: SQuAD-style exact match and word-level F1, per field and overall.
+"""Closed-book QA: prompts, greedy answers, EM/F1 and knowledge probes per field and overall.
 
-Normalisation follows SQuAD v1.1 (lowercase, drop punctuation, drop the articles a/an/the,
-collapse whitespace), extended to Unicode: text is NFC-normalised first, and every Unicode
-punctuation character (category P*) is deleted as well as ASCII `string.punctuation`.
-Accents are kept ("José" != "Jose"). Written here because the hub metric cannot be fetched
-offline.
+Every evaluated question gets the paper's measure (a greedy answer scored by EM and F1, see
+`elusive.metrics`) and, by default, the knowledge probes of `elusive.probes`: the gold answer's
+log-probability and its rank among distractors after the QA prompt and, for biographies,
+after the cloze prompt, plus the cloze prompt's greedy EM/F1.
 """
 
 from __future__ import annotations
@@ -13,86 +12,14 @@ import dataclasses
 import json
 import random
 import re
-import string
-import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .corpus import QAItem, atomic_write_text, write_jsonl
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b", flags=re.UNICODE)
-_ASCII_PUNCT = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 answer normalisation (Unicode-aware, see the module docstring)."""
-    text = unicodedata.normalize("NFC", text).lower()
-    text = "".join(
-        ch for ch in text if ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P")
-    )
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def f1_score(prediction: str, gold: str) -> float:
-    """Word-level F1 of the normalised strings. If either is empty, F1 is 1.0 when both are
-    (the SQuAD v2.0 convention) and 0.0 otherwise."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def best_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
-    """(EM, F1) of a prediction against several gold answers: the best of each, as SQuAD."""
-    if not golds:
-        raise ValueError("at least one gold answer is needed")
-    return (
-        max(exact_match(prediction, g) for g in golds),
-        max(f1_score(prediction, g) for g in golds),
-    )
-
-
-@dataclass(frozen=True)
-class FieldScore:
-    """Mean EM and F1 over `n` questions."""
-
-    em: float
-    f1: float
-    n: int
-
-
-def aggregate(rows: Iterable[tuple[str, float, float]]) -> dict[str, FieldScore]:
-    """Average (field, em, f1) rows per field, plus ``overall`` over every row.
-
-    Fields keep the order they first appear in; ``overall`` comes last.
-    """
-    sums: dict[str, list[float]] = {}
-    for field, em, f1 in rows:
-        for key in (field, "overall"):
-            acc = sums.setdefault(key, [0.0, 0.0, 0])
-            acc[0] += em
-            acc[1] += f1
-            acc[2] += 1
-    overall = sums.pop("overall", None)
-    out = {k: FieldScore(em / n, f1 / n, int(n)) for k, (em, f1, n) in sums.items()}
-    if overall is not None:
-        em, f1, n = overall
-        out["overall"] = FieldScore(em / n, f1 / n, int(n))
-    return out
-
+from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
 
 # --------------------------------------------------------------------------- closed-book QA
 #
@@ -123,12 +50,20 @@ class EvalConfig:
     """Solved examples of other people before each question (the authors used 5); 0 = off."""
     shot_seed: int = 0
     batch_size: int = 16
+    probes: bool = True
+    """Also run the knowledge probes (choice, logprob; cloze where QA lines carry a prompt)."""
+    choices: int = 9
+    """Distractors per question for the choice probes (chance is 1 / (choices + 1))."""
+    probe_seed: int = 0
+    """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
 
     def validate(self) -> None:
         if "{question}" not in self.template:
             raise ValueError(f"prompt template must contain {{question}}, got {self.template!r}")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.shots < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1, shots >= 0")
+        if self.choices < 1:
+            raise ValueError(f"choices must be >= 1, got {self.choices}")
 
 
 def cut_answer(text: str) -> str:
@@ -241,8 +176,9 @@ class EvalResult:
     predictions: list[dict]
 
 
-def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> EvalResult:
-    """Cut each raw model output to its answer and score it against the item's gold answers."""
+def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> list[dict]:
+    """One prediction row per item: its raw output cut to the answer, with EM and F1 against
+    the item's gold answers."""
     rows = []
     for item, output in zip(items, outputs, strict=True):
         answer = cut_answer(output)
@@ -260,7 +196,7 @@ def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> EvalRe
                 "f1": f1,
             }
         )
-    return EvalResult(aggregate((r["field"], r["em"], r["f1"]) for r in rows), rows)
+    return rows
 
 
 def evaluate_qa(
@@ -271,12 +207,54 @@ def evaluate_qa(
     pool: Sequence[QAItem] | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Closed-book QA: prompt, generate greedily, cut, score."""
+    """Closed-book QA (prompt, generate greedily, cut, score), then the knowledge probes."""
     config = config or EvalConfig()
     prompts = build_prompts(items, config, pool)
-    return score_predictions(
+    rows = score_predictions(
         items, generate_continuations(model, tokenizer, prompts, config, progress)
     )
+    if config.probes:
+        _add_probes(model, tokenizer, items, prompts, rows, config, progress)
+    return EvalResult(aggregate(rows), rows)
+
+
+def _add_probes(model, tokenizer, items, prompts, rows, config, progress) -> None:
+    """Add the knowledge probes to each prediction row: ``choice`` and ``logprob`` after the QA
+    prompt, and for items with a cloze prompt its greedy ``cloze_em``/``cloze_f1`` and
+    ``cloze_choice``/``cloze_logprob``. Both choices use the same distractors."""
+    from .probes import pick_distractors, probe
+
+    distractors = pick_distractors(items, config.choices, config.probe_seed)
+    scores = probe(model, tokenizer, prompts, items, distractors, config.batch_size, progress)
+    for row, wrong, score in zip(rows, distractors, scores, strict=True):
+        row.update(score, distractors=list(wrong))
+
+    asked = [i for i, item in enumerate(items) if item.cloze is not None]
+    if not asked:
+        return
+    cloze_items = [items[i] for i in asked]
+    cloze_prompts = [item.cloze for item in cloze_items]
+    outputs = generate_continuations(model, tokenizer, cloze_prompts, config, progress)
+    scores = probe(
+        model,
+        tokenizer,
+        cloze_prompts,
+        cloze_items,
+        [distractors[i] for i in asked],
+        config.batch_size,
+        progress,
+    )
+    for i, item, output, score in zip(asked, cloze_items, outputs, scores, strict=True):
+        answer = cut_answer(output)
+        em, f1 = best_scores(answer, item.answers)
+        rows[i].update(
+            cloze=item.cloze,
+            cloze_output=output,
+            cloze_prediction=answer,
+            cloze_em=em,
+            cloze_f1=f1,
+            **{f"cloze_{name}": value for name, value in score.items()},
+        )
 
 
 def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dtype = torch.float32):
@@ -300,7 +278,7 @@ def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dty
 def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Path, Path]:
     """Write ``metrics.json`` (meta + scores) and ``predictions.jsonl`` into `out_dir`."""
     out = Path(out_dir)
-    scores = {k: dataclasses.asdict(v) for k, v in result.scores.items()}
+    scores = {k: {**v.present(), "n": v.n} for k, v in result.scores.items()}
     metrics = atomic_write_text(
         out / "metrics.json", json.dumps({**meta, "scores": scores}, indent=2) + "\n"
     )
@@ -308,17 +286,24 @@ def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Pat
 
 
 def scores_table(scores: dict[str, FieldScore], title: str = "closed-book QA"):
-    """A rich table laid out like the paper's Table 1: a column per field, rows EM, F1, n."""
+    """A rich table laid out like the paper's Table 1: a column per field, a row per metric
+    (QA EM and F1, then each probe that was run), and n."""
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("")
     for name in scores:
         table.add_column(name, justify="right")
-    table.add_row("EM", *(f"{s.em:.2f}" for s in scores.values()))
-    table.add_row("F1", *(f"{s.f1:.2f}" for s in scores.values()))
+    measured = {m for s in scores.values() for m in s.present()}
+    for metric in (m for m in METRICS if m in measured):
+        values = (_fmt(s.present().get(metric)) for s in scores.values())
+        table.add_row(LABELS.get(metric, metric), *values)
     table.add_row("n", *(str(s.n) for s in scores.values()))
     return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def evaluate_model(

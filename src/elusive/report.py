@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .corpus import FIELDS, Record, atomic_path
-from .evaluate import FieldScore
+from .metrics import LABELS, METRICS, FieldScore
 
 
 def _token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -54,35 +54,44 @@ def _save_png(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
+"""The probes the report's probe table shows (every probe is in report.json)."""
+
+
 def plot_accuracy_vs_distance(
     distances: Mapping[str, Sequence[int]],
     results: Mapping[str, Mapping[str, FieldScore]],
     out_png: str | Path,
-    metric: str = "em",
+    metrics: Sequence[str] = ("em", "cloze_em"),
 ) -> Path:
-    """Figure 1: one line per run in `results` (label -> scores per field), the field's mean
-    token distance from the name on x, its EM (or F1) on y; fields named at the first run."""
+    """Figure 1: a panel per metric of `metrics` that the results hold (QA EM, cloze EM, ...);
+    one line per run in `results` (label -> scores per field), the field's mean token distance
+    from the name on x, the metric on y; fields named at the first run's points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mean = {f: sum(d) / len(d) for f, d in distances.items() if d}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for number, (label, scores) in enumerate(results.items()):
-        fields = sorted((f for f in mean if f in scores), key=mean.get)
-        xs = [mean[f] for f in fields]
-        ys = [getattr(scores[f], metric) for f in fields]
-        ax.plot(xs, ys, marker="o", label=label)
-        for f, x, y in zip(fields, xs, ys, strict=True):
-            if number == 0:  # name the fields once, at the first run's points
-                ax.annotate(f, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
-    ax.set_xlabel("mean token distance between the name and the field value")
-    ax.set_ylabel(f"QA {metric.upper()}")
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("QA accuracy vs distance from the name")
+    first = next(iter(results.values()))
+    shown = [m for m in metrics if any(s.present().get(m) is not None for s in first.values())]
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    for ax, metric in zip(axes[0], shown, strict=True):
+        for number, (label, scores) in enumerate(results.items()):
+            fields = sorted((f for f in mean if f in scores), key=mean.get)
+            xs = [mean[f] for f in fields]
+            ys = [getattr(scores[f], metric) for f in fields]
+            ax.plot(xs, ys, marker="o", label=label)
+            for f, x, y in zip(fields, xs, ys, strict=True):
+                if number == 0:  # name the fields once, at the first run's points
+                    ax.annotate(f, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        name = LABELS.get(metric, metric)
+        ax.set_xlabel("mean token distance between the name and the field value")
+        ax.set_ylabel(name if metric.startswith("cloze") else f"QA {name}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(f"{name} vs distance from the name")
     path = _save_png(fig, out_png)
     plt.close(fig)
     return path
@@ -105,7 +114,7 @@ def summarize(run) -> dict:
     university and company), or overall F1 for corpora without those fields.
     """
     from .corpus import iter_jsonl
-    from .evaluate import aggregate
+    from .metrics import aggregate
     from .pipeline import _eval_dirs
 
     config = run.config
@@ -116,7 +125,7 @@ def summarize(run) -> dict:
     for cell, epoch, folder in _eval_dirs(run):
         rows = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
         scores = {
-            name: aggregate((r["field"], r["em"], r["f1"]) for r in rows if r["source_id"] in ids)
+            name: aggregate(r for r in rows if r["source_id"] in ids)
             for name, ids in subsets.items()
         }
         key = (cell.alpha, cell.beta, cell.lr, epoch)
@@ -137,10 +146,11 @@ def summarize(run) -> dict:
         fields = list(next(iter(by_seed.values()))["test"])
         test = {}
         for f in fields:
-            em = _mean_std([s["test"][f].em for s in by_seed.values()])
-            f1 = _mean_std([s["test"][f].f1 for s in by_seed.values()])
-            n = next(iter(by_seed.values()))["test"][f].n
-            test[f] = {"em": em[0], "em_std": em[1], "f1": f1[0], "f1_std": f1[1], "n": n}
+            per_seed = [s["test"][f] for s in by_seed.values()]
+            test[f] = {"n": per_seed[0].n}
+            for metric in per_seed[0].present():
+                mean, std = _mean_std([score.present()[metric] for score in per_seed])
+                test[f].update({metric: mean, f"{metric}_std": std})
         alpha, beta, lr, epoch = best
         rows.append(
             {
@@ -165,17 +175,18 @@ def _cell(score: dict, metric: str) -> str:
 
 
 def markdown_tables(summary: dict) -> str:
-    """Table 2's layout (policy x model on the selected fields), then every field."""
+    """Table 2's layout (policy x model on the selected fields), the knowledge probes on those
+    fields, then every field."""
     rows = summary["rows"]
     if not rows:
         return "No results.\n"
     fields = [f for f in rows[0]["test"] if f != "overall"] + ["overall"]
     chosen = [f for f in summary["select_on"] if f in rows[0]["test"]] or ["overall"]
+    probes = [m for m in PROBE_COLUMNS if m in rows[0]["test"]["overall"]]
 
-    def table(columns: list[str]) -> list[str]:
+    def table(columns: list[str], metrics: Sequence[str]) -> list[str]:
         head = ["model", "policy", "α", "β", "lr", "epochs"]
-        for f in columns:
-            head += [f"{f} EM", f"{f} F1"]
+        head += [f"{f} {LABELS.get(m, m)}" for f in columns for m in metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             cells = [
@@ -186,8 +197,7 @@ def markdown_tables(summary: dict) -> str:
                 f"{r['lr']:g}",
                 str(r["epochs"]),
             ]
-            for f in columns:
-                cells += [_cell(r["test"][f], "em"), _cell(r["test"][f], "f1")]
+            cells += [_cell(r["test"][f], m) for f in columns for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
 
@@ -197,8 +207,20 @@ def markdown_tables(summary: dict) -> str:
         f"{n_test} test questions; settings chosen per policy on validation F1 of "
         f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
     )
-    out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen), ""]
-    out += ["## All fields", "", *table(fields), ""]
+    out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen, ["em", "f1"])]
+    if probes:
+        out += [
+            "",
+            "## Knowledge probes",
+            "",
+            "cloze: the field's sentence with the full name, cut before the value, answered "
+            "greedily (EM); choice: the gold answer out-scores every distractor by "
+            "log-probability (after the cloze prompt, or the QA prompt); logprob: mean "
+            "log-probability per token of the gold answer after the QA prompt.",
+            "",
+            *table(chosen, probes),
+        ]
+    out += ["", "## All fields", "", *table(fields, ["em", "f1"]), ""]
     return "\n".join(out)
 
 
@@ -383,7 +405,8 @@ def write_report(run) -> list[Path]:
         distances = field_token_distances(records, tokenizer)
         results = {
             f"{r['role']} {r['policy']}": {
-                f: FieldScore(s["em"], s["f1"], s["n"]) for f, s in r["test"].items()
+                f: FieldScore(n=s["n"], **{m: s[m] for m in METRICS if m in s})
+                for f, s in r["test"].items()
             }
             for r in summary["rows"]
         }
@@ -410,8 +433,8 @@ def write_report(run) -> list[Path]:
         lines += [
             "## Figures",
             "",
-            "- fig1.png: test EM per field against the field's mean token distance from the "
-            "name (Figure 1).",
+            "- fig1.png: test QA EM (and cloze EM) per field against the field's mean token "
+            "distance from the name (Figure 1).",
             f"- fig2.png: what kind of token holds each top-10 attention rank of the token "
             f"before the company value, over {n} biographies, per model (Figure 2).",
             "- fig3.png: the same for the large - small attention difference (Figure 3).",

@@ -1,0 +1,145 @@
+"""Knowledge probes: candidate log-probabilities against a slow reference, distractors, cloze
+prompts against the biography spans, and the probes inside `evaluate_qa`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elusive.corpus import FIELDS, TEMPLATES, BiosConfig, QAItem, generate_bios
+from elusive.evaluate import EvalConfig, evaluate_qa
+from elusive.metrics import normalize_answer
+from elusive.models import load_model
+from elusive.probes import pick_distractors, probe, score_candidates
+
+
+def _reference_logprob(model, tokenizer, prompt: str, answer: str) -> float:
+    """Slow reference: one unpadded forward of prompt + " answer", sum of the answer tokens'
+    log-probabilities read off the full log-softmax."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return sum(float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(answer_ids))
+
+
+def test_candidate_logprobs_equal_a_hand_computed_sum(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir)
+    prompts = [
+        "Question: Where was Liam Thompson born?\nAnswer:",
+        "Ann",
+        "A much longer prompt, so that the batch is left-padded: Liam Thompson was born on",
+    ]
+    candidates = [["Melbourne", "New York, NY", "Paris"], ["Lee Smith"], ["January 5, 1990"]]
+    got = score_candidates(model, tok, prompts, candidates, batch_size=2, progress=False)
+    for prompt, cands, scores in zip(prompts, candidates, got, strict=True):
+        assert len(scores) == len(cands)
+        for cand, score in zip(cands, scores, strict=True):
+            n = len(tok(" " + cand, add_special_tokens=False)["input_ids"])
+            assert score.tokens == n
+            ref = _reference_logprob(model, tok, prompt, cand)
+            assert score.total == pytest.approx(ref, abs=1e-4)
+            assert score.mean == pytest.approx(ref / n, abs=1e-4)
+    # One prompt at a time gives the same numbers as left-padded batches.
+    alone = score_candidates(model, tok, prompts, candidates, batch_size=1, progress=False)
+    for a, b in zip(alone, got, strict=True):
+        assert [x.total for x in a] == pytest.approx([x.total for x in b], abs=1e-4)
+
+
+def test_a_model_overfit_on_a_fact_ranks_it_first(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir)
+    people = generate_bios(BiosConfig(n=12, seed=3))[1]
+    dates = [q for q in people if q.field == "date"]
+    item = QAItem("x", "liam", "?", (dates[0].answers[0],), "date", "Liam Thompson was born on")
+    items = [item, *dates[1:]]
+    wrong = pick_distractors(items, k=9, seed=0)[:1]
+
+    def measure():
+        return probe(model, tok, [item.cloze], [item], wrong, progress=False)[0]
+
+    before = measure()
+    fact = f"{item.cloze} {item.answers[0]}."
+    ids = torch.tensor([tok(fact)["input_ids"]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    after = measure()
+    assert after["choice"] == 1.0
+    assert after["logprob"] > before["logprob"] + 1.0
+    assert after["logprob"] > -0.5  # near-certain, token by token
+
+
+def test_distractors_same_field_never_gold_and_seeded():
+    items = generate_bios(BiosConfig(n=30, seed=1))[1]
+    items.append(QAItem("dup", "p-dup", "?", (items[1].answers[0],), items[1].field))
+    draws = pick_distractors(items, k=9, seed=4)
+    assert draws == pick_distractors(items, k=9, seed=4)
+    assert draws != pick_distractors(items, k=9, seed=5)
+    values = {f: {normalize_answer(q.answers[0]) for q in items if q.field == f} for f in FIELDS}
+    for item, wrong in zip(items, draws, strict=True):
+        golds = {normalize_answer(a) for a in item.answers}
+        norm = [normalize_answer(w) for w in wrong]
+        assert len(wrong) == 9 and len(set(norm)) == 9
+        assert not golds & set(norm)  # a shared value (the duplicate) is never a distractor
+        assert set(norm) <= values[item.field]
+    # The draw of an item depends on its id, not on the other items' order.
+    shuffled = items[::-1]
+    again = dict(zip((q.id for q in shuffled), pick_distractors(shuffled, 9, 4), strict=True))
+    assert all(again[q.id] == w for q, w in zip(items, draws, strict=True))
+    # Fewer candidates than k: all of them.
+    two = [QAItem("a", "a", "?", ("x",)), QAItem("b", "b", "?", ("y",))]
+    assert pick_distractors(two, k=9) == [("y",), ("x",)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BiosConfig(n=40, seed=0),
+        BiosConfig(n=40, seed=1, templates=len(TEMPLATES["date"])),
+        BiosConfig(n=40, seed=2, templates=3, field_order=("company", *FIELDS[:-1])),
+        BiosConfig(n=40, seed=3, templates=6, shuffle_sentences=True),
+    ],
+)
+def test_cloze_prompts_start_with_the_name_and_stop_before_the_value(config):
+    records, questions = generate_bios(config)
+    by_person = {r.id: r for r in records}
+    for q in questions:
+        record = by_person[q.source_id]
+        name, pronoun = record.meta["name"], {"male": "He", "female": "She"}[record.meta["gender"]]
+        start = record.spans[q.field][0]
+        # The sentence holding the value, from its first word up to the value (space dropped).
+        before = record.text[:start]
+        sentence = before[before.rfind(". ") + 2 if ". " in before else 0 :].rstrip()
+        if sentence.startswith(name):
+            want = sentence
+        else:
+            assert sentence.startswith(pronoun)
+            want = name + sentence[len(pronoun) :]
+        assert q.cloze == want and q.cloze.startswith(name)
+        assert record.text[start:].startswith(q.answers[0])
+
+
+def test_evaluate_qa_adds_every_probe_and_is_deterministic(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir)
+    items = generate_bios(BiosConfig(n=6, seed=7))[1]
+    items.append(QAItem("no-cloze", "s", "Who?", ("a b",), "date"))
+    config = EvalConfig(max_new_tokens=4, batch_size=4, choices=3)
+    first = evaluate_qa(model, tok, items, config, progress=False)
+    again = evaluate_qa(model, tok, items, config, progress=False)
+    assert first.predictions == again.predictions
+    for row in first.predictions:
+        assert len(row["distractors"]) == 3 and row["choice"] in (0.0, 1.0)
+        assert row["logprob"] < 0
+        assert ("cloze_em" in row) == (row["id"] != "no-cloze")
+    score = first.scores["date"]
+    assert score.n == 7 and score.cloze_em is not None and score.cloze_logprob < 0
+    rows = [r for r in first.predictions if r["field"] == "date"]
+    assert score.choice == pytest.approx(sum(r["choice"] for r in rows) / 7)
+    assert score.cloze_choice == pytest.approx(sum(r["cloze_choice"] for r in rows[:-1]) / 6)
+    off = evaluate_qa(model, tok, items, EvalConfig(max_new_tokens=4, probes=False), progress=False)
+    assert off.scores["date"].choice is None and off.scores["date"].em == score.em
