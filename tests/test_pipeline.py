@@ -56,7 +56,14 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     lines: list[str] = []
     run = run_experiment(config, progress=False, echo=lines.append)
     report = run.path("report")
-    for name in ("report.md", "report.json", "fig1.png", "fig2.png", "fig3.png"):
+    for name in (
+        "report.md",
+        "report.json",
+        "fig1.png",
+        "fig2.png",
+        "fig3.png",
+        "paired-small.png",
+    ):
         assert (report / name).stat().st_size > 0, name
     summary = json.loads((report / "report.json").read_text())
     policies = {row["policy"] for row in summary["rows"]}
@@ -65,7 +72,15 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
         assert row["seeds"] == [0, 1]
         assert set(row["test"]) >= {"date", "company", "overall"}
         assert 0.0 <= row["test"]["overall"]["f1"] <= 1.0
-    assert "## Table 2" in (report / "report.md").read_text()
+        assert 0.0 <= row["test"]["company"]["cloze_choice"] <= 1.0  # the probes reach the report
+    # The study statistics: 9 test people x 2 seeds, every policy paired with none.
+    study = summary["study"]["small"]
+    assert study["seeds"] == [0, 1] and set(study["differences"]) == policies - {"none"}
+    company = study["means"]["none"]["company"]["cloze_em"]
+    assert company["n_people"] == 9 and company["low"] <= company["mean"] <= company["high"]
+    text = (report / "report.md").read_text()
+    assert "## Table 2" in text and "## Knowledge probes" in text
+    assert "Paired differences against none" in text
     manifest = json.loads(run.path("run.json").read_text())
     assert set(manifest["stages"]) == set(STAGES)
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")

@@ -102,7 +102,10 @@ class TrainSection:
 @dataclass
 class ReportSection:
     select_on: list[str] = field(default_factory=lambda: ["university", "company"])
-    """Fields whose mean validation F1 picks the best settings per policy."""
+    """Fields whose mean validation `select_metric` picks the best settings per policy."""
+    select_metric: str = "f1"
+    """The validation score that picks the settings: QA ``em`` or ``f1``, or a probe
+    (``cloze_em``, ``cloze_logprob``, ``choice``, ... see `elusive.metrics.METRICS`)."""
     analysis_texts: int = 100
     """Biographies analysed for Figures 2 and 3 (attention at the token before the company)."""
 
@@ -146,6 +149,13 @@ class RunConfig:
                 raise ConfigError(f"{where}: augment.{name} is empty")
         if not self.train.lr or not self.train.epochs or min(self.train.epochs) < 1:
             raise ConfigError(f"{where}: train.lr and train.epochs need values (epochs >= 1)")
+        from .metrics import METRICS
+
+        if self.report.select_metric not in METRICS:
+            raise ConfigError(
+                f"{where}: report.select_metric: unknown metric {self.report.select_metric!r} "
+                f"(one of {', '.join(METRICS)})"
+            )
         if self.corpus.bios:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:

@@ -8,6 +8,13 @@ from pathlib import Path
 from .corpus import atomic_path
 
 
+def save_png(fig, path: str | Path) -> Path:
+    """Save a figure atomically (temp file beside `path`, then rename)."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    return Path(path)
+
+
 def plot_paired_differences(
     summary: dict,
     out_png: str | Path,
@@ -72,8 +79,6 @@ def plot_paired_differences(
     )
     fig.tight_layout()
     try:
-        with atomic_path(out_png, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        return save_png(fig, out_png)
     finally:
         plt.close(fig)
-    return Path(out_png)

@@ -16,8 +16,10 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import FIELDS, Record, atomic_path
+from .corpus import FIELDS, Record
+from .figures import plot_paired_differences, save_png
 from .metrics import LABELS, METRICS, FieldScore
+from .stats import study_markdown
 
 
 def _token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -45,13 +47,6 @@ def field_token_distances(
             if f in record.spans:
                 out[f].append(_token_at(offsets, record.spans[f][0]) - name_end)
     return out
-
-
-def _save_png(fig, path: str | Path) -> Path:
-    """Save a figure atomically (temp file beside `path`, then rename)."""
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    return Path(path)
 
 
 PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
@@ -92,7 +87,7 @@ def plot_accuracy_vs_distance(
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(f"{name} vs distance from the name")
-    path = _save_png(fig, out_png)
+    path = save_png(fig, out_png)
     plt.close(fig)
     return path
 
@@ -108,49 +103,64 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def summarize(run) -> dict:
     """Pick the best setting per (trained role, policy) on the validation questions and give
-    its test EM/F1 per field as mean and standard deviation over seeds.
+    its test scores per field (QA EM/F1 and every probe) as mean and standard deviation over
+    seeds; then, per trained role, the study statistics of `elusive.stats` over the test people
+    and seeds of those settings (with paired differences against ``none`` where it ran).
 
-    The selection score is the mean validation F1 over ``report.select_on`` fields (the paper's
-    university and company), or overall F1 for corpora without those fields.
+    The selection score is the mean validation ``report.select_metric`` (F1 by default) over
+    the ``report.select_on`` fields (the paper's university and company), or over all questions
+    for corpora without those fields.
     """
     from .corpus import iter_jsonl
     from .metrics import aggregate
     from .pipeline import _eval_dirs
+    from .stats import summarize_study, unit_scores
 
     config = run.config
+    metric = config.report.select_metric
     split = json.loads(run.path("corpus", "split.json").read_text("utf-8"))
     subsets = {name: set(split[name]) for name in ("validation", "test")}
     # (role, policy) -> (alpha, beta, lr, epoch) -> seed -> subset -> field -> FieldScore
     table: dict[tuple, dict[tuple, dict[int, dict]]] = {}
+    # the same keys -> seed -> the test people's prediction rows
+    test_rows: dict[tuple, dict[tuple, dict[int, list[dict]]]] = {}
     for cell, epoch, folder in _eval_dirs(run):
         rows = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
         scores = {
             name: aggregate(r for r in rows if r["source_id"] in ids)
             for name, ids in subsets.items()
         }
-        key = (cell.alpha, cell.beta, cell.lr, epoch)
-        table.setdefault((cell.role, cell.policy), {}).setdefault(key, {})[cell.seed] = scores
+        key, setting = (cell.role, cell.policy), (cell.alpha, cell.beta, cell.lr, epoch)
+        table.setdefault(key, {}).setdefault(setting, {})[cell.seed] = scores
+        test = [r for r in rows if r["source_id"] in subsets["test"]]
+        test_rows.setdefault(key, {}).setdefault(setting, {})[cell.seed] = test
 
     def selection_score(by_seed: dict[int, dict]) -> float:
         per_seed = []
         for scores in by_seed.values():
             val = scores["validation"]
             fields = [f for f in config.report.select_on if f in val] or ["overall"]
-            per_seed.append(sum(val[f].f1 for f in fields) / len(fields))
+            values = [val[f].present().get(metric) for f in fields]
+            if None in values:
+                raise ValueError(f"report.select_metric: {metric!r} was not measured")
+            per_seed.append(sum(values) / len(values))
         return sum(per_seed) / len(per_seed)
 
-    rows = []
+    rows, study_tables = [], {}
     for (role, policy), settings in table.items():
         best = max(settings, key=lambda k: selection_score(settings[k]))
         by_seed = settings[best]
+        study_tables.setdefault(role, {})[policy] = unit_scores(
+            test_rows[(role, policy)][best], METRICS
+        )
         fields = list(next(iter(by_seed.values()))["test"])
         test = {}
         for f in fields:
             per_seed = [s["test"][f] for s in by_seed.values()]
             test[f] = {"n": per_seed[0].n}
-            for metric in per_seed[0].present():
-                mean, std = _mean_std([score.present()[metric] for score in per_seed])
-                test[f].update({metric: mean, f"{metric}_std": std})
+            for name in per_seed[0].present():
+                mean, std = _mean_std([score.present()[name] for score in per_seed])
+                test[f].update({name: mean, f"{name}_std": std})
         alpha, beta, lr, epoch = best
         rows.append(
             {
@@ -166,7 +176,17 @@ def summarize(run) -> dict:
                 "test": test,
             }
         )
-    return {"select_on": config.report.select_on, "rows": rows}
+    study = {
+        role: summarize_study(tables, baseline="none", metrics=METRICS)
+        for role, tables in study_tables.items()
+        if "none" in tables
+    }
+    return {
+        "select_on": config.report.select_on,
+        "select_metric": metric,
+        "rows": rows,
+        "study": study,
+    }
 
 
 def _cell(score: dict, metric: str) -> str:
@@ -204,7 +224,8 @@ def markdown_tables(summary: dict) -> str:
     seeds = rows[0]["seeds"]
     n_test = rows[0]["test"]["overall"]["n"]
     note = (
-        f"{n_test} test questions; settings chosen per policy on validation F1 of "
+        f"{n_test} test questions; settings chosen per policy on validation "
+        f"{LABELS.get(summary['select_metric'], summary['select_metric'])} of "
         f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
     )
     out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen, ["em", "f1"])]
@@ -221,6 +242,10 @@ def markdown_tables(summary: dict) -> str:
             *table(chosen, probes),
         ]
     out += ["", "## All fields", "", *table(fields, ["em", "f1"]), ""]
+    models = {r["role"]: r["model"] for r in rows}
+    for role, study in summary["study"].items():
+        out += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting.", ""]
+        out += [study_markdown(study)]
     return "\n".join(out)
 
 
@@ -362,7 +387,7 @@ def plot_rank_categories(panels: Mapping[str, list[dict[str, int]]], out_png: st
     shown = [c for c in CATEGORIES if c in legend]
     fig.legend([legend[c] for c in shown], shown, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    path = _save_png(fig, out_png)
+    path = save_png(fig, out_png)
     plt.close(fig)
     return path
 
@@ -389,6 +414,10 @@ def _analysis(run) -> dict[str, list[dict]]:
     return rows
 
 
+PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
+"""The metrics of the paired-difference figure (report.json has every metric)."""
+
+
 def write_report(run) -> list[Path]:
     """Write report.md, report.json and the figures into the run's report/ folder."""
     from .corpus import atomic_write_text, read_corpus
@@ -398,7 +427,15 @@ def write_report(run) -> list[Path]:
     out = run.path("report")
     summary = summarize(run)
     lines = [f"# elusive report: {run.root}", "", markdown_tables(summary)]
-    written = []
+    written, figures = [], []
+    for role, study in summary["study"].items():
+        if study["differences"]:
+            name = f"paired-{role}.png"
+            written.append(plot_paired_differences(study, out / name, metrics=PAIRED_METRICS))
+            figures.append(
+                f"- {name}: per field and metric, each policy's paired difference from none "
+                "(same test people, same seeds) with its 95% bootstrap CI."
+            )
     if config.corpus.bios is not None:  # the figures need biography fields
         records = read_corpus(run.path("corpus", "corpus.jsonl"))
         tokenizer = load_tokenizer(getattr(config.models, config.models.trained[0]))
@@ -430,16 +467,15 @@ def write_report(run) -> list[Path]:
             )
         )
         n = len(rows["large"])
-        lines += [
-            "## Figures",
-            "",
+        figures += [
             "- fig1.png: test QA EM (and cloze EM) per field against the field's mean token "
             "distance from the name (Figure 1).",
             f"- fig2.png: what kind of token holds each top-10 attention rank of the token "
             f"before the company value, over {n} biographies, per model (Figure 2).",
             "- fig3.png: the same for the large - small attention difference (Figure 3).",
-            "",
         ]
+    if figures:
+        lines += ["## Figures", "", *figures, ""]
     written.insert(0, atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n"))
     written.insert(0, atomic_write_text(out / "report.md", "\n".join(lines)))
     return written
