@@ -1,6 +1,7 @@
 """The memory-bounded attention scorer against a naive reference, on tiny random models."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,12 +17,14 @@ from elusive.attention import (
     query_attention,
     rank_desc,
     read_scores,
+    score_corpus,
     score_records,
     tokenize,
     write_scores,
 )
+from elusive.augment import AugmentConfig, AugmentError, augment_file
 from elusive.cli import app
-from elusive.corpus import BiosConfig, generate_bios, write_jsonl
+from elusive.corpus import BiosConfig, Record, generate_bios, write_jsonl
 from elusive.models import load_model, make_tiny_model
 
 TEXT = (
@@ -329,3 +332,40 @@ def test_cli_writes_scores_folder(tiny_dirs, twin_dir, tmp_path):
     result = runner.invoke(app, args + ["--model", str(tmp_path / "missing.gguf")])
     assert result.exit_code != 0 and "missing.gguf" in result.output
     assert read_scores(out) == rows  # nothing half-written by the failed runs
+
+
+def test_batch_size_error_names_the_option():
+    with pytest.raises(AttentionError, match="--batch-size must be at least 1, got 0") as err:
+        AttentionConfig(batch_size=0).validate()
+    assert "chunk" not in str(err.value)
+
+
+def test_text_longer_than_the_model_fails_before_scoring(tiny_dirs, tmp_path, monkeypatch):
+    short = tmp_path / "short"
+    shutil.copytree(tiny_dirs["llama"], short)
+    config = json.loads((short / "config.json").read_text())
+    config["max_position_embeddings"] = 16
+    (short / "config.json").write_text(json.dumps(config))
+    records = [Record("fits", "Ava was born."), Record("long", TEXT)]
+    n_tokens = len(load_model(short)[1](TEXT)["input_ids"])
+    assert n_tokens > 16
+    calls = _count_runs(monkeypatch)
+    with pytest.raises(AttentionError, match=f"text 'long' is {n_tokens} tokens long.* 16 pos"):
+        score_records(records, {"model": str(short)}, AttentionConfig(cache_dir=tmp_path))
+    assert calls == []
+
+
+def test_manifest_corpus_is_found_from_another_folder(tiny_dirs, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    write_jsonl(work / "c.jsonl", [{"id": "a", "text": TEXT}])
+    monkeypatch.chdir(work)  # relative paths, as typed in a shell
+    specs = {"model": str(tiny_dirs["llama"])}
+    score_corpus(specs, "c.jsonl", "scores", AttentionConfig(cache_dir=tmp_path), progress=False)
+    assert json.loads((work / "scores" / "manifest.json").read_text())["corpus"] == "../c.jsonl"
+    monkeypatch.chdir(tmp_path)
+    config = AugmentConfig(policy="attention", copies=1)
+    assert augment_file(work / "scores", tmp_path / "aug.jsonl", config) == 2
+    (work / "c.jsonl").rename(work / "moved.jsonl")
+    with pytest.raises(AugmentError, match=r"c.jsonl: no such file .*the corpus .*manifest.json"):
+        augment_file(work / "scores", tmp_path / "aug2.jsonl", config)

@@ -184,3 +184,20 @@ def test_read_qa_errors_name_the_line(tmp_path):
     path.write_text(json.dumps({"question": "Q?", "answer": "A", "cloze": 3}) + "\n")
     with pytest.raises(CorpusError, match=r"qa.jsonl:1: field 'cloze' must be a non-empty"):
         read_qa(path)
+
+
+def test_utf8_bom_is_stripped_from_txt_and_jsonl(tmp_path):
+    """Editors on Windows start files with a byte-order mark; it must not become text."""
+    bom = "\ufeff"
+    book = tmp_path / "book.txt"
+    book.write_text(bom + "Para one.\n\nPara two.\n", encoding="utf-8")
+    assert [r.text for r in read_corpus(book)] == ["Para one.", "Para two."]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(bom + "A doc.", encoding="utf-8")
+    assert read_corpus(tmp_path / "docs")[0].text == "A doc."
+    lines = tmp_path / "corpus.jsonl"
+    lines.write_text(bom + '{"id": "a", "text": "A text."}\n', encoding="utf-8")
+    assert [(r.id, r.text) for r in read_corpus(lines)] == [("a", "A text.")]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(bom + '{"question": "Q?", "answer": "A"}\n', encoding="utf-8")
+    assert read_qa(qa)[0].question == "Q?"

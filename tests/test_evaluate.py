@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,9 +11,12 @@ from elusive.evaluate import (
     cut_answer,
     evaluate_qa,
     generate_continuations,
+    load_for_eval,
     write_eval,
 )
 from elusive.metrics import aggregate, best_scores
+from elusive.models import ModelSpecError, make_tiny_model
+from elusive.train import TrainConfig, train
 
 # --------------------------------------------------------------------------- closed-book QA
 
@@ -128,3 +132,34 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
     for prompt, got in zip(prompts, batched, strict=True):
         want = _reference_greedy(model, tok, prompt, 6)
         assert want.startswith(got) and want.split("\n")[0] == got.split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+        ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
+        ({"shots": -1}, "shots must be >= 0, got -1"),
+        ({"choices": 0}, "choices must be >= 1, got 0"),
+    ],
+)
+def test_eval_config_names_the_bad_option(change, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(**change).validate()
+
+
+def test_adapter_on_another_base_model_is_refused(tmp_path, monkeypatch):
+    base = make_tiny_model(tmp_path / "base", seed=0)
+    other = make_tiny_model(tmp_path / "other", seed=1)  # same shapes, other weights
+    records = generate_bios(BiosConfig(n=4, seed=1))[0]
+    config = TrainConfig(model=str(base), epochs=1, batch_size=4)
+    last = train(config, records, tmp_path / "run", progress=False)
+    recorded = json.loads((last / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(base.resolve())
+    with pytest.raises(ModelSpecError, match="trained on base model") as err:
+        load_for_eval(str(other), last)
+    assert str(base) in str(err.value) and str(other) in str(err.value)
+    shutil.copytree(base, tmp_path / "copy")
+    load_for_eval(str(tmp_path / "copy"), last)  # the same files elsewhere: the same model
+    monkeypatch.chdir(tmp_path)
+    load_for_eval("base", last)  # a relative path to the recorded folder

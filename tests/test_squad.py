@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from elusive.cli import app
 from elusive.corpus import (
     CorpusError,
+    DroppedDataWarning,
     SquadConfig,
     read_corpus,
     read_qa,
@@ -125,6 +126,42 @@ def test_no_question_left_is_an_error(tmp_path):
     ]
     with pytest.raises(CorpusError, match=r"no questions left \(1 dropped"):
         read_squad(write(tmp_path, data))
+
+
+def _v2_data(impossible_ids):
+    """A SQuAD v2.0 paragraph of three questions; those in `impossible_ids` are unanswerable."""
+    context = "The Varren bell was cast in 1821 and rings twelve times at noon."
+    qas = []
+    for qid, question, answer in [
+        ("a", "When was the bell cast?", "1821"),
+        ("b", "How often does it ring at noon?", "twelve times"),
+        ("c", "Who cast the bell?", "Varren"),
+    ]:
+        qa = {"id": qid, "question": question, "is_impossible": qid in impossible_ids}
+        qa["answers"] = [] if qid in impossible_ids else [{"text": answer}]
+        qas.append(qa)
+    return {"version": "v2.0", "data": [{"title": "Bell", "paragraphs": [
+        {"context": context, "qas": qas}]}]}  # fmt: skip
+
+
+def test_squad_v2_impossible_questions_are_counted(tmp_path):
+    path = write(tmp_path, _v2_data({"b", "c"}))
+    with pytest.warns(DroppedDataWarning, match="skipped 2 marked is_impossible"):
+        _, questions = read_squad(path)
+    assert [q.id for q in questions] == ["a"]
+    result = runner.invoke(app, ["squad", "convert", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "skipped 2 marked is_impossible" in result.output
+    assert "1 questions" in result.output
+
+    every = write(tmp_path, _v2_data({"a", "b", "c"}), "all.json")
+    with pytest.raises(CorpusError, match=r"no questions left \(3 marked is_impossible") as err:
+        read_squad(every)
+    assert "no answer in the paragraph" not in str(err.value)
+    data = _v2_data(set())
+    data["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = "no"
+    with pytest.raises(CorpusError, match="question 'a' .*'is_impossible' must be true or false"):
+        read_squad(write(tmp_path, data, "bad.json"))
 
 
 def test_ids_number_paragraphs_per_title(tmp_path):

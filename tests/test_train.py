@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.corpus import BiosConfig, generate_bios, write_bios
+from elusive.corpus import BiosConfig, DroppedDataWarning, generate_bios, write_bios
 from elusive.evaluate import load_for_eval
-from elusive.models import load_model
+from elusive.models import ModelSpecError, load_model, quiet_peft
 from elusive.train import (
     STATE_FILE,
     EpochShuffle,
@@ -128,7 +129,7 @@ def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
 
     trained = seen[-1].eval()
     ids = torch.tensor([[3, 17, 42, 99, 5, 250]], device=trained.device)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_peft():
         want = trained(input_ids=ids).logits
         base, _ = load_model(tiny_model_dir)
         base_logits = base(input_ids=ids).logits
@@ -234,3 +235,49 @@ def test_cli_table1_writes_table_metrics_and_figure(tiny_model_dir, tmp_path):
     assert list(metrics["scores"]) == ["date", "city", "university", "major", "company", "overall"]
     assert metrics["adapter"].endswith("epoch-2") and (tmp_path / "figure1.png").stat().st_size
     assert last_epoch(tmp_path / "run") == 2
+
+
+def test_run_json_waits_for_the_model_and_compares_resolved_paths(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    with pytest.raises(ModelSpecError):
+        train(_config(tmp_path / "no-such-model", epochs=1), records, run, progress=False)
+    assert not (run / "run.json").exists()  # nothing that refuses the corrected command
+    train(_config(tiny_model_dir, epochs=1), records, run, progress=False)
+    recorded = json.loads((run / "run.json").read_text())["config"]["model"]
+    assert recorded == str(tiny_model_dir.resolve())
+    # the same folder by a relative path is the same model: the finished run is found
+    monkeypatch.chdir(tiny_model_dir.parent)
+    last = train(_config(tiny_model_dir.name, epochs=1), records, run, progress=False)
+    assert last == run / "epoch-1"
+    with pytest.raises(TrainError, match="different model"):
+        train(_config("qwen2.5-coder-0.5b", epochs=1), records, run, progress=False)
+
+
+def test_truncation_is_warned_and_logged(tiny_model_dir, records, tmp_path):
+    tokenizer = load_model(tiny_model_dir)[1]
+    lengths = [len(s) for s in tokenize_texts([r.text for r in records], tokenizer, None)]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the texts are longer
+    longer = [n - limit for n in lengths if n > limit]
+    assert longer
+    config = _config(tiny_model_dir, epochs=1, max_length=limit)
+    with pytest.warns(DroppedDataWarning, match=f"{len(longer)} of {len(records)} texts"):
+        train(config, records, tmp_path / "run", progress=False)
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert log["truncation"] == {
+        "max_length": limit,
+        "texts_cut": len(longer),
+        "texts": len(records),
+        "tokens_cut": sum(longer),
+        "tokens": sum(lengths),
+    }
+
+
+def test_train_and_evaluate_raise_no_peft_deprecation_warning(tiny_model_dir, records, tmp_path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "error", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        last = train(_config(tiny_model_dir, epochs=1), records, tmp_path / "run", progress=False)
+        load_for_eval(str(tiny_model_dir), last)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -33,7 +34,14 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from .corpus import Record, atomic_write_text, iter_jsonl, read_corpus, write_jsonl
+from .corpus import (
+    Record,
+    atomic_write_text,
+    check_out_dir,
+    iter_jsonl,
+    read_corpus,
+    write_jsonl,
+)
 
 ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")
@@ -481,8 +489,10 @@ class AttentionConfig:
             raise AttentionError(f"--trained must be large or small, got {self.trained!r}")
         if self.dtype not in DTYPES:
             raise AttentionError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.batch_size < 1 or self.chunk_size < 1:
-            raise AttentionError("--batch-size and the chunk size must be at least 1")
+        if self.batch_size < 1:
+            raise AttentionError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise AttentionError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
 
 class ScoreCache:
@@ -585,6 +595,25 @@ def _project(
     return out
 
 
+def _check_lengths(
+    records: Sequence[Record], items: Sequence[Tokenized], spec: str, cache_dir: Path | None
+) -> None:
+    """Refuse, before scoring, a text longer than the model's positions: its attention past
+    them says nothing the model learnt."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+
+    model_config = AutoConfig.from_pretrained(resolve_model(spec, cache_dir=cache_dir))
+    limit = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    for record, item in zip(records, items, strict=True):
+        if limit is not None and len(item.ids) > limit:
+            raise AttentionError(
+                f"text {record.id!r} is {len(item.ids)} tokens long (prefix and special tokens "
+                f"included), more than the {limit} positions of model {spec!r}: split it"
+            )
+
+
 def score_records(
     records: Sequence[Record],
     specs: dict[str, str],
@@ -606,6 +635,7 @@ def score_records(
     for role, spec in specs.items():
         tokenizer = load_tokenizer(spec, cache_dir=config.cache_dir)
         items[role] = [tokenize(tokenizer, t, config.prefix) for t in texts]
+        _check_lengths(records, items[role], spec, config.cache_dir)
     if len(specs) == 2 and config.align == "tokens":
         for n, record in enumerate(records):
             _check_same_tokens(record, items["large"][n], items["small"][n])
@@ -655,13 +685,17 @@ def score_corpus(
     *,
     progress: bool = True,
 ) -> list[TextScores]:
-    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`)."""
+    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`).
+
+    The manifest names the corpus relative to the scores folder, so `augment` finds it from
+    any working folder, and after both are moved together."""
     config = config or AttentionConfig()
+    check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     records = read_corpus(corpus)
     rows, fingerprints = score_records(records, specs, config, progress=progress)
     manifest = {
         "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
-        "corpus": str(corpus),
+        "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),
         "prefix": config.prefix,
         "align": config.align,
         "trained": config.trained if "model" not in specs else "model",

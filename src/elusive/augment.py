@@ -47,7 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import Record, atomic_path, atomic_write_text, read_corpus, write_jsonl
+from .corpus import (
+    Record,
+    atomic_path,
+    atomic_write_text,
+    check_out_file,
+    read_corpus,
+    write_jsonl,
+)
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -376,7 +383,8 @@ def augment(
 def load_inputs(
     scores_dir: str | Path, corpus: str | Path | None, config: AugmentConfig
 ) -> tuple[list[Record], list[TextScores], AugmentConfig]:
-    """Read a scores directory and its corpus (the manifest's, unless given).
+    """Read a scores directory and its corpus (the manifest's, unless given; a relative path
+    there is relative to the scores directory).
 
     `score_of` defaults to the manifest's trained role when the scores hold it.
     """
@@ -387,9 +395,15 @@ def load_inputs(
     except AttentionError as exc:
         raise AugmentError(str(exc)) from None
     if corpus is None:
-        corpus = manifest.get("corpus")
-        if not corpus:
+        named = manifest.get("corpus")
+        if not named:
             raise AugmentError(f"{scores_dir}/manifest.json names no corpus: pass --corpus")
+        corpus = Path(scores_dir) / named
+        if not corpus.exists():
+            raise AugmentError(
+                f"{corpus}: no such file or folder (the corpus {scores_dir}/manifest.json "
+                "names): pass --corpus"
+            )
     trained = manifest.get("trained")
     if config.score_of is None and rows and trained in rows[0].scores:
         config = replace(config, score_of=trained)
@@ -405,6 +419,7 @@ def augment_file(
 ) -> int:
     """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows."""
     config.validate()
+    check_out_file(out)
     records, rows, config = load_inputs(scores_dir, corpus, config)
     augmented = augment(records, rows, config, progress=progress)
     write_jsonl(out, augmented)

@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,25 @@ def fail(message: str) -> None:
     """Print a one-line error to stderr and exit non-zero."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_dropped(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings about skipped or cut input are messages to the user: one `warning:` line
+    each, not the source location Python prints for a programming warning."""
+    from .corpus import DroppedDataWarning
+
+    if issubclass(category, DroppedDataWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+@app.callback()
+def _setup() -> None:
+    warnings.showwarning = _show_dropped
 
 
 @bios_app.command("generate")
@@ -378,9 +398,9 @@ def squad_convert(
     )
     try:
         records, questions = read_squad(file, config)
+        corpus, qa = write_corpus_and_qa(records, questions, out)
     except CorpusError as exc:
         fail(str(exc))
-    corpus, qa = write_corpus_and_qa(records, questions, out)
     typer.echo(
         f"wrote {len(records)} paragraphs to {corpus} and {len(questions)} questions to {qa}"
     )

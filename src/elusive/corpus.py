@@ -17,6 +17,7 @@ import json
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,15 @@ _FIRST_YEAR, _LAST_YEAR = 1950, 2000
 
 class CorpusError(ValueError):
     """Bad corpus input; the message names the file, line or field."""
+
+
+class OutputError(CorpusError):
+    """An output path that cannot be written (a file where a folder must go, or the reverse)."""
+
+
+class DroppedDataWarning(UserWarning):
+    """Input skipped or cut on purpose (unanswerable questions, over-long texts): the warning
+    counts it, so nothing is lost silently."""
 
 
 @dataclass(frozen=True)
@@ -328,8 +338,8 @@ def qa_to_json(item: QAItem, source_key: str = "person_id") -> dict[str, Any]:
 
 def write_bios(config: BiosConfig, out_dir: str | Path) -> tuple[Path, Path]:
     """Generate and write `people.jsonl` and `qa.jsonl` into `out_dir`; returns both paths."""
+    out = check_out_dir(out_dir, ("people.jsonl", "qa.jsonl"))
     records, questions = generate_bios(config)
-    out = Path(out_dir)
     people = write_jsonl(out / "people.jsonl", (record_to_json(r) for r in records))
     qa = write_jsonl(out / "qa.jsonl", (qa_to_json(q) for q in questions))
     return people, qa
@@ -370,6 +380,32 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+def check_out_dir(path: str | Path, files: Sequence[str] = ()) -> Path:
+    """Refuse, before any work, an output folder that cannot be made: `path` or a parent of it
+    is a file, or one of the `files` to be written in it is a folder. Returns `path`."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if folder.is_dir():
+                break
+            if folder == path:
+                raise OutputError(f"{path}: is a file, not a folder to write into")
+            raise OutputError(f"{path}: cannot be made as a folder: {folder} is a file")
+    for name in files:
+        if (path / name).is_dir():
+            raise OutputError(f"{path / name}: is a folder, so it cannot be written as a file")
+    return path
+
+
+def check_out_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file path that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file path to write")
+    check_out_dir(path.parent)
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path) as tmp:
@@ -378,9 +414,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def read_text(path: Path) -> str:
-    """The UTF-8 text of a file; a missing or undecodable file is a CorpusError."""
+    """The UTF-8 text of a file, without a leading byte-order mark (editors on Windows write
+    one); a missing or undecodable file is a CorpusError."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
@@ -438,10 +475,7 @@ def read_corpus(path: str | Path) -> list[Record]:
 
 
 def _txt_record(path: Path, rid: str) -> Record:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    text = read_text(path).strip()
     if not text:
         raise CorpusError(f"{path}: empty text")
     return Record(id=rid, text=text, meta={"source": str(path)})
@@ -568,6 +602,8 @@ class _SquadQuestion:
     question: str
     answers: tuple[tuple[str, int | None], ...]
     """Each distinct gold answer and where it starts in the paragraph (None: not in it)."""
+    impossible: bool = False
+    """SQuAD v2.0 ``is_impossible``: the paragraph does not answer it (nothing to learn)."""
 
 
 def read_squad(
@@ -581,7 +617,8 @@ def read_squad(
     QAItem.source_id is the paragraph's record id; duplicate gold answers are merged. The whole
     file is checked before sampling: bad JSON, a missing or mistyped field, a duplicate question
     id, or an `answer_start` whose span is not the answer text is a CorpusError naming the
-    paragraph or question.
+    paragraph or question. SQuAD v2.0 questions marked ``is_impossible`` are skipped with a
+    DroppedDataWarning that counts them.
     """
     config = config or SquadConfig()
     config.validate()
@@ -590,9 +627,12 @@ def read_squad(
 
     # Per paragraph: its usable questions and the span of each one's first located answer.
     usable: dict[str, list[tuple[QAItem, tuple[int, int] | None]]] = {}
-    dropped = 0
+    dropped = impossible = 0
     for record, questions in parsed:
         for q in questions:
+            if q.impossible:
+                impossible += 1
+                continue
             located = [(a, s) for a, s in q.answers if s is not None]
             answers = located if config.require_answer_in_context else q.answers
             if not answers:
@@ -614,9 +654,13 @@ def read_squad(
     kept = _sample(parsed, config.max_paragraphs, random.Random(f"{config.seed}:paragraphs"))
     pool = [pair for record, _ in kept for pair in usable.get(record.id, [])]
     chosen = _sample(pool, config.max_questions, random.Random(f"{config.seed}:questions"))
+    skipped = f"{impossible} marked is_impossible (SQuAD v2.0 unanswerable questions)"
     if not chosen:
-        why = f" ({dropped} dropped: no answer in the paragraph)" if dropped else ""
-        raise CorpusError(f"{path}: no questions left{why}")
+        why = [skipped] if impossible else []
+        why += [f"{dropped} dropped: no answer in the paragraph"] if dropped else []
+        raise CorpusError(f"{path}: no questions left" + (f" ({'; '.join(why)})" if why else ""))
+    if impossible:
+        warnings.warn(f"{path}: skipped {skipped}", DroppedDataWarning, stacklevel=2)
     spans: dict[str, dict[str, tuple[int, int]]] = {}
     for item, span in chosen:
         if span is not None:
@@ -630,7 +674,7 @@ def write_corpus_and_qa(
 ) -> tuple[Path, Path]:
     """Write `corpus.jsonl` (for read_corpus) and `qa.jsonl` (for read_qa, with ``source_id``)
     into `out_dir`, each atomically; returns both paths."""
-    out = Path(out_dir)
+    out = check_out_dir(out_dir, ("corpus.jsonl", "qa.jsonl"))
     corpus = write_jsonl(out / "corpus.jsonl", (record_to_json(r) for r in records))
     qa = write_jsonl(out / "qa.jsonl", (qa_to_json(q, "source_id") for q in questions))
     return corpus, qa
@@ -709,7 +753,10 @@ def _parse_question(qa: Any, context: str, path: Path, rid: str, index: str) -> 
             start = context.find(text)
         if starts.get(text) is None:
             starts[text] = start if start >= 0 else None
-    return _SquadQuestion(id=qid, question=question, answers=tuple(starts.items()))
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise CorpusError(f"{where}: field 'is_impossible' must be true or false")
+    return _SquadQuestion(qid, question, tuple(starts.items()), impossible)
 
 
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}

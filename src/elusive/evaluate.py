@@ -60,10 +60,14 @@ class EvalConfig:
     def validate(self) -> None:
         if "{question}" not in self.template:
             raise ValueError(f"prompt template must contain {{question}}, got {self.template!r}")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.shots < 0:
-            raise ValueError("max_new_tokens and batch_size must be >= 1, shots >= 0")
-        if self.choices < 1:
-            raise ValueError(f"choices must be >= 1, got {self.choices}")
+        for name, least in (
+            ("max_new_tokens", 1),
+            ("batch_size", 1),
+            ("shots", 0),
+            ("choices", 1),
+        ):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
 
 
 def cut_answer(text: str) -> str:
@@ -258,19 +262,23 @@ def _add_probes(model, tokenizer, items, prompts, rows, config, progress) -> Non
 
 
 def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for evaluation: the base model with the LoRA adapter merged in."""
-    from .models import ModelSpecError, load_model
+    """(model, tokenizer) for evaluation: the base model with the LoRA adapter merged in.
+    An adapter trained on another base model is refused (`check_adapter_base`)."""
+    from .models import ModelSpecError, check_adapter_base, load_model, quiet_peft
 
-    model, tokenizer = load_model(spec, dtype=dtype)
     if adapter is not None:
-        from peft import PeftModel
-
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelSpecError(
                 f"adapter {str(adapter)!r}: no adapter_config.json in that folder "
                 "(a --full run's epoch folder is a model: pass it as --model)"
             )
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        check_adapter_base(adapter, spec)
+    model, tokenizer = load_model(spec, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     return model, tokenizer
 
@@ -317,10 +325,11 @@ def evaluate_model(
     progress: bool = True,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions."""
-    from .corpus import read_qa
+    from .corpus import check_out_dir, read_qa
 
     config = config or EvalConfig()
     config.validate()
+    check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
     items = read_qa(qa) if isinstance(qa, (str, Path)) else list(qa)
     pool = read_qa(shots_from) if shots_from is not None else None
     model, tokenizer = load_for_eval(spec, adapter, dtype)

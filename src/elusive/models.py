@@ -24,6 +24,9 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -173,6 +176,45 @@ def model_fingerprint(spec: str | Path, *, cache_dir: str | Path | None = None) 
             continue
         digest.update(f"{rel}\0{_file_fingerprint(path)}\0".encode())
     return digest.hexdigest()[:20]
+
+
+def spec_key(spec: str | Path) -> str:
+    """What tells two model specs apart: a local path as its absolute form (a relative and an
+    absolute path to one folder agree), anything else (pack name, hub id) as given."""
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else str(spec)
+
+
+def check_adapter_base(
+    adapter: str | Path, spec: str | Path, *, cache_dir: str | Path | None = None
+) -> None:
+    """Refuse a LoRA adapter trained on another base model than `spec`. The base is the folder
+    recorded in ``adapter_config.json`` (training records it absolute); it counts as the same
+    when it is the folder `spec` resolves to or holds the same files (a copy). A base that is
+    not a model folder here (moved, a hub id) cannot be compared and passes."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text("utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        return
+    folder = resolve_model(spec, cache_dir=cache_dir)
+    if Path(base).resolve() == folder.resolve():
+        return
+    if model_fingerprint(base) != model_fingerprint(folder):
+        raise ModelSpecError(
+            f"adapter {str(adapter)!r} was trained on base model {base!r}, not on "
+            f"{str(spec)!r} ({folder}): pass its base model"
+        )
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Wrapping a model with peft 0.21 reads `model.is_gradient_checkpointing`, which
+    transformers 5 deprecates with a FutureWarning on every train and evaluate: hide that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def _file_fingerprint(path: Path, sample: int = 4 << 20) -> str:

@@ -17,8 +17,10 @@ Runs go through `accelerate.Accelerator`, so the same code runs on CPU, one GPU 
 
 Run folder layout::
 
-    RUN_DIR/run.json       the config and corpus hash; a rerun must match it
-    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...]}
+    RUN_DIR/run.json       the config and corpus hash, written once the model has loaded; a rerun
+                           must match it
+    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...],
+                           "truncation": what max_length cut (see `truncation`)}
     RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) after epoch N, written to a
                            temp folder and renamed; the last one also holds trainer_state.pt
                            (optimizer, scheduler, RNG) to resume from.
@@ -33,6 +35,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .corpus import Record, atomic_write_text, read_corpus
+from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir, read_corpus
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,13 +110,26 @@ class TrainConfig:
 
 
 def tokenize_texts(
-    texts: Sequence[str], tokenizer: Any, max_length: int, add_eos: bool = True
+    texts: Sequence[str], tokenizer: Any, max_length: int | None, add_eos: bool = True
 ) -> list[list[int]]:
     """Token ids of each text as one training sequence: tokenizer specials (BOS) + text + EOS,
-    cut to `max_length`."""
+    cut to `max_length` (None: not cut)."""
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     return [(seq + eos)[:max_length] for seq in ids]
+
+
+def truncation(seqs: Sequence[Sequence[int]], max_length: int) -> dict[str, int]:
+    """What cutting the whole sequences `seqs` to `max_length` loses, for log.json: texts cut
+    out of all texts, tokens cut out of all tokens."""
+    over = [len(s) - max_length for s in seqs if len(s) > max_length]
+    return {
+        "max_length": max_length,
+        "texts_cut": len(over),
+        "texts": len(seqs),
+        "tokens_cut": sum(over),
+        "tokens": sum(len(s) for s in seqs),
+    }
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -164,7 +180,7 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from .models import load_model
+    from .models import load_model, quiet_peft
 
     dtype = DTYPES[config.dtype]
     # Loaded on the CPU: `Accelerator.prepare` moves it to this process's device.
@@ -172,9 +188,13 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
         model, tokenizer = load_model(str(resume_dir or config.model), dtype=dtype, device="cpu")
     else:
         model, tokenizer = load_model(config.model, dtype=dtype, device="cpu")
+        # peft records the folder the base came from in adapter_config.json; made absolute,
+        # `evaluate` can check an adapter against its base from any working folder
+        model.name_or_path = str(Path(model.name_or_path).resolve())
         torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the torch RNG
         if resume_dir is not None:
-            model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
         else:
             lora = LoraConfig(
                 r=config.lora_r,
@@ -183,7 +203,8 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
                 target_modules="all-linear",  # every nn.Linear but the output head
                 task_type="CAUSAL_LM",
             )
-            model = get_peft_model(model, lora)
+            with quiet_peft():
+                model = get_peft_model(model, lora)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
@@ -216,16 +237,29 @@ def _corpus_hash(records: Sequence[Record]) -> str:
     return hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, corpus_hash: str) -> None:
-    """Write run.json for a new run; for an existing one, refuse a different config/corpus."""
-    want = {"config": dataclasses.asdict(config), "corpus_sha256": corpus_hash}
+def _run_record(config: TrainConfig, corpus_hash: str) -> dict[str, Any]:
+    """What run.json holds: the config, its model spec as `spec_key` (so a relative and an
+    absolute path to one folder are one model), and the corpus hash."""
+    from .models import spec_key
+
+    settings = dataclasses.asdict(config)
+    settings["model"] = spec_key(config.model)
+    return {"config": settings, "corpus_sha256": corpus_hash}
+
+
+def _check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
+    """Refuse a run folder whose run.json records another config or corpus than `want`."""
+    from .models import spec_key
+
     path = run_dir / "run.json"
     if not path.exists():
-        atomic_write_text(path, json.dumps(want, indent=2) + "\n")
         return
     have = json.loads(path.read_text("utf-8"))
-    diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
-    if have.get("corpus_sha256") != corpus_hash:
+    have_config = have.get("config", {})
+    if "model" in have_config:  # run.json files of older versions hold the spec as given
+        have_config["model"] = spec_key(have_config["model"])
+    diff = [k for k in want["config"] if have_config.get(k) != want["config"][k]]
+    if have.get("corpus_sha256") != want["corpus_sha256"]:
         diff.append("corpus")
     if diff:
         raise TrainError(
@@ -289,18 +323,20 @@ def train(
 ) -> Path:
     """Train on `corpus` (records or a corpus path) into `run_dir`; returns the last epoch folder.
 
-    Resumes after the last saved epoch; a finished run returns at once.
+    Resumes after the last saved epoch; a finished run returns at once. run.json is written
+    only once the model has loaded, so a bad model spec leaves nothing that refuses the fixed
+    command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     config.validate()
+    run_dir = check_out_dir(run_dir, ("run.json", "log.json"))
     records = read_corpus(corpus) if isinstance(corpus, (str, Path)) else list(corpus)
     if not records:
         raise TrainError("the corpus is empty")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(run_dir, config, _corpus_hash(records))
+    record = _run_record(config, _corpus_hash(records))
+    _check_run_dir(run_dir, record)
     start = last_epoch(run_dir)
     if start >= config.epochs:
         return run_dir / f"epoch-{config.epochs}"
@@ -310,7 +346,21 @@ def train(
     )
     resume_dir = run_dir / f"epoch-{start}" if start else None
     model, tokenizer = build_model(config, resume_dir)
-    seqs = tokenize_texts([r.text for r in records], tokenizer, config.max_length)
+    whole = tokenize_texts([r.text for r in records], tokenizer, None)
+    cut = truncation(whole, config.max_length)
+    seqs = [s[: config.max_length] for s in whole]
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "run.json").exists():
+            atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
+        if cut["texts_cut"]:
+            warnings.warn(
+                f"{cut['texts_cut']} of {cut['texts']} texts are longer than max_length "
+                f"{config.max_length}: {cut['tokens_cut']} of the corpus's {cut['tokens']} "
+                "tokens are cut and never trained on (raise --max-length)",
+                DroppedDataWarning,
+                stacklevel=2,
+            )
     loader = make_loader(seqs, config.batch_size, tokenizer.pad_token_id, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -318,7 +368,7 @@ def train(
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
 
-    log: dict[str, list] = {"steps": [], "epochs": []}
+    log: dict[str, Any] = {"steps": [], "epochs": []}
     if start:
         state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -327,6 +377,7 @@ def train(
         log = json.loads((run_dir / "log.json").read_text("utf-8"))
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
+    log["truncation"] = cut
 
     step = start * steps_per_epoch
     bar = tqdm(
