@@ -143,3 +143,19 @@ def test_evaluate_qa_adds_every_probe_and_is_deterministic(tiny_model_dir):
     assert score.cloze_choice == pytest.approx(sum(r["cloze_choice"] for r in rows[:-1]) / 6)
     off = evaluate_qa(model, tok, items, EvalConfig(max_new_tokens=4, probes=False), progress=False)
     assert off.scores["date"].choice is None and off.scores["date"].em == score.em
+
+
+def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir):
+    from elusive.evaluate import answer_and_score, build_prompts, generate_continuations
+
+    model, tok = load_model(tiny_model_dir)
+    items = generate_bios(BiosConfig(n=5, seed=9))[1]
+    config = EvalConfig(max_new_tokens=5, batch_size=7, shots=2)
+    prompts = build_prompts(items, config)  # lengths differ: left padding in every batch
+    cands = [[*q.answers, *w] for q, w in zip(items, pick_distractors(items, 4), strict=True)]
+    texts, scores = answer_and_score(model, tok, prompts, config, False, cands)
+    assert texts == generate_continuations(model, tok, prompts, config, progress=False)
+    fresh = score_candidates(model, tok, prompts, cands, batch_size=3, progress=False)
+    for got, want in zip(scores, fresh, strict=True):
+        assert [s.tokens for s in got] == [s.tokens for s in want]
+        assert [s.total for s in got] == pytest.approx([s.total for s in want], abs=1e-4)

@@ -20,6 +20,7 @@ import torch
 
 from .corpus import QAItem, atomic_write_text, write_jsonl
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
+from .probes import CandidateScore
 
 # --------------------------------------------------------------------------- closed-book QA
 #
@@ -128,48 +129,72 @@ def _pick_shots(order: Sequence[QAItem], item: QAItem, k: int) -> list[QAItem]:
 
 
 @torch.no_grad()
-def generate_continuations(
-    model, tokenizer, prompts: Sequence[str], config: EvalConfig, progress: bool = True
-) -> list[str]:
-    """Greedy continuations of `prompts`, in batches left-padded to their longest prompt.
+def answer_and_score(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    config: EvalConfig,
+    progress: bool = True,
+    candidates: Sequence[Sequence[str]] | None = None,
+) -> tuple[list[str], list[list[CandidateScore]] | None]:
+    """Greedy continuations of `prompts` and, with `candidates` (one list per prompt), the
+    log-probability of each candidate answer after its prompt (see `elusive.probes`).
 
-    Prompts are batched in order of token length (less padding); results come back in the
-    order given. Generation stops at EOS, at a newline, or after ``config.max_new_tokens``.
+    Prompts run in batches left-padded to their longest prompt, in order of token length (less
+    padding); results come back in the order given. Generation stops at EOS, at a newline, or
+    after ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
+    generation built for the prompt, so they cost no prompt pass of their own.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
+    from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
+
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
     gen_config = GenerationConfig(
         max_new_tokens=config.max_new_tokens,
         do_sample=False,
-        pad_token_id=pad_id,
+        pad_token_id=pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
         stop_strings=["\n"],
+        return_dict_in_generate=True,
+        output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
     )
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out: list[str] = [""] * len(prompts)
+    texts: list[str] = [""] * len(prompts)
+    scores: list[list[CandidateScore]] = [[] for _ in prompts]
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc="generate", disable=not progress):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [batch, seq]
-        mask = torch.zeros((len(batch), width), dtype=torch.long)  # [batch, seq]
-        for row, i in enumerate(batch):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
-        generated = model.generate(
+        ids, mask = left_pad([encoded[i] for i in batch], pad_id(tokenizer))  # [batch, width]
+        out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             generation_config=gen_config,
             tokenizer=tokenizer,
-        )[:, width:]  # [batch, new]
+        )
+        generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
         for row, i in enumerate(batch):
-            out[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
-    return out
+            texts[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
+        if cand_ids is not None:
+            cache = out.get("cache", out.get("past_key_values"))  # transformers 5 / 4 name
+            extra = cache.get_seq_length() - ids.shape[1]
+            if extra:
+                cache.crop(-extra)  # back to the prompt's keys and values
+            batch_scores = score_after_prompts(
+                model, out.logits[0], cache, mask, [cand_ids[i] for i in batch]
+            )
+            for i, score in zip(batch, batch_scores, strict=True):
+                scores[i] = score
+    return texts, (scores if cand_ids is not None else None)
+
+
+def generate_continuations(
+    model, tokenizer, prompts: Sequence[str], config: EvalConfig, progress: bool = True
+) -> list[str]:
+    """Greedy continuations of `prompts` (see `answer_and_score`)."""
+    return answer_and_score(model, tokenizer, prompts, config, progress)[0]
 
 
 @dataclass
@@ -211,54 +236,49 @@ def evaluate_qa(
     pool: Sequence[QAItem] | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Closed-book QA (prompt, generate greedily, cut, score), then the knowledge probes."""
+    """Closed-book QA (prompt, generate greedily, cut, score) and, with ``config.probes``, the
+    knowledge probes: ``choice`` and ``logprob`` after the QA prompt, and for items with a
+    cloze prompt its greedy ``cloze_em``/``cloze_f1`` and ``cloze_choice``/``cloze_logprob``.
+    Both choices use the same distractors."""
+    from .probes import candidates, judge, pick_distractors
+
     config = config or EvalConfig()
     prompts = build_prompts(items, config, pool)
-    rows = score_predictions(
-        items, generate_continuations(model, tokenizer, prompts, config, progress)
-    )
-    if config.probes:
-        _add_probes(model, tokenizer, items, prompts, rows, config, progress)
-    return EvalResult(aggregate(rows), rows)
-
-
-def _add_probes(model, tokenizer, items, prompts, rows, config, progress) -> None:
-    """Add the knowledge probes to each prediction row: ``choice`` and ``logprob`` after the QA
-    prompt, and for items with a cloze prompt its greedy ``cloze_em``/``cloze_f1`` and
-    ``cloze_choice``/``cloze_logprob``. Both choices use the same distractors."""
-    from .probes import pick_distractors, probe
+    if not config.probes:
+        outputs = generate_continuations(model, tokenizer, prompts, config, progress)
+        rows = score_predictions(items, outputs)
+        return EvalResult(aggregate(rows), rows)
 
     distractors = pick_distractors(items, config.choices, config.probe_seed)
-    scores = probe(model, tokenizer, prompts, items, distractors, config.batch_size, progress)
-    for row, wrong, score in zip(rows, distractors, scores, strict=True):
-        row.update(score, distractors=list(wrong))
+    cands = candidates(items, distractors)
+    outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands)
+    rows = score_predictions(items, outputs)
+    for row, wrong, probed in zip(
+        rows, distractors, judge(items, distractors, scores), strict=True
+    ):
+        row.update(probed, distractors=list(wrong))
 
     asked = [i for i, item in enumerate(items) if item.cloze is not None]
-    if not asked:
-        return
-    cloze_items = [items[i] for i in asked]
-    cloze_prompts = [item.cloze for item in cloze_items]
-    outputs = generate_continuations(model, tokenizer, cloze_prompts, config, progress)
-    scores = probe(
-        model,
-        tokenizer,
-        cloze_prompts,
-        cloze_items,
-        [distractors[i] for i in asked],
-        config.batch_size,
-        progress,
-    )
-    for i, item, output, score in zip(asked, cloze_items, outputs, scores, strict=True):
-        answer = cut_answer(output)
-        em, f1 = best_scores(answer, item.answers)
-        rows[i].update(
-            cloze=item.cloze,
-            cloze_output=output,
-            cloze_prediction=answer,
-            cloze_em=em,
-            cloze_f1=f1,
-            **{f"cloze_{name}": value for name, value in score.items()},
-        )
+    if asked:
+        cloze_items = [items[i] for i in asked]
+        wrong = [distractors[i] for i in asked]
+        outputs, scores = answer_and_score(
+            model, tokenizer, [item.cloze for item in cloze_items], config, progress,
+            [cands[i] for i in asked],
+        )  # fmt: skip
+        probed = judge(cloze_items, wrong, scores)
+        for i, item, output, probe in zip(asked, cloze_items, outputs, probed, strict=True):
+            answer = cut_answer(output)
+            em, f1 = best_scores(answer, item.answers)
+            rows[i].update(
+                cloze=item.cloze,
+                cloze_output=output,
+                cloze_prediction=answer,
+                cloze_em=em,
+                cloze_f1=f1,
+                **{f"cloze_{name}": value for name, value in probe.items()},
+            )
+    return EvalResult(aggregate(rows), rows)
 
 
 def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dtype = torch.float32):

@@ -14,9 +14,9 @@ Each runs after the QA prompt and, for biographies, after the *cloze* prompt: th
 sentence with the full name, cut right before the value ("Liam Thompson was born on").
 
 A candidate answer is the prompt's tokens followed by the tokens of ``" " + answer``, exactly
-as a k-shot example joins its answer. Every prompt is run once; its key/value cache is then
-copied to one row per candidate, so k + 1 candidates cost one prompt forward plus one short
-forward of the candidates' tokens.
+as a k-shot example joins its answer. Every prompt is run once (in evaluation, by the greedy
+generation that answers it); its key/value cache is then copied to one row per candidate, so
+k + 1 candidates cost one short forward of the candidates' tokens, no prompt pass of their own.
 """
 
 from __future__ import annotations
@@ -65,6 +65,72 @@ def pick_distractors(items: Sequence[QAItem], k: int, seed: int = 0) -> list[tup
     return out
 
 
+def candidate_ids(tokenizer, candidates: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+    """Token ids of each candidate as it follows a prompt: the tokens of ``" " + answer``."""
+    return [
+        [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in cands]
+        for cands in candidates
+    ]
+
+
+ROWS_PER_FORWARD = 64
+"""Candidate rows per forward pass; rows of similar length go together (little padding)."""
+
+
+@torch.no_grad()
+def score_after_prompts(
+    model,
+    first_logits: torch.Tensor,
+    cache,
+    mask: torch.Tensor,
+    cand_ids: Sequence[Sequence[Sequence[int]]],
+) -> list[list[CandidateScore]]:
+    """Score the candidates of a batch of left-padded prompts that the model has already run.
+
+    `first_logits` [batch, vocab] are the prompts' last-position logits, `cache` their
+    key/value cache (prompt tokens only), `mask` [batch, width] their attention mask and
+    `cand_ids[b]` the candidates' token ids of prompt b. Token 0 of a candidate is scored from
+    `first_logits`, token j > 0 from a forward pass of tokens 0..j-1 on a copy of the cache;
+    the last token is never fed, so one-token candidates cost no forward at all.
+    """
+    import copy
+
+    device = first_logits.device
+    first_logp = torch.log_softmax(first_logits.float(), dim=-1)  # [batch, vocab]
+    rows = [(b, j, seq) for b, cands in enumerate(cand_ids) for j, seq in enumerate(cands)]
+    out = [[CandidateScore(0.0, 0)] * len(cands) for cands in cand_ids]
+    rows.sort(key=lambda row: len(row[2]))
+    lengths = mask.sum(-1)  # [batch]: real prompt tokens of each row
+    for start in range(0, len(rows), ROWS_PER_FORWARD):
+        group = rows[start : start + ROWS_PER_FORWARD]
+        source = torch.tensor([b for b, _, _ in group])
+        width = max(len(seq) for _, _, seq in group)
+        cand = torch.zeros((len(group), width), dtype=torch.long)  # [rows, cand]
+        cand_mask = torch.zeros((len(group), width), dtype=torch.long)  # [rows, cand]
+        for r, (_, _, seq) in enumerate(group):
+            cand[r, : len(seq)] = torch.tensor(seq)
+            cand_mask[r, : len(seq)] = 1
+        cand = cand.to(device)
+        token_logp = first_logp[source.to(device)].gather(-1, cand[:, :1])  # [rows, 1]
+        if width > 1:
+            rows_cache = copy.deepcopy(cache)
+            rows_cache.batch_select_indices(source.to(device))
+            logits = model(
+                input_ids=cand[:, :-1],
+                attention_mask=torch.cat([mask[source], cand_mask[:, :-1]], dim=-1).to(device),
+                position_ids=(lengths[source, None] + torch.arange(width - 1)).to(device),
+                **_cache_argument(model, rows_cache),
+                use_cache=True,
+            ).logits.float()  # [rows, cand - 1, vocab]
+            # log p(token) = its logit - logsumexp(logits): no [rows, cand, vocab] log-softmax
+            rest = logits.gather(-1, cand[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+            token_logp = torch.cat([token_logp, rest], dim=1)  # [rows, cand]
+        totals = (token_logp.cpu() * cand_mask).sum(-1)  # [rows]
+        for r, (b, j, seq) in enumerate(group):
+            out[b][j] = CandidateScore(float(totals[r]), len(seq))
+    return out
+
+
 @torch.no_grad()
 def score_candidates(
     model,
@@ -77,64 +143,50 @@ def score_candidates(
     """Log-probability of each candidate answer after its prompt: one list per prompt.
 
     Prompts run in batches of `batch_size`, left-padded, with position ids counted from each
-    row's first real token, so every row scores as it would alone.
+    row's first real token, so every row scores as it would alone. (`elusive.evaluate` scores
+    candidates on the cache of its QA generation instead, saving this prompt pass.)
     """
     from tqdm.auto import tqdm
 
     prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    cand_ids = [
-        [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in cands]
-        for cands in candidates
-    ]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cands = candidate_ids(tokenizer, candidates)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[CandidateScore]] = [[] for _ in prompts]
     for batch in tqdm(batches, desc="probe", disable=not progress):
-        ids, mask = _left_pad([prompt_ids[i] for i in batch], pad_id)  # [batch, width]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask = left_pad([prompt_ids[i] for i in batch], pad_id(tokenizer))  # [batch, width]
         first = model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            position_ids=positions.to(device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
             use_cache=True,
             logits_to_keep=1,  # only the last position predicts: no [batch, width, vocab]
         )
-        first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # [batch, vocab]
-
-        # One row per (prompt, candidate): the prompt's cache repeated, then the candidate.
-        rows = [(b, seq) for b, i in enumerate(batch) for seq in cand_ids[i]]
-        if not rows:
-            continue
-        source = torch.tensor([b for b, _ in rows])
         cache = first.get("cache", first.get("past_key_values"))  # transformers 5 / 4 name
-        cache.batch_select_indices(source.to(device))
-        width = max(len(seq) for _, seq in rows)
-        cand = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [rows, cand]
-        cand_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [rows, cand]
-        for r, (_, seq) in enumerate(rows):
-            cand[r, : len(seq)] = torch.tensor(seq)
-            cand_mask[r, : len(seq)] = 1
-        lengths = mask.sum(-1)[source]  # [rows]: real prompt tokens of each row
-        logits = model(
-            input_ids=cand.to(device),
-            attention_mask=torch.cat([mask[source], cand_mask], dim=-1).to(device),
-            position_ids=(lengths[:, None] + torch.arange(width)).to(device),
-            **_cache_argument(model, cache),
-            use_cache=True,
-        ).logits  # [rows, cand, vocab]
-        # Token j of a candidate is predicted by the prompt's last position (j = 0) or by the
-        # candidate's token j - 1; log p = logit - logsumexp(logits), without a log-softmax copy.
-        cand = cand.to(device)
-        pred = logits[:, :-1].float()  # [rows, cand - 1, vocab]
-        rest = pred.gather(-1, cand[:, 1:, None])[..., 0] - pred.logsumexp(-1)
-        head = first_logp[source.to(device)].gather(-1, cand[:, :1])  # [rows, 1]
-        token_logp = torch.cat([head, rest], dim=1).cpu()  # [rows, cand]
-        totals = (token_logp * cand_mask).sum(-1)  # [rows]
-        for r, (b, seq) in enumerate(rows):
-            out[batch[b]].append(CandidateScore(float(totals[r]), len(seq)))
+        scores = score_after_prompts(
+            model, first.logits[:, -1], cache, mask, [cands[i] for i in batch]
+        )
+        for i, score in zip(batch, scores, strict=True):
+            out[i] = score
     return out
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS (Qwen pads with EOS);
+    padded positions are masked out, so the choice never changes a result."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each [batch, width]: `seqs` right-aligned to the longest."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # [batch, width]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [batch, width]
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
 
 
 def _cache_argument(model, cache) -> dict:
@@ -146,31 +198,14 @@ def _cache_argument(model, cache) -> dict:
     return {"cache": cache} if "cache" in takes else {"past_key_values": cache}
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [batch, width]
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [batch, width]
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def probe(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
+def judge(
     items: Sequence[QAItem],
     distractors: Sequence[Sequence[str]],
-    batch_size: int = 16,
-    progress: bool = True,
+    scores: Sequence[Sequence[CandidateScore]],
 ) -> list[dict[str, float | None]]:
-    """``choice`` and ``logprob`` of each item's gold answer(s) after its prompt.
-
-    ``choice`` is None for an item without distractors (nothing to choose between).
-    """
-    candidates = [[*item.answers, *wrong] for item, wrong in zip(items, distractors, strict=True)]
-    scores = score_candidates(model, tokenizer, prompts, candidates, batch_size, progress)
+    """``choice`` and ``logprob`` of each item from the scores of its candidates, golds first
+    then distractors (as `candidates` lists them). ``choice`` is None for an item without
+    distractors (nothing to choose between)."""
     out = []
     for item, wrong, cand in zip(items, distractors, scores, strict=True):
         golds, others = cand[: len(item.answers)], cand[len(item.answers) :]
@@ -182,3 +217,23 @@ def probe(
             }
         )
     return out
+
+
+def candidates(items: Sequence[QAItem], distractors: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The answers each item's probes score: its golds, then its distractors."""
+    return [[*item.answers, *wrong] for item, wrong in zip(items, distractors, strict=True)]
+
+
+def probe(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    items: Sequence[QAItem],
+    distractors: Sequence[Sequence[str]],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict[str, float | None]]:
+    """``choice`` and ``logprob`` of each item's gold answer(s) after its prompt."""
+    cands = candidates(items, distractors)
+    scores = score_candidates(model, tokenizer, prompts, cands, batch_size, progress)
+    return judge(items, distractors, scores)
