@@ -109,6 +109,8 @@ _ABBREVIATIONS = frozenset(
 )
 _INITIALS = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# Autocast dtype of each `EvalConfig.mixed_precision` ("auto" resolves to one of these).
+_AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -123,12 +125,20 @@ class EvalConfig:
     """Solved examples of other people before each question (the authors used 5); 0 = off."""
     shot_seed: int = 0
     batch_size: int = 16
+    mixed_precision: str = "auto"
+    """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
+    bf16, else no (`elusive.train.resolve_mixed_precision`)."""
 
     def validate(self) -> None:
         if "{question}" not in self.template:
             raise ValueError(f"prompt template must contain {{question}}, got {self.template!r}")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.shots < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1, shots >= 0")
+        if self.mixed_precision != "auto" and self.mixed_precision not in _AUTOCAST:
+            raise ValueError(
+                f"mixed_precision must be auto or one of {tuple(_AUTOCAST)}, "
+                f"got {self.mixed_precision!r}"
+            )
 
 
 def cut_answer(text: str) -> str:
@@ -200,6 +210,8 @@ def generate_continuations(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
+    from .train import resolve_mixed_precision
+
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -215,6 +227,8 @@ def generate_continuations(
     out: list[str] = [""] * len(prompts)
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     device = next(model.parameters()).device
+    # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU (README).
+    autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
     for batch in tqdm(batches, desc="generate", disable=not progress):
         width = max(len(encoded[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [batch, seq]
@@ -222,12 +236,13 @@ def generate_continuations(
         for row, i in enumerate(batch):
             ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]) :] = 1
-        generated = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            generation_config=gen_config,
-            tokenizer=tokenizer,
-        )[:, width:]  # [batch, new]
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            generated = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=gen_config,
+                tokenizer=tokenizer,
+            )[:, width:]  # [batch, new]
         for row, i in enumerate(batch):
             out[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
     return out

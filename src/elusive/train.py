@@ -46,6 +46,7 @@ from .corpus import Record, atomic_write_text, read_corpus
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "trainer_state.pt"
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 class TrainError(ValueError):
@@ -77,8 +78,10 @@ class TrainConfig:
     """Tokens per sequence (BOS and EOS included); longer texts are cut."""
     dtype: str = "float32"
     """Dtype of the base weights (LoRA weights stay float32)."""
-    mixed_precision: str = "no"
-    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16."""
+    mixed_precision: str = "auto"
+    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
+    is bf16 where the device computes in bf16 natively, else no (see `resolve_mixed_precision`).
+    A run folder records the resolved value."""
 
     def validate(self) -> None:
         if not self.model:
@@ -93,14 +96,41 @@ class TrainConfig:
             (self.max_length >= 2, f"max length must be >= 2, got {self.max_length}"),
             (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"),
             (
-                self.mixed_precision in ("no", "bf16", "fp16"),
-                f"mixed precision must be no, bf16 or fp16, got {self.mixed_precision!r}",
+                self.mixed_precision in MIXED_PRECISIONS,
+                f"mixed precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
             ),
             (self.full or self.lora_r >= 1, f"LoRA rank must be >= 1, got {self.lora_r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise TrainError(message)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
+    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
+    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
+
+    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
+    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
+    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
+    """
+    if value != "auto":
+        return value
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if native_bf16(device) else "no"
 
 
 # --------------------------------------------------------------------------- data
@@ -216,21 +246,38 @@ def _corpus_hash(records: Sequence[Record]) -> str:
     return hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, corpus_hash: str) -> None:
-    """Write run.json for a new run; for an existing one, refuse a different config/corpus."""
-    want = {"config": dataclasses.asdict(config), "corpus_sha256": corpus_hash}
+def _check_run_dir(run_dir: Path, config: TrainConfig, corpus_hash: str) -> TrainConfig:
+    """Write run.json for a new run; for an existing one, refuse a different config/corpus.
+
+    Returns `config` with its mixed precision resolved, the value run.json records and the run
+    uses: "auto" keeps an existing run's recorded value, so a run resumes as it began (one made
+    when the default was "no" stays fp32), and is resolved for this device in a new run.
+    """
     path = run_dir / "run.json"
-    if not path.exists():
+    have = json.loads(path.read_text("utf-8")) if path.exists() else None
+    recorded = (have or {}).get("config", {}).get("mixed_precision")
+    if config.mixed_precision == "auto" and recorded in MIXED_PRECISIONS[1:]:
+        config = dataclasses.replace(config, mixed_precision=recorded)
+    else:
+        precision = resolve_mixed_precision(config.mixed_precision)
+        config = dataclasses.replace(config, mixed_precision=precision)
+    want = {"config": dataclasses.asdict(config), "corpus_sha256": corpus_hash}
+    if have is None:
         atomic_write_text(path, json.dumps(want, indent=2) + "\n")
-        return
-    have = json.loads(path.read_text("utf-8"))
-    diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
+        return config
+    old = have.get("config", {})
+    diff = [
+        f"{key} ({old.get(key)!r} there, {value!r} now)"
+        for key, value in want["config"].items()
+        if old.get(key) != value
+    ]
     if have.get("corpus_sha256") != corpus_hash:
         diff.append("corpus")
     if diff:
         raise TrainError(
             f"{run_dir} holds a run with different {', '.join(diff)}; use another --out"
         )
+    return config
 
 
 def last_epoch(run_dir: str | Path) -> int:
@@ -292,6 +339,7 @@ def train(
     Resumes after the last saved epoch; a finished run returns at once.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
     config.validate()
@@ -300,11 +348,14 @@ def train(
         raise TrainError("the corpus is empty")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(run_dir, config, _corpus_hash(records))
+    config = _check_run_dir(run_dir, config, _corpus_hash(records))
     start = last_epoch(run_dir)
     if start >= config.epochs:
         return run_dir / f"epoch-{config.epochs}"
 
+    # accelerate keeps one process-wide state that refuses a second mixed precision; reset it
+    # (not the process group) so that one process can train runs of different precisions.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision
     )
