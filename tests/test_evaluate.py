@@ -122,11 +122,16 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
     torch.manual_seed(0)
     model, tok = load_model(tiny_model_dir)
     items = [*bios_qa[:4], QAItem("x", "s", "Who?", ("a",), "date")]  # prompt lengths differ
-    config = EvalConfig(max_new_tokens=6, shots=1, batch_size=5)
+    # fp32: the reference below is an fp32 loop, whatever the CPU.
+    config = EvalConfig(max_new_tokens=6, shots=1, batch_size=5, mixed_precision="no")
     prompts = build_prompts(items, config, pool=bios_qa[10:])
     batched = generate_continuations(model, tok, prompts, config, progress=False)
     single = generate_continuations(
-        model, tok, prompts, EvalConfig(max_new_tokens=6, batch_size=1), progress=False
+        model,
+        tok,
+        prompts,
+        EvalConfig(max_new_tokens=6, batch_size=1, mixed_precision="no"),
+        progress=False,
     )
     assert batched == single
     for prompt, got in zip(prompts, batched, strict=True):
@@ -163,3 +168,26 @@ def test_adapter_on_another_base_model_is_refused(tmp_path, monkeypatch):
     load_for_eval(str(tmp_path / "copy"), last)  # the same files elsewhere: the same model
     monkeypatch.chdir(tmp_path)
     load_for_eval("base", last)  # a relative path to the recorded folder
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_generation_autocasts_to_bf16_only_where_native(
+    tiny_model_dir, bios_qa, monkeypatch, native
+):
+    import elusive.train
+    from elusive.models import load_model
+
+    monkeypatch.setattr(elusive.train, "native_bf16", lambda device: native)
+    model, tok = load_model(tiny_model_dir)
+    forward, seen = model.forward, []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    prompts = build_prompts(bios_qa[:2], EvalConfig())
+    generate_continuations(model, tok, prompts, EvalConfig(max_new_tokens=2), progress=False)
+    assert seen and set(seen) == {torch.bfloat16 if native else False}
+    with pytest.raises(ValueError, match="mixed_precision must be auto or one of"):
+        EvalConfig(mixed_precision="bf17").validate()

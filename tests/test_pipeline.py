@@ -165,6 +165,21 @@ def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
         Run(config).open()
 
 
+def test_a_folder_from_before_auto_precision_still_opens(tmp_path, tiny_pair):
+    """Folders made when train.mixed_precision defaulted to "no" open under the new "auto";
+    each training run inside resumes in its recorded precision (elusive.train)."""
+    from elusive.pipeline import Run
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    config.train.mixed_precision = "no"
+    Run(config).open()
+    config.train.mixed_precision = "auto"
+    Run(config).open()
+    config.train.mixed_precision = "bf16"
+    with pytest.raises(ConfigError, match="different config"):
+        Run(config).open()
+
+
 def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
     """Paragraph QA (issue 7): the fixture's paragraphs are the corpus, its questions the QA
     set; the report has the tables (the figures are for biographies only)."""

@@ -150,7 +150,7 @@ def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir
 
     model, tok = load_model(tiny_model_dir)
     items = generate_bios(BiosConfig(n=5, seed=9))[1]
-    config = EvalConfig(max_new_tokens=5, batch_size=7, shots=2)
+    config = EvalConfig(max_new_tokens=5, batch_size=7, shots=2, mixed_precision="no")
     prompts = build_prompts(items, config)  # lengths differ: left padding in every batch
     cands = [[*q.answers, *w] for q, w in zip(items, pick_distractors(items, 4), strict=True)]
     texts, scores = answer_and_score(model, tok, prompts, config, False, cands)

@@ -20,7 +20,9 @@ from elusive.train import (
     TrainError,
     last_epoch,
     make_scheduler,
+    native_bf16,
     pad_batch,
+    resolve_mixed_precision,
     tokenize_texts,
     train,
 )
@@ -41,7 +43,10 @@ def records():
 
 
 def _config(model_dir, **overrides) -> TrainConfig:
-    defaults = dict(model=str(model_dir), epochs=3, lr=1e-2, batch_size=4, warmup=0.0)
+    # fp32 unless a test says otherwise: logits are compared closely, on any CPU or GPU.
+    defaults = dict(
+        model=str(model_dir), epochs=3, lr=1e-2, batch_size=4, warmup=0.0, mixed_precision="no"
+    )
     return TrainConfig(**{**defaults, **overrides})
 
 
@@ -98,6 +103,85 @@ def test_bad_options_are_refused(tmp_path, records):
         train(TrainConfig(model="m", schedule="step"), records, tmp_path)
     with pytest.raises(TrainError, match="model spec"):
         train(TrainConfig(), records, tmp_path)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(False, False), (True, False), (False, True)])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) == (avx512_bf16 or amx)
+    assert resolve_mixed_precision("auto", cpu) == ("bf16" if avx512_bf16 or amx else "no")
+    for value in ("no", "bf16", "fp16"):  # an explicit choice is kept
+        assert resolve_mixed_precision(value, cpu) == value
+
+
+@pytest.mark.parametrize("supported", [False, True])
+def test_auto_precision_on_a_gpu_asks_cuda_without_emulation(monkeypatch, supported):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    got = resolve_mixed_precision("auto", torch.device("cuda"))
+    assert got == ("bf16" if supported else "no") and asked == [False]
+
+
+@pytest.fixture
+def accelerator_precisions(monkeypatch):
+    """The `mixed_precision` of every Accelerator that `train` builds."""
+    import accelerate
+
+    seen = []
+
+    class Recording(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("mixed_precision"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recording)
+    return seen
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_reaches_accelerator_and_run_record(
+    tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions, native
+):
+    import elusive.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    want = "bf16" if native else "no"
+    train(_config(tiny_model_dir, epochs=1, mixed_precision="auto"), records, tmp_path, False)
+    assert accelerator_precisions == [want]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["mixed_precision"] == want
+
+
+def test_auto_resumes_a_run_in_its_recorded_precision(
+    tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions
+):
+    """A run folder from before "auto" (run.json says "no") resumes in fp32 on a bf16 CPU."""
+    import elusive.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    step, calls = train_module._train_step, []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 4:  # the first micro-batch of epoch 2 (3 per epoch)
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_model_dir, epochs=2, mixed_precision="no"), records, tmp_path, False)
+    monkeypatch.setattr(train_module, "_train_step", step)
+    train(_config(tiny_model_dir, epochs=2, mixed_precision="auto"), records, tmp_path, False)
+    assert accelerator_precisions == ["no", "no"] and last_epoch(tmp_path) == 2
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["mixed_precision"] == "no"
+    with pytest.raises(TrainError, match=r"mixed_precision \('no' there, 'bf16' now\)"):
+        train(_config(tiny_model_dir, epochs=2, mixed_precision="bf16"), records, tmp_path)
 
 
 def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(

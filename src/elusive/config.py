@@ -96,7 +96,7 @@ class TrainSection:
     schedule: str = "cosine"
     max_length: int = 512
     dtype: str = "float32"
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
 
 
 @dataclass

@@ -37,6 +37,8 @@ _ABBREVIATIONS = frozenset(
 )
 _INITIALS = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# Autocast dtype of each `EvalConfig.mixed_precision` ("auto" resolves to one of these).
+_AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -57,6 +59,9 @@ class EvalConfig:
     """Distractors per question for the choice probes (chance is 1 / (choices + 1))."""
     probe_seed: int = 0
     """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
+    mixed_precision: str = "auto"
+    """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
+    bf16, else no (`elusive.train.resolve_mixed_precision`)."""
 
     def validate(self) -> None:
         if "{question}" not in self.template:
@@ -69,6 +74,11 @@ class EvalConfig:
         ):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        if self.mixed_precision != "auto" and self.mixed_precision not in _AUTOCAST:
+            raise ValueError(
+                f"mixed_precision must be auto or one of {tuple(_AUTOCAST)}, "
+                f"got {self.mixed_precision!r}"
+            )
 
 
 def cut_answer(text: str) -> str:
@@ -149,6 +159,7 @@ def answer_and_score(
     from transformers import GenerationConfig
 
     from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
+    from .train import resolve_mixed_precision
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
@@ -166,14 +177,17 @@ def answer_and_score(
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     device = next(model.parameters()).device
+    # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU (README).
+    autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
     for batch in tqdm(batches, desc="generate", disable=not progress):
         ids, mask = left_pad([encoded[i] for i in batch], pad_id(tokenizer))  # [batch, width]
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            generation_config=gen_config,
-            tokenizer=tokenizer,
-        )
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=gen_config,
+                tokenizer=tokenizer,
+            )
         generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
         for row, i in enumerate(batch):
             texts[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
@@ -182,9 +196,10 @@ def answer_and_score(
             extra = cache.get_seq_length() - ids.shape[1]
             if extra:
                 cache.crop(-extra)  # back to the prompt's keys and values
-            batch_scores = score_after_prompts(
-                model, out.logits[0], cache, mask, [cand_ids[i] for i in batch]
-            )
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                batch_scores = score_after_prompts(
+                    model, out.logits[0], cache, mask, [cand_ids[i] for i in batch]
+                )
             for i, score in zip(batch, batch_scores, strict=True):
                 scores[i] = score
     return texts, (scores if cand_ids is not None else None)

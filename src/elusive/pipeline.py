@@ -154,6 +154,11 @@ def _fixed_hash(config: RunConfig) -> str:
         data["augment"].pop(key)
     for key in ("lr", "epochs"):
         data["train"].pop(key)
+    # Each training run records its resolved mixed precision and resumes with it when "auto"
+    # (elusive.train), so "auto" hashes as "no", the default before "auto": folders made then
+    # still open.
+    if data["train"]["mixed_precision"] == "auto":
+        data["train"]["mixed_precision"] = "no"
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

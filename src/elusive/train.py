@@ -49,6 +49,7 @@ from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "trainer_state.pt"
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 class TrainError(ValueError):
@@ -80,8 +81,10 @@ class TrainConfig:
     """Tokens per sequence (BOS and EOS included); longer texts are cut."""
     dtype: str = "float32"
     """Dtype of the base weights (LoRA weights stay float32)."""
-    mixed_precision: str = "no"
-    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16."""
+    mixed_precision: str = "auto"
+    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
+    is bf16 where the device computes in bf16 natively, else no (see `resolve_mixed_precision`).
+    A run folder records the resolved value."""
 
     def validate(self) -> None:
         if not self.model:
@@ -96,14 +99,41 @@ class TrainConfig:
             (self.max_length >= 2, f"max length must be >= 2, got {self.max_length}"),
             (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"),
             (
-                self.mixed_precision in ("no", "bf16", "fp16"),
-                f"mixed precision must be no, bf16 or fp16, got {self.mixed_precision!r}",
+                self.mixed_precision in MIXED_PRECISIONS,
+                f"mixed precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
             ),
             (self.full or self.lora_r >= 1, f"LoRA rank must be >= 1, got {self.lora_r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise TrainError(message)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
+    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
+    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
+
+    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
+    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
+    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
+    """
+    if value != "auto":
+        return value
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if native_bf16(device) else "no"
 
 
 # --------------------------------------------------------------------------- data
@@ -237,6 +267,20 @@ def _corpus_hash(records: Sequence[Record]) -> str:
     return hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
 
 
+def _resolve_precision(run_dir: Path, config: TrainConfig) -> TrainConfig:
+    """`config` with its mixed precision resolved, the value run.json records and the run
+    uses: "auto" keeps an existing run's recorded value, so a run resumes as it began (one made
+    when the default was "no" stays fp32), and is resolved for this device in a new run."""
+    path = run_dir / "run.json"
+    have = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    recorded = have.get("config", {}).get("mixed_precision")
+    if config.mixed_precision == "auto" and recorded in MIXED_PRECISIONS[1:]:
+        return dataclasses.replace(config, mixed_precision=recorded)
+    return dataclasses.replace(
+        config, mixed_precision=resolve_mixed_precision(config.mixed_precision)
+    )
+
+
 def _run_record(config: TrainConfig, corpus_hash: str) -> dict[str, Any]:
     """What run.json holds: the config, its model spec as `spec_key` (so a relative and an
     absolute path to one folder are one model), and the corpus hash."""
@@ -255,10 +299,14 @@ def _check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
     if not path.exists():
         return
     have = json.loads(path.read_text("utf-8"))
-    have_config = have.get("config", {})
-    if "model" in have_config:  # run.json files of older versions hold the spec as given
-        have_config["model"] = spec_key(have_config["model"])
-    diff = [k for k in want["config"] if have_config.get(k) != want["config"][k]]
+    old = have.get("config", {})
+    if "model" in old:  # run.json files of older versions hold the spec as given
+        old["model"] = spec_key(old["model"])
+    diff = [
+        f"{key} ({old.get(key)!r} there, {value!r} now)"
+        for key, value in want["config"].items()
+        if old.get(key) != value
+    ]
     if have.get("corpus_sha256") != want["corpus_sha256"]:
         diff.append("corpus")
     if diff:
@@ -328,6 +376,7 @@ def train(
     command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
     config.validate()
@@ -335,12 +384,16 @@ def train(
     records = read_corpus(corpus) if isinstance(corpus, (str, Path)) else list(corpus)
     if not records:
         raise TrainError("the corpus is empty")
+    config = _resolve_precision(run_dir, config)
     record = _run_record(config, _corpus_hash(records))
     _check_run_dir(run_dir, record)
     start = last_epoch(run_dir)
     if start >= config.epochs:
         return run_dir / f"epoch-{config.epochs}"
 
+    # accelerate keeps one process-wide state that refuses a second mixed precision; reset it
+    # (not the process group) so that one process can train runs of different precisions.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision
     )
