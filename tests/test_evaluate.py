@@ -42,6 +42,31 @@ def test_cut_answer(raw, answer):
     assert cut_answer(raw) == answer
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        " January 5, 1990. He spent his early years in Roseville, CA.",
+        " St. Louis, MO. He received",
+        " Washington D.C.. He",
+        " Caterpillar Inc. He had a role. Then",
+        "\n\n Boston\nQuestion: x",
+        " Is it Paris? No. Yes",
+        " no sentence end at all",
+    ],
+)
+def test_generation_stops_where_the_answer_is_decided(text):
+    """Once `answer_complete` holds for a prefix it holds for every longer one, and every such
+    prefix cuts to the full text's answer: stopping there changes no answer."""
+    from elusive.evaluate import answer_complete
+
+    done = [n for n in range(len(text) + 1) if answer_complete(text[:n])]
+    if text == " no sentence end at all":
+        assert not done  # only the token limit or EOS stops it
+        return
+    assert done == list(range(done[0], len(text) + 1))  # once decided, it stays decided
+    assert all(cut_answer(text[:n]) == cut_answer(text) for n in done)
+
+
 @pytest.fixture(scope="module")
 def bios_qa():
     return generate_bios(BiosConfig(n=8, seed=5))[1]
@@ -136,7 +161,7 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
     assert batched == single
     for prompt, got in zip(prompts, batched, strict=True):
         want = _reference_greedy(model, tok, prompt, 6)
-        assert want.startswith(got) and want.split("\n")[0] == got.split("\n")[0]
+        assert want.startswith(got) and cut_answer(want) == cut_answer(got)
 
 
 @pytest.mark.parametrize(

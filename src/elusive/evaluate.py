@@ -93,12 +93,31 @@ def cut_answer(text: str) -> str:
     """
     line = text.strip().split("\n", 1)[0]
     for match in _SENTENCE_END.finditer(line):
-        words = line[: match.start()].split()
-        word = words[-1] if words else ""
-        if match.group() == "." and (word.lower() in _ABBREVIATIONS or _INITIALS.fullmatch(word)):
-            continue
-        return line[: match.start()].strip()
+        if _ends_sentence(line, match):
+            return line[: match.start()].strip()
     return line.strip()
+
+
+def answer_complete(text: str) -> bool:
+    """Whether `cut_answer` gives the same answer for `text` and for every continuation of it:
+    its first non-blank line has ended, or holds a sentence end followed by whitespace. Greedy
+    generation stops there (a period at the very end is undecided: "St." may go on "Louis")."""
+    line, newline, _ = text.lstrip().partition("\n")
+    if newline:
+        return True
+    return any(
+        match.end() < len(line) and _ends_sentence(line, match)
+        for match in _SENTENCE_END.finditer(line)
+    )
+
+
+def _ends_sentence(line: str, match: re.Match) -> bool:
+    """Whether a ``.!?`` match in `line` ends the sentence (not an abbreviation or initials)."""
+    words = line[: match.start()].split()
+    word = words[-1] if words else ""
+    return not (
+        match.group() == "." and (word.lower() in _ABBREVIATIONS or _INITIALS.fullmatch(word))
+    )
 
 
 def build_prompts(
@@ -151,12 +170,13 @@ def answer_and_score(
     log-probability of each candidate answer after its prompt (see `elusive.probes`).
 
     Prompts run in batches left-padded to their longest prompt, in order of token length (less
-    padding); results come back in the order given. Generation stops at EOS, at a newline, or
-    after ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
+    padding); results come back in the order given. A row stops at EOS, once its answer is
+    complete (`answer_complete`: the tokens after that would not change `cut_answer`), or after
+    ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
     generation built for the prompt, so they cost no prompt pass of their own.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
     from .train import resolve_mixed_precision
@@ -168,7 +188,6 @@ def answer_and_score(
         do_sample=False,
         pad_token_id=pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
-        stop_strings=["\n"],
         return_dict_in_generate=True,
         output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
     )
@@ -186,7 +205,7 @@ def answer_and_score(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=gen_config,
-                tokenizer=tokenizer,
+                stopping_criteria=StoppingCriteriaList([_AnswerDone(tokenizer, ids.shape[1])]),
             )
         generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
         for row, i in enumerate(batch):
@@ -203,6 +222,18 @@ def answer_and_score(
             for i, score in zip(batch, batch_scores, strict=True):
                 scores[i] = score
     return texts, (scores if cand_ids is not None else None)
+
+
+class _AnswerDone:
+    """Generation stopping criterion: a row is done once `answer_complete` holds for the text
+    it generated after the prompt (`width` tokens, padding included)."""
+
+    def __init__(self, tokenizer, width: int) -> None:
+        self.tokenizer, self.width = tokenizer, width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
 
 
 def generate_continuations(
