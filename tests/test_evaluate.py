@@ -174,10 +174,10 @@ def test_adapter_on_another_base_model_is_refused(tmp_path, monkeypatch):
 def test_generation_autocasts_to_bf16_only_where_native(
     tiny_model_dir, bios_qa, monkeypatch, native
 ):
-    import elusive.train
+    import elusive.models
     from elusive.models import load_model
 
-    monkeypatch.setattr(elusive.train, "native_bf16", lambda device: native)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: native)
     model, tok = load_model(tiny_model_dir)
     forward, seen = model.forward, []
 

@@ -8,7 +8,8 @@ import yaml
 
 from elusive.config import ConfigError, load_config
 from elusive.models import make_tiny_model
-from elusive.pipeline import STAGES, grid, run_experiment
+from elusive.pipeline import run_experiment
+from elusive.runs import STAGES, grid
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):
 
 
 def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
-    from elusive.pipeline import Run
+    from elusive.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     Run(config).open()
@@ -168,7 +169,7 @@ def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
 def test_a_folder_from_before_auto_precision_still_opens(tmp_path, tiny_pair):
     """Folders made when train.mixed_precision defaulted to "no" open under the new "auto";
     each training run inside resumes in its recorded precision (elusive.train)."""
-    from elusive.pipeline import Run
+    from elusive.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     config.train.mixed_precision = "no"

@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 from elusive.cli import app
 from elusive.corpus import BiosConfig, DroppedDataWarning, generate_bios, write_bios
 from elusive.evaluate import load_for_eval
-from elusive.models import ModelSpecError, load_model, quiet_peft
+from elusive.models import (
+    ModelSpecError,
+    load_model,
+    native_bf16,
+    quiet_peft,
+    resolve_mixed_precision,
+)
 from elusive.train import (
     STATE_FILE,
     EpochShuffle,
@@ -20,9 +26,7 @@ from elusive.train import (
     TrainError,
     last_epoch,
     make_scheduler,
-    native_bf16,
     pad_batch,
-    resolve_mixed_precision,
     tokenize_texts,
     train,
 )
@@ -149,9 +153,9 @@ def accelerator_precisions(monkeypatch):
 def test_auto_precision_reaches_accelerator_and_run_record(
     tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions, native
 ):
-    import elusive.train as train_module
+    import elusive.models
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: native)
     want = "bf16" if native else "no"
     train(_config(tiny_model_dir, epochs=1, mixed_precision="auto"), records, tmp_path, False)
     assert accelerator_precisions == [want]
@@ -162,9 +166,10 @@ def test_auto_resumes_a_run_in_its_recorded_precision(
     tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions
 ):
     """A run folder from before "auto" (run.json says "no") resumes in fp32 on a bf16 CPU."""
+    import elusive.models
     import elusive.train as train_module
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: True)
     step, calls = train_module._train_step, []
 
     def interrupted(model, batch):

@@ -46,7 +46,8 @@ from .corpus import (
 ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")
 ALIGNS = ("tokens", "chars")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SCORE_DTYPES = ("float32", "bfloat16")
+"""The weight dtypes (names in `elusive.models.DTYPES`) that scoring accepts."""
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
 """Attention probabilities per query block (float32), whatever the text length: 16 MiB on the
 CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
@@ -487,8 +488,10 @@ class AttentionConfig:
             raise AttentionError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
         if self.trained not in ROLES:
             raise AttentionError(f"--trained must be large or small, got {self.trained!r}")
-        if self.dtype not in DTYPES:
-            raise AttentionError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in SCORE_DTYPES:
+            raise AttentionError(
+                f"--dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
+            )
         if self.batch_size < 1:
             raise AttentionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.chunk_size < 1:
@@ -537,7 +540,7 @@ def _model_scores(
     """(fingerprint, scores of every token of each item), computing only what the cache lacks."""
     from tqdm.auto import tqdm
 
-    from .models import cache_root, load_model, model_fingerprint
+    from .models import DTYPES, cache_root, load_model, model_fingerprint
 
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
     cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")

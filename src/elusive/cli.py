@@ -316,8 +316,7 @@ def evaluate_command(
 
     from .corpus import CorpusError
     from .evaluate import evaluate_model, scores_table
-    from .models import ModelSpecError
-    from .train import DTYPES
+    from .models import DTYPES, ModelSpecError
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -350,7 +349,8 @@ def table1_command(
     from .corpus import CorpusError
     from .evaluate import EvalConfig, scores_table
     from .models import ModelSpecError
-    from .train import TrainConfig, TrainError, run_table1
+    from .table1 import run_table1
+    from .train import TrainConfig, TrainError
 
     config = TrainConfig(
         model=model, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dtype=dtype,

@@ -61,7 +61,7 @@ class EvalConfig:
     """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
     mixed_precision: str = "auto"
     """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
-    bf16, else no (`elusive.train.resolve_mixed_precision`)."""
+    bf16, else no (`elusive.models.resolve_mixed_precision`)."""
 
     def validate(self) -> None:
         if "{question}" not in self.template:
@@ -158,8 +158,8 @@ def answer_and_score(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
+    from .models import resolve_mixed_precision
     from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
-    from .train import resolve_mixed_precision
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None

@@ -143,6 +143,34 @@ def default_device() -> torch.device:
         raise ModelSpecError(f"ELUSIVE_DEVICE={name!r} is not a torch device ({err})") from None
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Weight dtypes by their config name (`--dtype`, ``train.dtype``, ``attention.dtype``)."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
+    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
+    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
+
+    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
+    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
+    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
+    """
+    if value != "auto":
+        return value
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if native_bf16(device) else "no"
+
+
 def load_model(
     spec: str | Path,
     dtype: torch.dtype = torch.float32,

@@ -113,7 +113,7 @@ def summarize(run) -> dict:
     """
     from .corpus import iter_jsonl
     from .metrics import aggregate
-    from .pipeline import _eval_dirs
+    from .runs import eval_dirs
     from .stats import summarize_study, unit_scores
 
     config = run.config
@@ -124,7 +124,7 @@ def summarize(run) -> dict:
     table: dict[tuple, dict[tuple, dict[int, dict]]] = {}
     # the same keys -> seed -> the test people's prediction rows
     test_rows: dict[tuple, dict[tuple, dict[int, list[dict]]]] = {}
-    for cell, epoch, folder in _eval_dirs(run):
+    for cell, epoch, folder in eval_dirs(run):
         rows = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
         scores = {
             name: aggregate(r for r in rows if r["source_id"] in ids)
@@ -299,8 +299,7 @@ def company_query_rows(
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
     """
     from .attention import query_attention, tokenize
-    from .models import load_model
-    from .train import DTYPES
+    from .models import DTYPES, load_model
 
     out: dict[str, list[dict]] = {}
     for role, spec in specs.items():

@@ -45,9 +45,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir, read_corpus
+from .models import DTYPES, resolve_mixed_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "trainer_state.pt"
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -83,8 +83,8 @@ class TrainConfig:
     """Dtype of the base weights (LoRA weights stay float32)."""
     mixed_precision: str = "auto"
     """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
-    is bf16 where the device computes in bf16 natively, else no (see `resolve_mixed_precision`).
-    A run folder records the resolved value."""
+    is bf16 where the device computes in bf16 natively, else no
+    (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
 
     def validate(self) -> None:
         if not self.model:
@@ -107,33 +107,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainError(message)
-
-
-# --------------------------------------------------------------------------- precision
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
-    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
-    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
-
-    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
-    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
-    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
-    """
-    if value != "auto":
-        return value
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16" if native_bf16(device) else "no"
 
 
 # --------------------------------------------------------------------------- data
@@ -475,35 +448,3 @@ def train(
         _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log)
     bar.close()
     return run_dir / f"epoch-{config.epochs}"
-
-
-def run_table1(
-    config: TrainConfig,
-    out_dir: str | Path,
-    n: int = 1000,
-    bios_seed: int = 0,
-    eval_config=None,
-    progress: bool = True,
-):
-    """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
-
-    Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
-    predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
-    """
-    from .corpus import BiosConfig, read_qa, write_bios
-    from .evaluate import evaluate_model
-    from .models import load_tokenizer
-    from .report import field_token_distances, plot_accuracy_vs_distance
-
-    out = Path(out_dir)
-    people, qa = write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
-    records = read_corpus(people)
-    last = train(config, records, out / "run", progress=progress)
-    spec, adapter = (str(last), None) if config.full else (config.model, last)
-    result = evaluate_model(
-        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
-    )
-    distances = field_token_distances(records, load_tokenizer(spec))
-    label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
-    plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
-    return result
