@@ -145,7 +145,7 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
     "overrides, message",
     [
         ({"augment": {"policies": ["magic"]}}, "unknown policy 'magic'"),
-        ({"train": {"lr": ["fast"]}}, "train: lr: expected float, got 'fast'"),
+        ({"train": {"lr": ["fast"]}}, r"train.lr\[0\]: expected float, got 'fast'"),
         ({"validation": 1.5}, "validation must be in"),
         ({"modles": {}}, "unknown key 'modles'"),
         ({"models": {"trained": ["medium"]}}, "unknown role 'medium'"),

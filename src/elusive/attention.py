@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from .corpus import (
     read_corpus,
     write_jsonl,
 )
+from .errors import ElusiveError, flag
 
 ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")
@@ -53,7 +54,7 @@ BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
 CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
 
 
-class AttentionError(ValueError):
+class AttentionError(ElusiveError):
     """Bad scoring input or scores file; the message names the text, file or field."""
 
 
@@ -483,17 +484,20 @@ class AttentionConfig:
     chunk_size: int = 64
     """Texts per cache file: what an interrupted run loses at most."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if self.align not in ALIGNS:
-            raise AttentionError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
+            raise AttentionError(
+                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {self.align!r}"
+            )
         if self.trained not in ROLES:
-            raise AttentionError(f"--trained must be large or small, got {self.trained!r}")
+            raise AttentionError(f"{name('trained')} must be large or small, got {self.trained!r}")
         if self.dtype not in SCORE_DTYPES:
             raise AttentionError(
-                f"--dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
+                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
             )
         if self.batch_size < 1:
-            raise AttentionError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
         if self.chunk_size < 1:
             raise AttentionError(f"chunk_size must be at least 1, got {self.chunk_size}")
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -55,6 +55,7 @@ from .corpus import (
     read_corpus,
     write_jsonl,
 )
+from .errors import ElusiveError, flag
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -71,7 +72,7 @@ _GOLDEN, _MIX1, _MIX2 = (
 )
 
 
-class AugmentError(ValueError):
+class AugmentError(ElusiveError):
     """Bad augmentation input; the message names the option, file or text id."""
 
 
@@ -92,19 +93,20 @@ class AugmentConfig:
     score_of: str | None = None
     """Role ranked by the `attention` policy; None: "small", or the only role scored."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise AugmentError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if self.policy not in POLICIES:
             raise AugmentError(
-                f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {self.policy!r}"
             )
         if not 0.0 <= self.alpha <= 1.0:
-            raise AugmentError(f"--alpha must be in [0, 1], got {self.alpha}")
+            raise AugmentError(f"{name('alpha')} must be in [0, 1], got {self.alpha}")
         if not 0.0 <= self.beta < float("inf"):
-            raise AugmentError(f"--beta must be a finite number >= 0, got {self.beta}")
+            raise AugmentError(f"{name('beta')} must be a finite number >= 0, got {self.beta}")
         if self.copies < 0:
-            raise AugmentError(f"--copies must be >= 0, got {self.copies}")
+            raise AugmentError(f"{name('copies')} must be >= 0, got {self.copies}")
         if self.seed < 0:
-            raise AugmentError(f"--seed must be >= 0, got {self.seed}")
+            raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
 
 
 # --------------------------------------------------------------------------- randomness

@@ -439,15 +439,24 @@ def run_command(
         Path | None,
         typer.Option(help="Run folder (default: the config's `out`)."),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE overriding a config key, VALUE as YAML: --set train.lr=[3e-4]. "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Corpus -> attention scores -> augmentation -> training -> evaluation -> report.
 
-    Finished stages are skipped; an interrupted run resumes where it stopped.
+    The whole config is checked before any stage. Finished stages are skipped; an interrupted
+    run resumes where it stopped.
     """
     from .config import ConfigError, load_config
 
     try:
-        loaded = load_config(config)
+        loaded = load_config(config, set_ or ())
     except ConfigError as exc:
         fail(str(exc))
     _run_config(loaded, out)

@@ -18,12 +18,14 @@ import os
 import random
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .errors import ElusiveError, flag
 
 FIELDS: tuple[str, ...] = ("date", "city", "university", "major", "company")
 """The five biography fields, in the paper's order (Table 1)."""
@@ -86,7 +88,7 @@ _PRONOUNS = {"male": ("He", "his"), "female": ("She", "her")}
 _FIRST_YEAR, _LAST_YEAR = 1950, 2000
 
 
-class CorpusError(ValueError):
+class CorpusError(ElusiveError):
     """Bad corpus input; the message names the file, line or field."""
 
 
@@ -153,15 +155,16 @@ class BiosConfig:
     shuffle_sentences: bool = False
     """Shuffle the field sentences per person (the first one still carries the name)."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise CorpusError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if self.n < 1:
-            raise CorpusError(f"--n must be at least 1, got {self.n}")
+            raise CorpusError(f"{name('n')} must be at least 1, got {self.n}")
         most = min(len(t) for t in TEMPLATES.values())
         if not 1 <= self.templates <= most:
-            raise CorpusError(f"--templates must be in 1..{most}, got {self.templates}")
+            raise CorpusError(f"{name('templates')} must be in 1..{most}, got {self.templates}")
         if sorted(self.field_order) != sorted(FIELDS):
             raise CorpusError(
-                f"--field-order must be a permutation of {','.join(FIELDS)}, "
+                f"{name('field_order')} must be a permutation of {','.join(FIELDS)}, "
                 f"got {','.join(self.field_order)}"
             )
 
@@ -589,11 +592,12 @@ class SquadConfig:
     """Keep only gold answers found in the paragraph (at `answer_start` when given, else
     anywhere) and drop questions left with none; False keeps every answer as given."""
 
-    def validate(self) -> None:
-        for name in ("max_paragraphs", "max_questions"):
-            value = getattr(self, name)
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise CorpusError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        for field_name in ("max_paragraphs", "max_questions"):
+            value = getattr(self, field_name)
             if value is not None and value < 1:
-                raise CorpusError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise CorpusError(f"{name(field_name)} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import dataclasses
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .corpus import QAItem, atomic_write_text, write_jsonl
+from .errors import ElusiveError, flag
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
 from .probes import CandidateScore
 
@@ -63,20 +64,24 @@ class EvalConfig:
     """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
     bf16, else no (`elusive.models.resolve_mixed_precision`)."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise ElusiveError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if "{question}" not in self.template:
-            raise ValueError(f"prompt template must contain {{question}}, got {self.template!r}")
-        for name, least in (
+            raise ElusiveError(
+                f"{name('template')} must contain {{question}}, got {self.template!r}"
+            )
+        for field_name, least in (
             ("max_new_tokens", 1),
             ("batch_size", 1),
             ("shots", 0),
             ("choices", 1),
         ):
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+            value = getattr(self, field_name)
+            if value < least:
+                raise ElusiveError(f"{name(field_name)} must be >= {least}, got {value}")
         if self.mixed_precision != "auto" and self.mixed_precision not in _AUTOCAST:
-            raise ValueError(
-                f"mixed_precision must be auto or one of {tuple(_AUTOCAST)}, "
+            raise ElusiveError(
+                f"{name('mixed_precision')} must be auto or one of {tuple(_AUTOCAST)}, "
                 f"got {self.mixed_precision!r}"
             )
 

@@ -39,13 +39,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .errors import ElusiveError
+
 TINY_ARCHS = ("llama", "qwen2")
 MARKER = "elusive-conversion.json"
 """Written last into a converted folder: its source and the size and sha256 of every file."""
 _PROBE = "The capital of France is Paris. 1 + 1 = 2"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ElusiveError):
     """A model spec that cannot be resolved; the message says what to do."""
 
 

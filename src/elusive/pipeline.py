@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, options
 from .corpus import (
     QAItem,
     Record,
@@ -100,16 +100,12 @@ def stage_attention(run: Run, progress: bool) -> str:
     if (out / "scores.jsonl").exists():
         return "scores already there"
     models = run.config.models
-    section = run.config.attention
     rows = score_corpus(
         {"large": models.large, "small": models.small},
         run.path("corpus", "corpus.jsonl"),
         out,
         AttentionConfig(
-            prefix=section.prefix,
-            batch_size=section.batch_size,
-            dtype=section.dtype,
-            align=section.align,
+            **options(run.config.attention),
             trained="small" if models.trained == ["small"] else models.trained[0],
         ),
         progress=progress,
@@ -128,14 +124,13 @@ def stage_augment(run: Run, progress: bool) -> str:
         path = run.path("augment", role, f"{tag}.jsonl")
         if path.exists():
             continue
+        grid_values = {
+            "policy": cell.policy,
+            "alpha": cell.alpha if cell.alpha is not None else 0.0,
+            "beta": cell.beta if cell.beta is not None else 0.0,
+        }
         config = AugmentConfig(
-            policy=cell.policy,
-            alpha=cell.alpha if cell.alpha is not None else 0.0,
-            beta=cell.beta if cell.beta is not None else 0.0,
-            copies=run.config.augment.copies,
-            seed=cell.seed,
-            replace_with_spaces=run.config.augment.replace_with_spaces,
-            score_of=role,
+            **options(run.config.augment, **grid_values), seed=cell.seed, score_of=role
         )
         records, rows, config = load_inputs(
             run.path("scores"), run.path("corpus", "corpus.jsonl"), config
@@ -154,20 +149,9 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
         if run.is_main:
             echo(f"  train {index}/{len(runs)}: {tag}")
         config = TrainConfig(
+            **options(section, epochs=max(section.epochs), lr=cell.lr),
             model=getattr(run.config.models, cell.role),
-            full=section.full,
-            lora_r=section.lora_r,
-            lora_alpha=section.lora_alpha,
-            epochs=max(section.epochs),
-            lr=cell.lr,
-            batch_size=section.batch_size,
-            grad_accum=section.grad_accum,
-            warmup=section.warmup,
-            schedule=section.schedule,
             seed=cell.seed,
-            max_length=section.max_length,
-            dtype=section.dtype,
-            mixed_precision=section.mixed_precision,
         )
         corpus = run.path("augment", cell.role, f"{cell.augment_tag}.jsonl")
         train(config, corpus, run.path("train", tag), progress=progress)
@@ -177,11 +161,10 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
 def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
     """Evaluate every (training run, epoch) not yet evaluated; process `rank` of `world`
     takes every world-th one."""
-    from .evaluate import EvalConfig, evaluate_qa, load_for_eval, write_eval
+    from .evaluate import evaluate_qa, load_for_eval, write_eval
     from .models import DTYPES
 
     questions = read_qa(run.path("corpus", "qa.jsonl"))
-    eval_config = EvalConfig(**run.config.evaluate)
     done = 0
     todo = [(c, e, d) for c, e, d in eval_dirs(run) if not (d / "metrics.json").exists()]
     for cell, epoch, out in todo[rank::world]:
@@ -192,7 +175,7 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
             model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype)
         else:
             model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype)
-        result = evaluate_qa(model, tokenizer, questions, eval_config, progress=progress)
+        result = evaluate_qa(model, tokenizer, questions, run.config.evaluate, progress=progress)
         write_eval(out, result, {"cell": cell.__dict__, "epoch": epoch})
         done += 1
     total = sum(1 for _ in eval_dirs(run))

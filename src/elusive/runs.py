@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
 from .corpus import atomic_write_text
+from .evaluate import EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
@@ -132,6 +133,14 @@ def _fixed_hash(config: RunConfig) -> str:
         data["augment"].pop(key)
     for key in ("lr", "epochs"):
         data["train"].pop(key)
+    # Options added to the schema after run folders were made hash as before, so those folders
+    # still open: evaluate (then the mapping as written) as its options that differ from the
+    # defaults, train's lora_dropout and weight_decay left out at their default.
+    defaults = to_dict(EvalConfig())
+    data["evaluate"] = {k: v for k, v in data["evaluate"].items() if defaults[k] != v}
+    for key in ("lora_dropout", "weight_decay"):
+        if data["train"][key] == 0.0:
+            data["train"].pop(key)
     # Each training run records its resolved mixed precision and resumes with it when "auto"
     # (elusive.train), so "auto" hashes as "no", the default before "auto": folders made then
     # still open.

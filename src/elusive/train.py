@@ -36,7 +36,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir, read_corpus
+from .errors import ElusiveError, flag
 from .models import DTYPES, resolve_mixed_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -52,7 +53,7 @@ STATE_FILE = "trainer_state.pt"
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
-class TrainError(ValueError):
+class TrainError(ElusiveError):
     """Bad training options or a run folder that does not match them."""
 
 
@@ -86,27 +87,32 @@ class TrainConfig:
     is bf16 where the device computes in bf16 natively, else no
     (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if not self.model:
-            raise TrainError("no model spec given (--model)")
+            raise TrainError(f"no model spec given ({name('model')})")
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad accumulation must be >= 1, got {self.grad_accum}"),
-            (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.max_length >= 2, f"max length must be >= 2, got {self.max_length}"),
-            (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"),
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
+            ("warmup", 0 <= self.warmup < 1, "must be a fraction in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
+            ("max_length", self.max_length >= 2, "must be >= 2"),
+            ("dtype", self.dtype in DTYPES, f"must be one of {tuple(DTYPES)}"),
             (
+                "mixed_precision",
                 self.mixed_precision in MIXED_PRECISIONS,
-                f"mixed precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
+                f"must be one of {MIXED_PRECISIONS}",
             ),
-            (self.full or self.lora_r >= 1, f"LoRA rank must be >= 1, got {self.lora_r}"),
+            ("lora_r", self.full or self.lora_r >= 1, "must be >= 1"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
         ]
-        for ok, message in checks:
+        for field_name, ok, message in checks:
             if not ok:
-                raise TrainError(message)
+                value = getattr(self, field_name)
+                raise TrainError(f"{name(field_name)} {message}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- data
