@@ -74,3 +74,30 @@ def test_no_import_cycles_among_elusive_modules():
     assert "pipeline" in graph and "runs" in graph["pipeline"]  # the walk sees real imports
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_every_user_error_is_an_elusive_error_and_the_cli_handles_them_once():
+    from elusive.attention import AttentionError
+    from elusive.augment import AugmentError
+    from elusive.config import ConfigError
+    from elusive.corpus import CorpusError
+    from elusive.errors import ElusiveError
+    from elusive.models import ModelSpecError
+    from elusive.train import TrainError
+
+    for error in (AttentionError, AugmentError, ConfigError, CorpusError, ModelSpecError):
+        assert issubclass(error, ElusiveError)
+    assert issubclass(TrainError, ElusiveError)
+    tree = ast.parse((PACKAGE / "cli.py").read_text("utf-8"))
+    handlers = [node for node in ast.walk(tree) if isinstance(node, ast.Try)]
+    assert len(handlers) == 1  # _reporting_errors, around every command
+
+
+def test_a_command_reports_an_elusive_error_as_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from elusive.cli import app
+
+    result = CliRunner().invoke(app, ["bios", "generate", "--out", str(tmp_path), "--n", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --n must be at least 1, got 0"

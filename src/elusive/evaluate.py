@@ -139,7 +139,7 @@ def _pick_shots(order: Sequence[QAItem], item: QAItem, k: int) -> list[QAItem]:
                 picked.append(s)
                 fields.add(s.field)
     if len(picked) < k:
-        raise ValueError(f"only {len(picked)} examples about other people for {k} shots")
+        raise ElusiveError(f"only {len(picked)} examples about other people for {k} shots")
     return picked
 
 

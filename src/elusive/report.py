@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .corpus import FIELDS, Record
+from .errors import ElusiveError
 from .figures import plot_paired_differences, save_png
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
@@ -38,7 +39,7 @@ def field_token_distances(
     out: dict[str, list[int]] = {f: [] for f in fields}
     for record in records:
         if "name" not in record.spans:
-            raise ValueError(f"record {record.id!r} has no 'name' span")
+            raise ElusiveError(f"record {record.id!r} has no 'name' span")
         offsets = tokenizer(record.text, return_offsets_mapping=True, add_special_tokens=False)[
             "offset_mapping"
         ]
@@ -142,7 +143,7 @@ def summarize(run) -> dict:
             fields = [f for f in config.report.select_on if f in val] or ["overall"]
             values = [val[f].present().get(metric) for f in fields]
             if None in values:
-                raise ValueError(f"report.select_metric: {metric!r} was not measured")
+                raise ElusiveError(f"report.select_metric: {metric!r} was not measured")
             per_seed.append(sum(values) / len(values))
         return sum(per_seed) / len(per_seed)
 
@@ -331,7 +332,7 @@ def contrast_rows(large: Sequence[dict], small: Sequence[dict]) -> list[dict]:
     out = []
     for a, b in zip(large, small, strict=True):
         if a["tokens"] != b["tokens"]:
-            raise ValueError(
+            raise ElusiveError(
                 "the two models tokenize a biography differently: Figure 3 needs one tokenizer"
             )
         weights = [x - y for x, y in zip(a["weights"], b["weights"], strict=True)]
