@@ -64,7 +64,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from elusive.attention import attention_received
-    from elusive.corpus import BiosConfig, generate_bios
+    from elusive.bios import BiosConfig, generate_bios
     from elusive.models import DTYPES, load_model
 
     model, tok = load_model(args.model, DTYPES[args.dtype], cache_dir=args.cache_dir)

@@ -17,9 +17,10 @@ from elusive.augment import (
     augment,
     drop_probabilities,
 )
+from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.corpus import BiosConfig, Record, generate_bios, read_corpus, record_to_json
-from elusive.corpus import write_jsonl as write_rows
+from elusive.corpus import Record, read_corpus, record_to_json
+from elusive.io import write_jsonl as write_rows
 
 runner = CliRunner()
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")  # words with their leading space, or punctuation

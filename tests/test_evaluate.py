@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from elusive.corpus import BiosConfig, QAItem, generate_bios
+from elusive.bios import BiosConfig, generate_bios
+from elusive.corpus import QAItem
 from elusive.evaluate import (
     EvalConfig,
     build_prompts,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elusive.corpus import FIELDS, BiosConfig, generate_bios
+from elusive.bios import FIELDS, BiosConfig, generate_bios
 from elusive.metrics import FieldScore
 from elusive.models import load_model
 from elusive.report import field_token_distances, plot_accuracy_vs_distance

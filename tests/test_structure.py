@@ -80,8 +80,8 @@ def test_every_user_error_is_an_elusive_error_and_the_cli_handles_them_once():
     from elusive.attention import AttentionError
     from elusive.augment import AugmentError
     from elusive.config import ConfigError
-    from elusive.corpus import CorpusError
     from elusive.errors import ElusiveError
+    from elusive.io import CorpusError
     from elusive.models import ModelSpecError
     from elusive.train import TrainError
 

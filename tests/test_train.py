@@ -9,9 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
-from elusive.corpus import BiosConfig, DroppedDataWarning, generate_bios, write_bios
 from elusive.evaluate import load_for_eval
+from elusive.io import DroppedDataWarning
 from elusive.models import (
     ModelSpecError,
     load_model,

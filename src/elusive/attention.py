@@ -34,15 +34,9 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from .corpus import (
-    Record,
-    atomic_write_text,
-    check_out_dir,
-    iter_jsonl,
-    read_corpus,
-    write_jsonl,
-)
+from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
+from .io import atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
 
 ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")

@@ -47,15 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import (
-    Record,
-    atomic_path,
-    atomic_write_text,
-    check_out_file,
-    read_corpus,
-    write_jsonl,
-)
+from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
+from .io import atomic_path, atomic_write_text, check_out_file, write_jsonl
 
 if TYPE_CHECKING:
     from .attention import TextScores

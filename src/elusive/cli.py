@@ -66,7 +66,7 @@ _show_warning = warnings.showwarning
 def _show_dropped(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings about skipped or cut input are messages to the user: one `warning:` line
     each, not the source location Python prints for a programming warning."""
-    from .corpus import DroppedDataWarning
+    from .io import DroppedDataWarning
 
     if issubclass(category, DroppedDataWarning):
         typer.echo(f"warning: {message}", err=True)
@@ -96,7 +96,7 @@ def bios_generate(
     ] = False,
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
-    from .corpus import BiosConfig, write_bios
+    from .bios import BiosConfig, write_bios
 
     config = BiosConfig(
         n=n,
@@ -388,7 +388,8 @@ def squad_convert(
     ] = True,
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
-    from .corpus import SquadConfig, read_squad, write_corpus_and_qa
+    from .corpus import write_corpus_and_qa
+    from .squad import SquadConfig, read_squad
 
     config = SquadConfig(
         max_paragraphs=max_paragraphs,

@@ -37,10 +37,11 @@ import yaml
 
 from .attention import AttentionConfig
 from .augment import POLICIES, AugmentConfig
-from .corpus import FIELDS, BiosConfig, SquadConfig
+from .bios import FIELDS, BiosConfig
 from .errors import ElusiveError
 from .evaluate import EvalConfig
 from .metrics import METRICS
+from .squad import SquadConfig
 from .train import TrainConfig
 
 

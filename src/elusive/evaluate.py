@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .corpus import QAItem, atomic_write_text, write_jsonl
+from .corpus import QAItem
 from .errors import ElusiveError, flag
+from .io import atomic_write_text, write_jsonl
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
 from .probes import CandidateScore
 
@@ -365,7 +366,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions."""
-    from .corpus import check_out_dir, read_qa
+    from .corpus import read_qa
+    from .io import check_out_dir
 
     config = config or EvalConfig()
     config.validate()

@@ -448,7 +448,7 @@ def make_tiny_model(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
-    from .corpus import BiosConfig, generate_bios
+    from .bios import BiosConfig, generate_bios
 
     if arch not in TINY_ARCHS:
         raise ModelSpecError(f"tiny arch must be one of {TINY_ARCHS}, got {arch!r}")

@@ -23,18 +23,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from .bios import generate_bios
 from .config import ConfigError, RunConfig, options
-from .corpus import (
-    QAItem,
-    Record,
-    atomic_write_text,
-    generate_bios,
-    qa_to_json,
-    read_corpus,
-    read_qa,
-    record_to_json,
-    write_jsonl,
-)
+from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
+from .io import atomic_write_text, write_jsonl
 from .runs import STAGES, Run, eval_dirs, grid
 
 # --------------------------------------------------------------------------- stages
@@ -78,7 +70,7 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
     if section.bios is not None:
         return generate_bios(section.bios)
     if section.squad is not None:
-        from .corpus import SquadConfig, read_squad
+        from .squad import SquadConfig, read_squad
 
         return read_squad(
             section.squad,

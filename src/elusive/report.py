@@ -16,7 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import FIELDS, Record
+from .bios import FIELDS
+from .corpus import Record
 from .errors import ElusiveError
 from .figures import plot_paired_differences, save_png
 from .metrics import LABELS, METRICS, FieldScore
@@ -112,7 +113,7 @@ def summarize(run) -> dict:
     the ``report.select_on`` fields (the paper's university and company), or over all questions
     for corpora without those fields.
     """
-    from .corpus import iter_jsonl
+    from .io import iter_jsonl
     from .metrics import aggregate
     from .runs import eval_dirs
     from .stats import summarize_study, unit_scores
@@ -398,7 +399,8 @@ def plot_rank_categories(panels: Mapping[str, list[dict[str, int]]], out_png: st
 def _analysis(run) -> dict[str, list[dict]]:
     """Company-query attention rows of both models over `report.analysis_texts` fresh
     biographies (same generator settings as the corpus), cached in report/analysis.json."""
-    from .corpus import atomic_write_text, generate_bios
+    from .bios import generate_bios
+    from .io import atomic_write_text
 
     config = run.config
     n = config.report.analysis_texts
@@ -420,7 +422,8 @@ PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 
 def write_report(run) -> list[Path]:
     """Write report.md, report.json and the figures into the run's report/ folder."""
-    from .corpus import atomic_write_text, read_corpus
+    from .corpus import read_corpus
+    from .io import atomic_write_text
     from .models import load_tokenizer
 
     config = run.config

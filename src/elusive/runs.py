@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
-from .corpus import atomic_write_text
 from .evaluate import EvalConfig
+from .io import atomic_write_text
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 

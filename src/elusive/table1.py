@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .corpus import BiosConfig, read_corpus, read_qa, write_bios
+from .bios import BiosConfig, write_bios
+from .corpus import read_corpus, read_qa
 from .evaluate import EvalConfig, EvalResult, evaluate_model
 from .models import DTYPES, load_tokenizer
 from .report import field_token_distances, plot_accuracy_vs_distance

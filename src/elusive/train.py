@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir, read_corpus
+from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
+from .io import DroppedDataWarning, atomic_write_text, check_out_dir
 from .models import DTYPES, resolve_mixed_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
