@@ -374,3 +374,12 @@ def test_cli_attention_policy_ranks_by_the_manifests_trained_role(tmp_path, bios
     large = run("large")
     assert large == run("large", "--score-of", "large")
     assert large != run("small") == run("small", "--score-of", "small")
+
+
+def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
+    from elusive.augment import RANK_BY, UNRANKED, caption
+
+    assert POLICIES == ("none", "random", "attention", "contrast", "shuffled", "position")
+    assert set(RANKED) == set(RANK_BY) and not set(UNRANKED) & set(RANK_BY)
+    captions = {caption(AugmentConfig(policy=p, alpha=0.5)) for p in POLICIES}
+    assert len(captions) == len(POLICIES)

@@ -7,8 +7,9 @@ from pathlib import Path
 from .bios import BiosConfig, write_bios
 from .corpus import read_corpus, read_qa
 from .evaluate import EvalConfig, EvalResult, evaluate_model
+from .figures import plot_accuracy_vs_distance
 from .models import DTYPES, load_tokenizer
-from .report import field_token_distances, plot_accuracy_vs_distance
+from .report import field_token_distances
 from .train import TrainConfig, train
 
 
