@@ -148,3 +148,18 @@ def test_options_rebuild_the_module_config_from_a_section(tmp_path):
     config = load_config(write(tmp_path, train={"weight_decay": 0.1, "lora_dropout": 0.05}))
     built = TrainConfig(**options(config.train, lr=3e-4, epochs=2), model="m", seed=1)
     assert (built.weight_decay, built.lora_dropout, built.lr, built.epochs) == (0.1, 0.05, 3e-4, 2)
+
+
+def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
+    """Under `accelerate launch` every process runs `elusive run`; one prints the tables."""
+    import elusive.pipeline
+    import elusive.report
+    from elusive.runs import Run
+
+    def fake_run(config, out=None, echo=print):
+        return Run(config, out, is_main=False)
+
+    monkeypatch.setattr(elusive.pipeline, "run_experiment", fake_run)
+    monkeypatch.setattr(elusive.report, "summarize", lambda run: pytest.fail("summarized"))
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path))])
+    assert result.exit_code == 0 and result.output == ""

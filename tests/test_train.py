@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -371,3 +372,32 @@ def test_train_and_evaluate_raise_no_peft_deprecation_warning(tiny_model_dir, re
         )
         last = train(_config(tiny_model_dir, epochs=1), records, tmp_path / "run", progress=False)
         load_for_eval(str(tiny_model_dir), last)
+
+
+def test_a_crash_between_the_epoch_rename_and_the_log_loses_no_log(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """The epoch folder carries its log: a crash after epoch-1 is renamed into place but before
+    RUN_DIR/log.json is written resumes with epoch 1's log lines, as an uninterrupted run."""
+    import elusive.train as train_module
+
+    config = _config(tiny_model_dir, epochs=2, batch_size=6)
+    whole = train(config, records, tmp_path / "whole", progress=False)
+    write = train_module.atomic_write_text
+
+    def crash_at_the_first_run_log(path, text):
+        if Path(path) == tmp_path / "cut" / "log.json":
+            raise KeyboardInterrupt
+        return write(path, text)
+
+    monkeypatch.setattr(train_module, "atomic_write_text", crash_at_the_first_run_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1 and not (tmp_path / "cut" / "log.json").exists()
+    monkeypatch.setattr(train_module, "atomic_write_text", write)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+    logs = [json.loads((d.parent / "log.json").read_text()) for d in (whole, resumed)]
+    assert [e["epoch"] for e in logs[1]["epochs"]] == [1, 2]
+    assert [s["loss"] for s in logs[1]["steps"]] == pytest.approx(
+        [s["loss"] for s in logs[0]["steps"]], rel=1e-6
+    )

@@ -546,9 +546,10 @@ def _model_scores(
     missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
     if missing:
         model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
-        bar = tqdm(total=len(items), initial=len(items) - len(missing), desc=role, unit="text")
-        bar.disable = not progress
-        with bar:
+        done = len(items) - len(missing)
+        with tqdm(
+            total=len(items), initial=done, desc=role, unit="text", disable=not progress
+        ) as bar:
             for start in range(0, len(missing), config.chunk_size):
                 chunk = missing[start : start + config.chunk_size]
                 scores = score_tokenized(model, [items[n] for n in chunk], config.batch_size)

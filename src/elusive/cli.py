@@ -413,6 +413,8 @@ def _run_config(config, out: Path | None) -> None:
     from .report import markdown_tables, summarize
 
     run = run_experiment(config, out=out, echo=typer.echo)
+    if not run.is_main:  # under `accelerate launch`: the main process prints for all
+        return
     typer.echo("")
     typer.echo(markdown_tables(summarize(run)))
     typer.echo(f"report: {run.path('report', 'report.md')}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,13 +46,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     )
 
 
-def umask_mode(directory: bool = False) -> int:
-    """The mode a plain `open` or `mkdir` would give (temp files are made private: 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside `path` to write to; on success it becomes `path` (mode as a
@@ -60,15 +53,27 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     new one. ``suffix`` keeps the extension writers such as matplotlib look at."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = _new_file_beside(path, suffix)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, umask_mode())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file_beside(path: Path, suffix: str) -> Path:
+    """Create an empty file with a fresh name beside `path`. Created with mode 0666, which the
+    kernel cuts by the umask, so it gets the mode a plain `open` gives without reading the
+    process-wide umask (setting it to read it races with other threads)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temp file name beside it")
 
 
 def check_out_dir(path: str | Path, files: Sequence[str] = ()) -> Path:

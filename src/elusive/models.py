@@ -345,12 +345,12 @@ def _is_converted(folder: Path) -> bool:
     """A folder counts as converted when its marker lists files that all have their size."""
     try:
         marker = json.loads((folder / MARKER).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
-    return all(
-        (folder / name).is_file() and (folder / name).stat().st_size == info["size"]
-        for name, info in marker["files"].items()
-    )
+        return all(
+            (folder / name).is_file() and (folder / name).stat().st_size == info["size"]
+            for name, info in marker["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no marker, or a damaged one (cut short, edited): convert again
 
 
 def convert_gguf(gguf: str | Path, out_dir: str | Path, *, source: dict | None = None) -> Path:

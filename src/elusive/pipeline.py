@@ -89,7 +89,7 @@ def stage_attention(run: Run, progress: bool) -> str:
     from .attention import AttentionConfig, score_corpus
 
     out = run.path("scores")
-    if (out / "scores.jsonl").exists():
+    if (out / "manifest.json").exists():  # written after scores.jsonl (elusive.attention)
         return "scores already there"
     models = run.config.models
     rows = score_corpus(

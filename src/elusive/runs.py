@@ -100,12 +100,26 @@ class Run:
                     "(only seeds, alpha, beta, lr, epochs and policies may change): "
                     "choose another out folder"
                 )
+            self._check_last_epoch()
         else:
             self.manifest = {"stages": {}}
         self.manifest.update(
             config=to_dict(self.config), fixed_config_sha256=fixed, versions=_versions()
         )
         self.save()
+
+    def _check_last_epoch(self) -> None:
+        """Refuse a new largest ``train.epochs``: each training run follows a learning-rate
+        schedule over all its epochs, so one trained to the old largest epoch cannot be extended
+        to give what a longer run gives. Epochs up to the old largest may be added or dropped."""
+        was = max(self.manifest["config"]["train"]["epochs"])
+        now = max(self.config.train.epochs)
+        if now != was:
+            raise ConfigError(
+                f"{self.root}: train.epochs: the training runs here end at epoch {was}, the "
+                f"config's at {now}; a run's schedule spans all its epochs, so it cannot be "
+                f"extended or cut: keep {was} as the largest epoch or choose another out folder"
+            )
 
     def save(self) -> None:
         if self.is_main:

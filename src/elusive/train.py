@@ -21,9 +21,9 @@ Run folder layout::
                            must match it
     RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...],
                            "truncation": what max_length cut (see `truncation`)}
-    RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) after epoch N, written to a
-                           temp folder and renamed; the last one also holds trainer_state.pt
-                           (optimizer, scheduler, RNG) to resume from.
+    RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) and log.json up to epoch N,
+                           written to a temp folder and renamed; the last one also holds
+                           trainer_state.pt (optimizer, scheduler, RNG) to resume from.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from .models import DTYPES, resolve_mixed_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
 STATE_FILE = "trainer_state.pt"
+LOG_FILE = "log.json"
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
@@ -320,7 +321,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log) -> None:
-    """Write RUN_DIR/epoch-N atomically (temp folder, then rename), then log.json."""
+    """Write RUN_DIR/epoch-N atomically (temp folder, then rename), with the log up to epoch N
+    inside it, so a crash right after the rename loses no log; then RUN_DIR/log.json."""
     if accelerator.is_main_process:
         final, tmp = run_dir / f"epoch-{epoch}", run_dir / f".epoch-{epoch}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -328,10 +330,11 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
         if config.full:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
+        atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (run_dir / f"epoch-{epoch - 1}" / STATE_FILE).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "log.json", json.dumps(log, indent=1) + "\n")
+        atomic_write_text(run_dir / LOG_FILE, json.dumps(log, indent=1) + "\n")
     accelerator.wait_for_everyone()
 
 
@@ -407,7 +410,9 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        log = json.loads((run_dir / "log.json").read_text("utf-8"))
+        # the epoch folder's own log (runs of older versions have only RUN_DIR/log.json)
+        saved = resume_dir / LOG_FILE if (resume_dir / LOG_FILE).exists() else run_dir / LOG_FILE
+        log = json.loads(saved.read_text("utf-8"))
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
     log["truncation"] = cut
