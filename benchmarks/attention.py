@@ -63,9 +63,9 @@ class _Memory:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from elusive.attention import DTYPES, attention_received
-    from elusive.corpus import BiosConfig, generate_bios
-    from elusive.models import load_model
+    from elusive.attention import attention_received
+    from elusive.bios import BiosConfig, generate_bios
+    from elusive.models import DTYPES, load_model
 
     model, tok = load_model(args.model, DTYPES[args.dtype], cache_dir=args.cache_dir)
     text = " ".join(r.text for r in generate_bios(BiosConfig(n=400, seed=0))[0])

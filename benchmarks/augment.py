@@ -22,7 +22,9 @@ import numpy as np
 
 from elusive.attention import TextScores
 from elusive.augment import AugmentConfig, augment
-from elusive.corpus import BiosConfig, Record, generate_bios, write_jsonl
+from elusive.bios import BiosConfig, generate_bios
+from elusive.corpus import Record
+from elusive.io import write_jsonl
 
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")
 

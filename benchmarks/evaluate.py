@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from elusive.corpus import BiosConfig, generate_bios
+from elusive.bios import BiosConfig, generate_bios
 from elusive.evaluate import EvalConfig, evaluate_qa
 from elusive.models import load_model
 

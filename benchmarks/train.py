@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from elusive.corpus import BiosConfig, generate_bios  # noqa: E402
+from elusive.bios import BiosConfig, generate_bios  # noqa: E402
 from elusive.models import load_tokenizer  # noqa: E402
 from elusive.train import TrainConfig, build_model, pad_batch, tokenize_texts, train  # noqa: E402
 

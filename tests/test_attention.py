@@ -23,8 +23,10 @@ from elusive.attention import (
     write_scores,
 )
 from elusive.augment import AugmentConfig, AugmentError, augment_file
+from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.corpus import BiosConfig, Record, generate_bios, write_jsonl
+from elusive.corpus import Record
+from elusive.io import write_jsonl
 from elusive.models import load_model, make_tiny_model
 
 TEXT = (

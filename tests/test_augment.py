@@ -17,9 +17,10 @@ from elusive.augment import (
     augment,
     drop_probabilities,
 )
+from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.corpus import BiosConfig, Record, generate_bios, read_corpus, record_to_json
-from elusive.corpus import write_jsonl as write_rows
+from elusive.corpus import Record, read_corpus, record_to_json
+from elusive.io import write_jsonl as write_rows
 
 runner = CliRunner()
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")  # words with their leading space, or punctuation
@@ -373,3 +374,12 @@ def test_cli_attention_policy_ranks_by_the_manifests_trained_role(tmp_path, bios
     large = run("large")
     assert large == run("large", "--score-of", "large")
     assert large != run("small") == run("small", "--score-of", "small")
+
+
+def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
+    from elusive.augment import RANK_BY, UNRANKED, caption
+
+    assert POLICIES == ("none", "random", "attention", "contrast", "shuffled", "position")
+    assert set(RANKED) == set(RANK_BY) and not set(UNRANKED) & set(RANK_BY)
+    captions = {caption(AugmentConfig(policy=p, alpha=0.5)) for p in POLICIES}
+    assert len(captions) == len(POLICIES)

@@ -2,17 +2,9 @@ import json
 
 import pytest
 
-from elusive.corpus import (
-    FIELDS,
-    TEMPLATES,
-    BiosConfig,
-    CorpusError,
-    generate_bios,
-    load_pools,
-    read_corpus,
-    read_qa,
-    write_bios,
-)
+from elusive.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios, load_pools, write_bios
+from elusive.corpus import read_corpus, read_qa
+from elusive.io import CorpusError
 
 
 def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):

@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from elusive.corpus import BiosConfig, QAItem, generate_bios
+from elusive.bios import BiosConfig, generate_bios
+from elusive.corpus import QAItem
 from elusive.evaluate import (
     EvalConfig,
     build_prompts,
@@ -167,10 +168,10 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
-        ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
-        ({"shots": -1}, "shots must be >= 0, got -1"),
-        ({"choices": 0}, "choices must be >= 1, got 0"),
+        ({"max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
+        ({"batch_size": -2}, "--batch-size must be >= 1, got -2"),
+        ({"shots": -1}, "--shots must be >= 0, got -1"),
+        ({"choices": 0}, "--choices must be >= 1, got 0"),
     ],
 )
 def test_eval_config_names_the_bad_option(change, message):
@@ -199,10 +200,10 @@ def test_adapter_on_another_base_model_is_refused(tmp_path, monkeypatch):
 def test_generation_autocasts_to_bf16_only_where_native(
     tiny_model_dir, bios_qa, monkeypatch, native
 ):
-    import elusive.train
+    import elusive.models
     from elusive.models import load_model
 
-    monkeypatch.setattr(elusive.train, "native_bf16", lambda device: native)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: native)
     model, tok = load_model(tiny_model_dir)
     forward, seen = model.forward, []
 
@@ -214,5 +215,5 @@ def test_generation_autocasts_to_bf16_only_where_native(
     prompts = build_prompts(bios_qa[:2], EvalConfig())
     generate_continuations(model, tok, prompts, EvalConfig(max_new_tokens=2), progress=False)
     assert seen and set(seen) == {torch.bfloat16 if native else False}
-    with pytest.raises(ValueError, match="mixed_precision must be auto or one of"):
+    with pytest.raises(ValueError, match="--mixed-precision must be auto or one of"):
         EvalConfig(mixed_precision="bf17").validate()

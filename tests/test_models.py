@@ -228,3 +228,25 @@ def test_device_comes_from_env_or_argument(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")  # process 1 of torchrun / accelerate launch
     assert models.default_device() == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["{}", '{"files": []}', '{"files": {"config.json": {}}}', "[1]", '{"files": {'],
+)
+def test_a_damaged_conversion_marker_means_not_converted(tmp_path, marker):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / models.MARKER).write_text(marker)
+    assert not models._is_converted(tmp_path)
+    size = (tmp_path / "config.json").stat().st_size
+    (tmp_path / models.MARKER).write_text(json.dumps({"files": {"config.json": {"size": size}}}))
+    assert models._is_converted(tmp_path)
+
+
+def test_a_damaged_marker_triggers_a_reconversion(tiny_gguf, tmp_path, monkeypatch):
+    _, gguf = tiny_gguf
+    converted = resolve_model(gguf, cache_dir=tmp_path)
+    (converted / models.MARKER).write_text('{"source": {}}')  # no "files": was a KeyError
+    calls = _count_conversions(monkeypatch)
+    load_model(gguf, cache_dir=tmp_path)
+    assert len(calls) == 1 and "files" in json.loads((converted / models.MARKER).read_text())

@@ -8,7 +8,8 @@ import yaml
 
 from elusive.config import ConfigError, load_config
 from elusive.models import make_tiny_model
-from elusive.pipeline import STAGES, grid, run_experiment
+from elusive.pipeline import run_experiment
+from elusive.runs import STAGES, grid
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,13 @@ def test_interrupted_training_resumes_to_the_same_numbers(tmp_path, tiny_pair, m
         return json.loads(path.read_text())["scores"]
 
     assert metrics(run.root) == metrics(whole.out)
-    log = json.loads(next(Path(run.root, "train").rglob("log.json")).read_text())
-    whole_log = json.loads(next(Path(whole.out, "train").rglob("log.json")).read_text())
+
+    def run_log(root: str) -> dict:  # the training run's own log.json, not an epoch folder's
+        runs = Path(root, "train").rglob("log.json")
+        (path,) = (p for p in runs if not p.parent.name.startswith("epoch-"))
+        return json.loads(path.read_text())
+
+    log, whole_log = run_log(run.root), run_log(whole.out)
     assert [s["loss"] for s in log["steps"]] == pytest.approx(
         [s["loss"] for s in whole_log["steps"]], abs=1e-6
     )
@@ -143,10 +149,10 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"augment": {"policies": ["magic"]}}, "unknown policy 'magic'"),
-        ({"train": {"lr": ["fast"]}}, "train: lr: expected float, got 'fast'"),
+        ({"augment": {"policies": ["magic"]}}, r"augment.policies\[0\]: must be one of .*'magic'"),
+        ({"train": {"lr": ["fast"]}}, r"train.lr\[0\]: expected float, got 'fast'"),
         ({"validation": 1.5}, "validation must be in"),
-        ({"modles": {}}, "unknown key 'modles'"),
+        ({"modles": {}}, r"modles: unknown key \(did you mean 'models'\?\)"),
         ({"models": {"trained": ["medium"]}}, "unknown role 'medium'"),
     ],
 )
@@ -156,7 +162,7 @@ def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):
 
 
 def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
-    from elusive.pipeline import Run
+    from elusive.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     Run(config).open()
@@ -168,7 +174,7 @@ def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
 def test_a_folder_from_before_auto_precision_still_opens(tmp_path, tiny_pair):
     """Folders made when train.mixed_precision defaulted to "no" open under the new "auto";
     each training run inside resumes in its recorded precision (elusive.train)."""
-    from elusive.pipeline import Run
+    from elusive.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     config.train.mixed_precision = "no"
@@ -249,3 +255,50 @@ def test_packaged_demo_and_paper_configs_are_valid():
     for name in ("paper-bios.yaml", "paper-wiki.yaml"):
         paper = load_config(configs / name)
         assert paper.augment.copies == 10 and paper.train.lora_r == 16
+
+
+def test_the_run_folder_refuses_a_new_largest_epoch_naming_the_key(tmp_path, tiny_pair):
+    """A training run's schedule spans all its epochs: growing the largest train.epochs is
+    refused before any stage; checkpoints up to it may be added."""
+    from elusive.runs import Run
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))  # epochs [1, 2]
+    Run(config).open()
+    config.train.epochs = [2]
+    Run(config).open()
+    before = (tmp_path / "run" / "run.json").read_bytes()
+    config.train.epochs = [1, 2, 4]
+    with pytest.raises(ConfigError, match=r"train\.epochs: the training runs here end at epoch 2"):
+        Run(config).open()
+    assert (tmp_path / "run" / "run.json").read_bytes() == before
+
+
+def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):
+    """scores.jsonl is written first, manifest.json last: a crash between them leaves a folder
+    that the stage scores again instead of skipping it; no progress bar when progress=False."""
+    import elusive.attention as attention_module
+    from elusive.attention import read_scores
+    from elusive.pipeline import stage_attention, stage_corpus
+    from elusive.runs import Run
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    run = Run(config)
+    run.open()
+    stage_corpus(run)
+    write = attention_module.atomic_write_text
+
+    def crash_at_the_manifest(path, text):
+        if Path(path).name == "manifest.json":
+            raise KeyboardInterrupt
+        return write(path, text)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_module, "atomic_write_text", crash_at_the_manifest)
+        patch.setenv("ELUSIVE_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(KeyboardInterrupt):
+            stage_attention(run, progress=False)
+        assert run.path("scores", "scores.jsonl").exists()
+        patch.setattr(attention_module, "atomic_write_text", write)
+        assert stage_attention(run, progress=False) == "12 texts scored"
+    assert len(read_scores(run.path("scores"))) == 12
+    assert "text/s" not in capfd.readouterr().err  # tqdm's rate: no bar was drawn

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elusive.corpus import FIELDS, TEMPLATES, BiosConfig, QAItem, generate_bios
+from elusive.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios
+from elusive.corpus import QAItem
 from elusive.evaluate import EvalConfig, evaluate_qa
 from elusive.metrics import normalize_answer
 from elusive.models import load_model

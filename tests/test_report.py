@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from elusive.corpus import FIELDS, BiosConfig, generate_bios
+from elusive.bios import FIELDS, BiosConfig, generate_bios
+from elusive.figures import plot_accuracy_vs_distance
 from elusive.metrics import FieldScore
 from elusive.models import load_model
-from elusive.report import field_token_distances, plot_accuracy_vs_distance
+from elusive.report import field_token_distances
 
 
 def test_field_distances_by_hand_and_in_field_order(tiny_model_dir):
@@ -32,3 +33,10 @@ def test_figure1_png(tmp_path):
     )  # fmt: skip
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert [p.name for p in out.parent.iterdir()] == ["figure1.png"]  # no temp file left
+
+
+def test_figures_colour_every_token_category_in_the_report_order():
+    from elusive.figures import COLOURS
+    from elusive.report import CATEGORIES
+
+    assert tuple(COLOURS) == CATEGORIES

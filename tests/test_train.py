@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
-from elusive.corpus import BiosConfig, DroppedDataWarning, generate_bios, write_bios
 from elusive.evaluate import load_for_eval
-from elusive.models import ModelSpecError, load_model, quiet_peft
+from elusive.io import DroppedDataWarning
+from elusive.models import (
+    ModelSpecError,
+    load_model,
+    native_bf16,
+    quiet_peft,
+    resolve_mixed_precision,
+)
 from elusive.train import (
     STATE_FILE,
     EpochShuffle,
@@ -20,9 +28,7 @@ from elusive.train import (
     TrainError,
     last_epoch,
     make_scheduler,
-    native_bf16,
     pad_batch,
-    resolve_mixed_precision,
     tokenize_texts,
     train,
 )
@@ -149,9 +155,9 @@ def accelerator_precisions(monkeypatch):
 def test_auto_precision_reaches_accelerator_and_run_record(
     tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions, native
 ):
-    import elusive.train as train_module
+    import elusive.models
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: native)
     want = "bf16" if native else "no"
     train(_config(tiny_model_dir, epochs=1, mixed_precision="auto"), records, tmp_path, False)
     assert accelerator_precisions == [want]
@@ -162,9 +168,10 @@ def test_auto_resumes_a_run_in_its_recorded_precision(
     tiny_model_dir, records, tmp_path, monkeypatch, accelerator_precisions
 ):
     """A run folder from before "auto" (run.json says "no") resumes in fp32 on a bf16 CPU."""
+    import elusive.models
     import elusive.train as train_module
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(elusive.models, "native_bf16", lambda device: True)
     step, calls = train_module._train_step, []
 
     def interrupted(model, batch):
@@ -365,3 +372,32 @@ def test_train_and_evaluate_raise_no_peft_deprecation_warning(tiny_model_dir, re
         )
         last = train(_config(tiny_model_dir, epochs=1), records, tmp_path / "run", progress=False)
         load_for_eval(str(tiny_model_dir), last)
+
+
+def test_a_crash_between_the_epoch_rename_and_the_log_loses_no_log(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """The epoch folder carries its log: a crash after epoch-1 is renamed into place but before
+    RUN_DIR/log.json is written resumes with epoch 1's log lines, as an uninterrupted run."""
+    import elusive.train as train_module
+
+    config = _config(tiny_model_dir, epochs=2, batch_size=6)
+    whole = train(config, records, tmp_path / "whole", progress=False)
+    write = train_module.atomic_write_text
+
+    def crash_at_the_first_run_log(path, text):
+        if Path(path) == tmp_path / "cut" / "log.json":
+            raise KeyboardInterrupt
+        return write(path, text)
+
+    monkeypatch.setattr(train_module, "atomic_write_text", crash_at_the_first_run_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1 and not (tmp_path / "cut" / "log.json").exists()
+    monkeypatch.setattr(train_module, "atomic_write_text", write)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+    logs = [json.loads((d.parent / "log.json").read_text()) for d in (whole, resumed)]
+    assert [e["epoch"] for e in logs[1]["epochs"]] == [1, 2]
+    assert [s["loss"] for s in logs[1]["steps"]] == pytest.approx(
+        [s["loss"] for s in logs[0]["steps"]], rel=1e-6
+    )

@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,25 +34,21 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from .corpus import (
-    Record,
-    atomic_write_text,
-    check_out_dir,
-    iter_jsonl,
-    read_corpus,
-    write_jsonl,
-)
+from .corpus import Record, read_corpus
+from .errors import ElusiveError, flag
+from .io import atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
 
 ATTN_IMPLEMENTATION = "elusive"
 ROLES = ("large", "small")
 ALIGNS = ("tokens", "chars")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SCORE_DTYPES = ("float32", "bfloat16")
+"""The weight dtypes (names in `elusive.models.DTYPES`) that scoring accepts."""
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
 """Attention probabilities per query block (float32), whatever the text length: 16 MiB on the
 CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
 
 
-class AttentionError(ValueError):
+class AttentionError(ElusiveError):
     """Bad scoring input or scores file; the message names the text, file or field."""
 
 
@@ -482,15 +478,20 @@ class AttentionConfig:
     chunk_size: int = 64
     """Texts per cache file: what an interrupted run loses at most."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if self.align not in ALIGNS:
-            raise AttentionError(f"--align must be one of {', '.join(ALIGNS)}, got {self.align!r}")
+            raise AttentionError(
+                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {self.align!r}"
+            )
         if self.trained not in ROLES:
-            raise AttentionError(f"--trained must be large or small, got {self.trained!r}")
-        if self.dtype not in DTYPES:
-            raise AttentionError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise AttentionError(f"{name('trained')} must be large or small, got {self.trained!r}")
+        if self.dtype not in SCORE_DTYPES:
+            raise AttentionError(
+                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
+            )
         if self.batch_size < 1:
-            raise AttentionError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
         if self.chunk_size < 1:
             raise AttentionError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
@@ -537,7 +538,7 @@ def _model_scores(
     """(fingerprint, scores of every token of each item), computing only what the cache lacks."""
     from tqdm.auto import tqdm
 
-    from .models import cache_root, load_model, model_fingerprint
+    from .models import DTYPES, cache_root, load_model, model_fingerprint
 
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
     cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")
@@ -545,9 +546,10 @@ def _model_scores(
     missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
     if missing:
         model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
-        bar = tqdm(total=len(items), initial=len(items) - len(missing), desc=role, unit="text")
-        bar.disable = not progress
-        with bar:
+        done = len(items) - len(missing)
+        with tqdm(
+            total=len(items), initial=done, desc=role, unit="text", disable=not progress
+        ) as bar:
             for start in range(0, len(missing), config.chunk_size):
                 chunk = missing[start : start + config.chunk_size]
                 scores = score_tokenized(model, [items[n] for n in chunk], config.batch_size)

@@ -38,8 +38,7 @@ sorts the uniforms of draw 0, which no copy uses.
 from __future__ import annotations
 
 import hashlib
-import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -47,21 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import (
-    Record,
-    atomic_path,
-    atomic_write_text,
-    check_out_file,
-    read_corpus,
-    write_jsonl,
-)
+from .corpus import Record, read_corpus
+from .errors import ElusiveError, flag
+from .figures import TokenView, render_html, render_png
+from .io import atomic_write_text, check_out_file, write_jsonl
 
 if TYPE_CHECKING:
     from .attention import TextScores
 
-POLICIES: tuple[str, ...] = ("none", "random", "attention", "contrast", "shuffled", "position")
-RANKED: tuple[str, ...] = ("attention", "contrast", "shuffled", "position")
-"""Policies that drop by rank with p(r) = alpha * (1 - exp(-beta * r))."""
 CHUNK = 1024
 """Texts sampled and rendered together."""
 
@@ -71,7 +63,7 @@ _GOLDEN, _MIX1, _MIX2 = (
 )
 
 
-class AugmentError(ValueError):
+class AugmentError(ElusiveError):
     """Bad augmentation input; the message names the option, file or text id."""
 
 
@@ -92,19 +84,20 @@ class AugmentConfig:
     score_of: str | None = None
     """Role ranked by the `attention` policy; None: "small", or the only role scored."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise AugmentError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if self.policy not in POLICIES:
             raise AugmentError(
-                f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {self.policy!r}"
             )
         if not 0.0 <= self.alpha <= 1.0:
-            raise AugmentError(f"--alpha must be in [0, 1], got {self.alpha}")
+            raise AugmentError(f"{name('alpha')} must be in [0, 1], got {self.alpha}")
         if not 0.0 <= self.beta < float("inf"):
-            raise AugmentError(f"--beta must be a finite number >= 0, got {self.beta}")
+            raise AugmentError(f"{name('beta')} must be a finite number >= 0, got {self.beta}")
         if self.copies < 0:
-            raise AugmentError(f"--copies must be >= 0, got {self.copies}")
+            raise AugmentError(f"{name('copies')} must be >= 0, got {self.copies}")
         if self.seed < 0:
-            raise AugmentError(f"--seed must be >= 0, got {self.seed}")
+            raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
 
 
 # --------------------------------------------------------------------------- randomness
@@ -169,49 +162,103 @@ def resolve_role(roles: Sequence[str], score_of: str | None) -> str:
     )
 
 
-def _score_list(row: TextScores, config: AugmentConfig) -> Sequence[float]:
-    """The scores of `row` that the attention or contrast policy ranks by."""
-    held = ", ".join(sorted(row.scores)) or "none"
-    if config.policy == "contrast":
-        if row.contrast is None:
+# --------------------------------------------------------------------------- policies
+#
+# A policy is an entry of UNRANKED (each token's drop probability drawn directly) or of RANK_BY
+# (what the policy ranks tokens by; the rank gives the drop probability, Eq. 1).
+
+
+def _contrast_scores(row: TextScores, config: AugmentConfig) -> Sequence[float]:
+    if row.contrast is None:
+        raise AugmentError(
+            f"text {row.id!r}: policy contrast needs scores of roles 'large' and 'small'; "
+            f"the scores hold {', '.join(sorted(row.scores)) or 'none'}"
+        )
+    return row.contrast
+
+
+def _attention_scores(row: TextScores, config: AugmentConfig) -> Sequence[float]:
+    role = resolve_role(list(row.scores), config.score_of)
+    if role not in row.scores:
+        raise AugmentError(
+            f"text {row.id!r}: policy attention needs scores of role {role!r}; the scores "
+            f"hold {', '.join(sorted(row.scores)) or 'none'}"
+        )
+    return row.scores[role]
+
+
+RankBy = Callable[[Sequence["TextScores"], _Tokens, AugmentConfig], np.ndarray]
+
+
+def _by_scores(pick: Callable[[TextScores, AugmentConfig], Sequence[float]]) -> RankBy:
+    """A ranking by the scores file: `pick` gives a text's scores, one per token."""
+
+    def values(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+        lists = []
+        for row in rows:
+            scores = pick(row, config)
+            if len(scores) != len(row.tokens):
+                raise AugmentError(
+                    f"text {row.id!r}: {len(scores)} scores for {len(row.tokens)} tokens"
+                )
+            lists.append(scores)
+        values = np.fromiter(chain.from_iterable(lists), np.float64, count=tok.start[-1])
+        bad = tok.eligible & ~np.isfinite(values)
+        if bad.any():
             raise AugmentError(
-                f"text {row.id!r}: policy contrast needs scores of roles 'large' and 'small'; "
-                f"the scores hold {held}"
+                f"text {tok.ids[tok.text_of[bad.argmax()]]!r}: a score is not finite"
             )
-        values = row.contrast
-    else:
-        role = resolve_role(list(row.scores), config.score_of)
-        if role not in row.scores:
-            raise AugmentError(
-                f"text {row.id!r}: policy attention needs scores of role {role!r}; the scores "
-                f"hold {held}"
-            )
-        values = row.scores[role]
-    if len(values) != len(row.tokens):
-        raise AugmentError(f"text {row.id!r}: {len(values)} scores for {len(row.tokens)} tokens")
+        return values
+
     return values
 
 
-def _values(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
-    """What a ranked policy sorts tokens by, higher = kept more: [tokens] float."""
-    if config.policy == "shuffled":  # a random permutation: the order of draw 0's uniforms
-        return uniforms(
-            text_keys(config.seed, tok.ids)[tok.text_of], tok.local, np.zeros(1, np.int64)
-        )[0]
-    if config.policy == "position":
-        return -tok.local.astype(np.float64)
-    lists = [_score_list(row, config) for row in rows]
-    values = np.fromiter(chain.from_iterable(lists), np.float64, count=tok.start[-1])
-    bad = tok.eligible & ~np.isfinite(values)
-    if bad.any():
-        raise AugmentError(f"text {tok.ids[tok.text_of[bad.argmax()]]!r}: a score is not finite")
-    return values
+def _shuffled(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    """A random permutation per text: the order of draw 0's uniforms (no copy uses draw 0)."""
+    keys = text_keys(config.seed, tok.ids)[tok.text_of]
+    return uniforms(keys, tok.local, np.zeros(1, np.int64))[0]
+
+
+def _position(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    return -tok.local.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Unranked:
+    """A policy that gives each token its drop probability directly."""
+
+    drop: Callable[[_Tokens, AugmentConfig], np.ndarray]
+    """[tokens] float drop probabilities."""
+    caption: Callable[[AugmentConfig], str]
+    """One line saying how it drops (Figure 4's legend)."""
+
+
+UNRANKED: dict[str, Unranked] = {
+    "none": Unranked(
+        lambda tok, config: np.zeros(len(tok.eligible)),
+        lambda config: "policy none: nothing is dropped",
+    ),
+    "random": Unranked(
+        lambda tok, config: np.where(tok.eligible, config.alpha, 0.0),
+        lambda config: f"policy random: every eligible token dropped with p = {config.alpha:g}",
+    ),
+}
+RANK_BY: dict[str, RankBy] = {
+    "attention": _by_scores(_attention_scores),
+    "contrast": _by_scores(_contrast_scores),
+    "shuffled": _shuffled,
+    "position": _position,
+}
+"""Policies that drop by rank with p(r) = alpha * (1 - exp(-beta * r)), and what each ranks the
+eligible tokens of a text by, higher = kept more: [tokens] float."""
+POLICIES: tuple[str, ...] = (*UNRANKED, *RANK_BY)
+RANKED: tuple[str, ...] = tuple(RANK_BY)
 
 
 def _ranks(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
     """Rank of each eligible token in its text, 0 = highest value, ties by position; -1 for
     ineligible tokens: [tokens] int."""
-    values = _values(rows, tok, config)
+    values = RANK_BY[config.policy](rows, tok, config)
     order = np.lexsort((-values, ~tok.eligible, tok.text_of))  # by text, eligible first, best first
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.arange(len(values)) - tok.start[tok.text_of[order]]
@@ -225,10 +272,8 @@ def rank_drop_probability(rank: np.ndarray, alpha: float, beta: float) -> np.nda
 
 
 def _drop(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
-    if config.policy == "none":
-        return np.zeros(len(tok.eligible))
-    if config.policy == "random":
-        return np.where(tok.eligible, config.alpha, 0.0)
+    if config.policy in UNRANKED:
+        return UNRANKED[config.policy].drop(tok, config)
     return rank_drop_probability(_ranks(rows, tok, config), config.alpha, config.beta)
 
 
@@ -428,29 +473,6 @@ def augment_file(
 
 # --------------------------------------------------------------------------- Figure 4
 
-_CMAP = "YlOrRd"
-_NEVER = "#9a9a9a"  # text colour of tokens that are never dropped
-
-
-def _colour(keep: float) -> tuple[str, str]:
-    """Box and text colour (hex) of a token with keep probability `keep`."""
-    from matplotlib import colormaps, colors
-
-    rgba = colormaps[_CMAP](0.05 + 0.8 * keep)
-    r, g, b = rgba[:3]
-    light = 0.299 * r + 0.587 * g + 0.114 * b > 0.55
-    return colors.to_hex(rgba), "#000000" if light else "#ffffff"
-
-
-@dataclass
-class TokenView:
-    """One token of Figure 4: its text (with leading whitespace), keep probability, rank."""
-
-    text: str
-    keep: float
-    rank: int
-    eligible: bool
-
 
 def token_views(record: Record, row: TextScores | None, config: AugmentConfig) -> list[TokenView]:
     """The pieces of `record`'s text: each token (with the whitespace it removes) with its keep
@@ -474,120 +496,14 @@ def token_views(record: Record, row: TextScores | None, config: AugmentConfig) -
     return views
 
 
-def _caption(config: AugmentConfig) -> str:
-    if config.policy == "none":
-        return "policy none: nothing is dropped"
-    if config.policy == "random":
-        return f"policy random: every eligible token dropped with p = {config.alpha:g}"
+def caption(config: AugmentConfig) -> str:
+    """One line saying how `config.policy` drops tokens (Figure 4's legend)."""
+    if config.policy in UNRANKED:
+        return UNRANKED[config.policy].caption(config)
     return (
         f"policy {config.policy}: drop p(r) = {config.alpha:g} (1 - exp(-{config.beta:g} r)), "
         "r = rank"
     )
-
-
-def render_html(views: Sequence[TokenView], title: str, config: AugmentConfig) -> str:
-    """A standalone HTML page: each token on a box coloured by its keep probability."""
-    spans = []
-    for v in views:
-        lead = v.text[: len(v.text) - len(v.text.lstrip())]
-        body = html.escape(v.text[len(lead) :])
-        if not v.eligible:
-            spans.append(f'{lead}<span class="never" title="never dropped">{body}</span>')
-            continue
-        box, ink = _colour(v.keep)
-        tip = f"keep {v.keep:.2f}" + (f", rank {v.rank}" if v.rank >= 0 else "")
-        spans.append(
-            f'{lead}<span class="tok" style="background:{box};color:{ink}" '
-            f'title="{tip}">{body}</span>'
-        )
-    stops = ", ".join(_colour(k)[0] + f" {100 * k:.0f}%" for k in np.linspace(0, 1, 11))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; max-width: 52em; margin: 2em auto; line-height: 2.1; }}
-.text {{ font-size: 1.15em; white-space: pre-wrap; }}
-.tok {{ padding: 0.15em 0.1em; border-radius: 0.2em; box-shadow: inset -1px 0 0 #fff; }}
-.never {{ color: {_NEVER}; }}
-.bar {{ height: 1em; width: 24em; background: linear-gradient(to right, {stops}); }}
-.legend {{ font-size: 0.9em; line-height: 1.4; margin-top: 1.5em; }}
-</style></head><body>
-<h3>{html.escape(title)}</h3>
-<div class="text">{"".join(spans)}</div>
-<div class="legend"><div>keep probability (colour), {html.escape(_caption(config))}</div>
-<div class="bar"></div><div style="width:24em;display:flex;justify-content:space-between">
-<span>0</span><span>0.5</span><span>1</span></div>
-<div><span class="never">grey</span>: punctuation and special tokens, never dropped</div>
-</div></body></html>
-"""
-
-
-def render_png(
-    views: Sequence[TokenView], title: str, config: AugmentConfig, path: str | Path, width: int = 64
-) -> Path:
-    """Figure 4 as a PNG: the text wrapped at `width` characters, tokens on coloured boxes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colors
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.patches import Rectangle
-
-    # Lay tokens out on a grid of monospace character cells, wrapping at token boundaries.
-    placed: list[tuple[int, int, str, TokenView]] = []  # (line, column, text, token)
-    line, col = 0, 0
-    for v in views:
-        text = " ".join(v.text.split("\n")).replace("\t", " ")
-        body = text.lstrip()
-        if col + len(text) > width and col > 0:
-            line, col = line + 1, 0
-        else:
-            col += len(text) - len(body)
-        if body:
-            placed.append((line, col, body, v))
-        col += len(body)
-    lines = line + 1
-
-    font, char_w, line_h = 13, 0.602 * 13 / 72, 0.42  # inches; DejaVu Sans Mono advance
-    top, bottom, side = 0.55, 0.95, 0.3
-    fig = plt.figure(figsize=(width * char_w + 2 * side, lines * line_h + top + bottom), dpi=150)
-    fig_w, fig_h = fig.get_size_inches()
-    ax = fig.add_axes([side / fig_w, bottom / fig_h, 1 - 2 * side / fig_w, lines * line_h / fig_h])
-    ax.set_xlim(0, width)
-    ax.set_ylim(lines, 0)
-    ax.axis("off")
-    for row, column, body, v in placed:
-        if v.eligible:
-            box, ink = _colour(v.keep)
-            ax.add_patch(
-                Rectangle((column, row + 0.12), len(body), 0.76, fc=box, ec="white", lw=0.8)
-            )
-        else:
-            ink = _NEVER
-        ax.text(
-            column, row + 0.5, body, family="DejaVu Sans Mono", size=font, va="center", color=ink
-        )
-    fig.text(side / fig_w, 1 - 0.3 / fig_h, title, size=12, va="center", weight="bold")
-
-    cmap = colors.ListedColormap([_colour(k)[0] for k in np.linspace(0, 1, 256)])
-    bar = fig.add_axes([side / fig_w, 0.38 / fig_h, 0.35, 0.16 / fig_h])
-    fig.colorbar(ScalarMappable(colors.Normalize(0, 1), cmap), cax=bar, orientation="horizontal")
-    bar.tick_params(labelsize=8)
-    fig.text(
-        side / fig_w, 0.75 / fig_h, f"keep probability; {_caption(config)}", size=9, va="center"
-    )
-    fig.text(
-        0.35 + 1.2 * side / fig_w,
-        0.46 / fig_h,
-        "grey text: never dropped",
-        size=9,
-        color=_NEVER,
-        va="center",
-    )
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
-    return Path(path)
 
 
 def show(
@@ -608,7 +524,7 @@ def show(
     title = f"{text_id}: keep probability per token ({config.policy})"
     prefix = Path(out_prefix)
     html_path = atomic_write_text(
-        prefix.with_name(prefix.name + ".html"), render_html(views, title, config)
+        prefix.with_name(prefix.name + ".html"), render_html(views, title, caption(config))
     )
-    png_path = render_png(views, title, config, prefix.with_name(prefix.name + ".png"))
+    png_path = render_png(views, title, caption(config), prefix.with_name(prefix.name + ".png"))
     return html_path, png_path

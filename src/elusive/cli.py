@@ -6,12 +6,16 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from .errors import ElusiveError
 
 # OpenMP threads sleep instead of spinning while they wait, so a busy machine costs training its
 # share, not more: beside a second torch process a bf16 epoch took 49 s instead of 69 s (26 s
@@ -19,13 +23,34 @@ import typer
 # import lazily, hence here; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-app = typer.Typer(
+
+class ElusiveTyper(typer.Typer):
+    """A Typer whose every command reports a user mistake, an `ElusiveError` from any module,
+    as one ``error:`` line and exit code 2 (the one error handler of the CLI)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda function: register(_reporting_errors(function))
+
+
+def _reporting_errors(command: Callable) -> Callable:
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ElusiveError as exc:
+            fail(str(exc))
+
+    return run
+
+
+app = ElusiveTyper(
     help="Learn facts from small corpora by contrasting attention of a large and a small LM.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bios_app = typer.Typer(help="The synthetic biography corpus (bioS).", no_args_is_help=True)
+bios_app = ElusiveTyper(help="The synthetic biography corpus (bioS).", no_args_is_help=True)
 app.add_typer(bios_app, name="bios")
 
 
@@ -41,7 +66,7 @@ _show_warning = warnings.showwarning
 def _show_dropped(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings about skipped or cut input are messages to the user: one `warning:` line
     each, not the source location Python prints for a programming warning."""
-    from .corpus import DroppedDataWarning
+    from .io import DroppedDataWarning
 
     if issubclass(category, DroppedDataWarning):
         typer.echo(f"warning: {message}", err=True)
@@ -71,7 +96,7 @@ def bios_generate(
     ] = False,
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
-    from .corpus import BiosConfig, CorpusError, write_bios
+    from .bios import BiosConfig, write_bios
 
     config = BiosConfig(
         n=n,
@@ -80,10 +105,7 @@ def bios_generate(
         field_order=tuple(f.strip() for f in field_order.split(",")),
         shuffle_sentences=shuffle_sentences,
     )
-    try:
-        people, qa = write_bios(config, out)
-    except CorpusError as exc:
-        fail(str(exc))
+    people, qa = write_bios(config, out)
     typer.echo(f"wrote {n} people to {people} and {5 * n} questions to {qa}")
 
 
@@ -123,9 +145,7 @@ def attention_cmd(
     ] = None,
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
-    from .attention import AttentionConfig, AttentionError, score_corpus
-    from .corpus import CorpusError
-    from .models import ModelSpecError
+    from .attention import AttentionConfig, score_corpus
 
     if model is not None and (large or small):
         fail("give either --model or --large/--small, not both")
@@ -142,10 +162,7 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    try:
-        rows = score_corpus(specs, corpus, out, config)
-    except (AttentionError, CorpusError, ModelSpecError) as exc:
-        fail(str(exc))
+    rows = score_corpus(specs, corpus, out, config)
     typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
 
@@ -188,14 +205,10 @@ def augment_command(
     ] = None,
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
-    from .augment import AugmentConfig, AugmentError, augment_file
-    from .corpus import CorpusError
+    from .augment import AugmentConfig, augment_file
 
     config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces, score_of)
-    try:
-        n = augment_file(scores, out, config, corpus=corpus, progress=True)
-    except (AugmentError, CorpusError) as exc:
-        fail(str(exc))
+    n = augment_file(scores, out, config, corpus=corpus, progress=True)
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
 
 
@@ -214,14 +227,10 @@ def show_command(
     ] = None,
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
-    from .augment import AugmentConfig, AugmentError, show
-    from .corpus import CorpusError
+    from .augment import AugmentConfig, show
 
     config = AugmentConfig(policy, alpha, beta, seed=seed, score_of=score_of)
-    try:
-        html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
-    except (AugmentError, CorpusError) as exc:
-        fail(str(exc))
+    html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
     typer.echo(f"wrote {html_path} and {png_path}")
 
 
@@ -252,9 +261,7 @@ def train_command(
     lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.")] = 0.0,
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
-    from .corpus import CorpusError
-    from .models import ModelSpecError
-    from .train import TrainConfig, TrainError, train
+    from .train import TrainConfig, train
 
     config = TrainConfig(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -262,10 +269,7 @@ def train_command(
         schedule=schedule, seed=seed, max_length=max_length, dtype=dtype,
         mixed_precision=mixed_precision,
     )  # fmt: skip
-    try:
-        last = train(config, corpus, out)
-    except (TrainError, CorpusError, ModelSpecError) as exc:
-        fail(str(exc))
+    last = train(config, corpus, out)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
 
 
@@ -281,10 +285,7 @@ def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes
         probes=probes,
         choices=choices,
     )
-    try:
-        config.validate()
-    except ValueError as exc:
-        fail(str(exc))
+    config.validate()
     return config
 
 
@@ -314,18 +315,13 @@ def evaluate_command(
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
 
-    from .corpus import CorpusError
     from .evaluate import evaluate_model, scores_table
-    from .models import ModelSpecError
-    from .train import DTYPES
+    from .models import DTYPES
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
-    try:
-        result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
-    except (CorpusError, ModelSpecError, ValueError) as exc:
-        fail(str(exc))
+    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
 
@@ -347,26 +343,22 @@ def table1_command(
     """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
     from rich.console import Console
 
-    from .corpus import CorpusError
     from .evaluate import EvalConfig, scores_table
-    from .models import ModelSpecError
-    from .train import TrainConfig, TrainError, run_table1
+    from .table1 import run_table1
+    from .train import TrainConfig
 
     config = TrainConfig(
         model=model, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dtype=dtype,
         mixed_precision=mixed_precision,
     )  # fmt: skip
-    try:
-        result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
-    except (TrainError, CorpusError, ModelSpecError, ValueError) as exc:
-        fail(str(exc))
+    result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
     typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
 
 
 # --- squad commands (issue 7)
 
-squad_app = typer.Typer(
+squad_app = ElusiveTyper(
     help="Paragraph corpora with closed-book QA, from SQuAD v1.1-format JSON.",
     no_args_is_help=True,
 )
@@ -396,7 +388,8 @@ def squad_convert(
     ] = True,
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
-    from .corpus import CorpusError, SquadConfig, read_squad, write_corpus_and_qa
+    from .corpus import write_corpus_and_qa
+    from .squad import SquadConfig, read_squad
 
     config = SquadConfig(
         max_paragraphs=max_paragraphs,
@@ -404,11 +397,8 @@ def squad_convert(
         seed=seed,
         require_answer_in_context=require_answer_in_context,
     )
-    try:
-        records, questions = read_squad(file, config)
-        corpus, qa = write_corpus_and_qa(records, questions, out)
-    except CorpusError as exc:
-        fail(str(exc))
+    records, questions = read_squad(file, config)
+    corpus, qa = write_corpus_and_qa(records, questions, out)
     typer.echo(
         f"wrote {len(records)} paragraphs to {corpus} and {len(questions)} questions to {qa}"
     )
@@ -419,14 +409,12 @@ def squad_convert(
 
 def _run_config(config, out: Path | None) -> None:
     """Run an experiment config and print its Table 2 and where the report is."""
-    from .config import ConfigError
     from .pipeline import run_experiment
     from .report import markdown_tables, summarize
 
-    try:
-        run = run_experiment(config, out=out, echo=typer.echo)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    run = run_experiment(config, out=out, echo=typer.echo)
+    if not run.is_main:  # under `accelerate launch`: the main process prints for all
+        return
     typer.echo("")
     typer.echo(markdown_tables(summarize(run)))
     typer.echo(f"report: {run.path('report', 'report.md')}")
@@ -439,17 +427,23 @@ def run_command(
         Path | None,
         typer.Option(help="Run folder (default: the config's `out`)."),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE overriding a config key, VALUE as YAML: --set train.lr=[3e-4]. "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Corpus -> attention scores -> augmentation -> training -> evaluation -> report.
 
-    Finished stages are skipped; an interrupted run resumes where it stopped.
+    The whole config is checked before any stage. Finished stages are skipped; an interrupted
+    run resumes where it stopped.
     """
-    from .config import ConfigError, load_config
+    from .config import load_config
 
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc))
+    loaded = load_config(config, set_ or ())
     _run_config(loaded, out)
 
 

@@ -14,27 +14,70 @@ A config drives `elusive run` (see `elusive.pipeline`). Every section is optiona
     evaluate: {max_new_tokens: 16}
     report: {select_on: [university, company], analysis_texts: 100}
 
-Lists in `augment.alpha`, `augment.beta`, `train.lr`, `train.epochs` and `seeds` expand to a
-grid. `train.epochs` is a list of checkpoints of one run: a run trains to the largest and is
-evaluated after each listed epoch.
+Lists in `augment.policies`, `augment.alpha`, `augment.beta`, `train.lr`, `train.epochs` and
+`seeds` expand to a grid. The attention, augment, train and evaluate sections take the options
+of their module's config (`AttentionConfig`, `AugmentConfig`, `TrainConfig`, `EvalConfig`),
+made from it by `section_of`, so an option is declared and checked in one place.
+`train.epochs` is a list of checkpoints of one run: a run trains to the largest and is
+evaluated after each listed epoch. `load_config` checks all of it before any stage runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .corpus import FIELDS, BiosConfig
+from .attention import AttentionConfig
+from .augment import POLICIES, AugmentConfig
+from .bios import FIELDS, BiosConfig
+from .errors import ElusiveError
+from .evaluate import EvalConfig
+from .metrics import METRICS
+from .squad import SquadConfig
+from .train import TrainConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(ElusiveError):
     """A config file that does not fit the schema; the message names the file and key."""
+
+
+def section_of(
+    config: type,
+    name: str,
+    doc: str,
+    grid: dict[str, str] | None = None,
+    exclude: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+) -> type:
+    """A run-config section made from module config `config`, so that each option is declared
+    once: its fields but `exclude` (set by the pipeline, e.g. the model and the seed), with the
+    fields of `grid` (field -> section key) as lists that expand to a grid, by default the one
+    item ``[config default]``; `defaults` (section key -> value) overrides a default."""
+    grid, defaults = grid or {}, defaults or {}
+    hints = typing.get_type_hints(config)
+    fields = []
+    for f in dataclasses.fields(config):
+        if f.name in exclude:
+            continue
+        key = grid.get(f.name, f.name)
+        value = defaults.get(key, f.default)
+        if f.name in grid:
+            items = value if key in defaults else [value]
+            fields.append(
+                (key, list[hints[f.name]], field(default_factory=lambda v=items: list(v)))
+            )
+        else:
+            fields.append((key, hints[f.name], field(default=value)))
+    namespace = {"__doc__": doc, "module_config": config, "grid": grid}
+    return dataclasses.make_dataclass(name, fields, namespace=namespace)
 
 
 @dataclass
@@ -61,42 +104,35 @@ class ModelsSection:
     """Roles that are finetuned and evaluated (the paper trains both)."""
 
 
-@dataclass
-class AttentionSection:
-    prefix: str = ""
-    """Prepended to every text before scoring (the paper uses "Text: " for models with no BOS)."""
-    batch_size: int = 8
-    dtype: str = "float32"
-    align: str = "tokens"
+AttentionSection = section_of(
+    AttentionConfig,
+    "AttentionSection",
+    "`elusive.attention.AttentionConfig` options; the output follows the first trained role.",
+    exclude=("trained", "cache_dir", "chunk_size"),
+)
+AugmentSection = section_of(
+    AugmentConfig,
+    "AugmentSection",
+    "`elusive.augment.AugmentConfig` options; `policies`, `alpha` and `beta` are grid lists.",
+    grid={"policy": "policies", "alpha": "alpha", "beta": "beta"},
+    exclude=("seed", "score_of"),
+    defaults={"policies": list(POLICIES)},
+)
+TrainSection = section_of(
+    TrainConfig,
+    "TrainSection",
+    "`elusive.train.TrainConfig` options; `lr` and `epochs` are grid lists.",
+    grid={"lr": "lr", "epochs": "epochs"},
+    exclude=("model", "seed"),
+)
 
 
-@dataclass
-class AugmentSection:
-    policies: list[str] = field(
-        default_factory=lambda: ["none", "random", "attention", "contrast", "shuffled", "position"]
-    )
-    copies: int = 10
-    alpha: list[float] = field(default_factory=lambda: [0.7])
-    beta: list[float] = field(default_factory=lambda: [0.03])
-    replace_with_spaces: bool = False
-
-
-@dataclass
-class TrainSection:
-    """`elusive.train.TrainConfig` options; `lr` and `epochs` are grid lists."""
-
-    lr: list[float] = field(default_factory=lambda: [1e-3])
-    epochs: list[int] = field(default_factory=lambda: [20])
-    full: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 16
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup: float = 0.05
-    schedule: str = "cosine"
-    max_length: int = 512
-    dtype: str = "float32"
-    mixed_precision: str = "auto"
+def options(section: Any, **grid_values: Any) -> dict[str, Any]:
+    """Keyword arguments of the section's module config: its scalar options plus one value per
+    grid field (`grid_values`, by module field name)."""
+    keys = set(section.grid.values())
+    data = {k: v for k, v in dataclasses.asdict(section).items() if k not in keys}
+    return {**data, **grid_values}
 
 
 @dataclass
@@ -120,50 +156,87 @@ class RunConfig:
     attention: AttentionSection = field(default_factory=AttentionSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     train: TrainSection = field(default_factory=TrainSection)
-    evaluate: dict[str, Any] = field(default_factory=dict)
-    """Options of `elusive.evaluate.EvalConfig` (checked when the stage builds it)."""
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
     report: ReportSection = field(default_factory=ReportSection)
 
     def validate(self, where: str = "config") -> None:
+        """Check every option and grid value, so that a bad key fails before any stage runs;
+        a message names the config key (``train.lr[1]: must be > 0, got 0``)."""
+
+        def fail(message: str) -> None:
+            raise ConfigError(f"{where}: {message}")
+
         sources = [x for x in (self.corpus.bios, self.corpus.path, self.corpus.squad) if x]
         if len(sources) != 1:
-            raise ConfigError(f"{where}: corpus needs exactly one of bios, path or squad")
+            fail("corpus needs exactly one of bios, path or squad")
         if self.corpus.path and not self.corpus.qa:
-            raise ConfigError(f"{where}: corpus.path needs corpus.qa (its questions)")
+            fail("corpus.path needs corpus.qa (its questions)")
         if not 0 < self.validation < 1:
-            raise ConfigError(f"{where}: validation must be in (0, 1), got {self.validation}")
+            fail(f"validation must be in (0, 1), got {self.validation}")
         if not self.seeds:
-            raise ConfigError(f"{where}: seeds is empty")
+            fail("seeds is empty")
         for role in self.models.trained:
             if role not in ("large", "small"):
-                raise ConfigError(f"{where}: models.trained: unknown role {role!r}")
-        from .augment import POLICIES
-
-        for policy in self.augment.policies:
-            if policy not in POLICIES:
-                raise ConfigError(
-                    f"{where}: augment.policies: unknown policy {policy!r} (one of {POLICIES})"
-                )
-        for name in ("alpha", "beta"):
-            if not getattr(self.augment, name):
-                raise ConfigError(f"{where}: augment.{name} is empty")
-        if not self.train.lr or not self.train.epochs or min(self.train.epochs) < 1:
-            raise ConfigError(f"{where}: train.lr and train.epochs need values (epochs >= 1)")
-        from .metrics import METRICS
-
+                fail(f"models.trained: unknown role {role!r}")
         if self.report.select_metric not in METRICS:
-            raise ConfigError(
-                f"{where}: report.select_metric: unknown metric {self.report.select_metric!r} "
+            fail(
+                f"report.select_metric: unknown metric {self.report.select_metric!r} "
                 f"(one of {', '.join(METRICS)})"
             )
+        if self.report.analysis_texts < 1:
+            fail(f"report.analysis_texts: must be >= 1, got {self.report.analysis_texts}")
         if self.corpus.bios:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:
-                raise ConfigError(f"{where}: report.select_on: unknown field {sorted(unknown)}")
+                fail(f"report.select_on: unknown field {sorted(unknown)}")
+        try:
+            self._validate_modules()
+        except ElusiveError as exc:
+            fail(str(exc))
+
+    def _validate_modules(self) -> None:
+        """Run each module config's own checks on the options it will get, naming config keys."""
+        corpus = self.corpus
+        if corpus.bios is not None:
+            corpus.bios.validate(lambda f: f"corpus.bios.{f}:")
+        SquadConfig(
+            max_paragraphs=corpus.max_paragraphs,
+            max_questions=corpus.max_questions,
+            seed=corpus.seed,
+        ).validate(lambda f: f"corpus.{f}:")
+        trained = "small" if self.models.trained == ["small"] else self.models.trained[0]
+        AttentionConfig(**options(self.attention), trained=trained).validate(
+            lambda f: f"attention.{f}:"
+        )
+        _validate_grid("augment", self.augment, {})
+        _validate_grid("train", self.train, {"model": self.models.small})
+        self.evaluate.validate(lambda f: f"evaluate.{f}:")
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML or JSON config file (JSON is YAML) into a validated RunConfig."""
+def _validate_grid(key: str, section: Any, fixed: dict[str, Any]) -> None:
+    """Check a grid section: its module config with the first value of every grid list, then
+    with each other grid value in turn, so that a message names the bad value's index."""
+    values = {f: getattr(section, k) for f, k in section.grid.items()}
+    for f, items in values.items():
+        if not items:
+            raise ConfigError(f"{key}.{section.grid[f]}: is empty")
+    first = options(section, **fixed, **{f: items[0] for f, items in values.items()})
+    for f, items in values.items():
+        for index, item in enumerate(items):
+
+            def name(option: str, f: str = f, index: int = index) -> str:
+                if option not in section.grid:
+                    return f"{key}.{option}:"
+                return f"{key}.{section.grid[option]}[{index if option == f else 0}]:"
+
+            section.module_config(**{**first, f: item}).validate(name)
+
+
+def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML or JSON config file (JSON is YAML) into a validated RunConfig.
+
+    Each of `sets` is ``KEY=VALUE`` (``train.lr=3e-4``, ``evaluate.shots=5``): VALUE, parsed as
+    YAML, replaces the key (``elusive run --set``)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -173,25 +246,49 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    data.update(overrides or {})
+    for item in sets:
+        _set(data, item, str(path))
     config = from_dict(RunConfig, data, str(path))
     config.validate(str(path))
     return config
 
 
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking keys and coercing simple types."""
+def _set(data: dict[str, Any], item: str, where: str) -> None:
+    """Apply one ``KEY=VALUE`` override to the raw config mapping `data`."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    *parents, last = key.split(".")
+    node = data
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            dotted = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{where}: --set {key}: {dotted} is not a section")
+    node[last] = value
+
+
+def from_dict(cls: type, data: Any, where: str, key: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and coercing simple types; errors
+    read ``WHERE: KEY: message`` with `key` the dotted path of `data` in the config."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: {key}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {sorted(names)})")
-    return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()})
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{key}." if key else ""
+    for name in data:
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"
+            raise ConfigError(f"{where}: {prefix}{name}: unknown key ({hint})")
+    return cls(**{k: _coerce(v, hints[k], where, prefix + k) for k, v in data.items()})
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     """Check `value` against a type hint; numbers written as strings ("1e-3") become numbers,
     and a scalar where a list is expected becomes a one-item list."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -199,20 +296,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, where)
+        return _coerce(value, inner, where, key)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where.replace(": ", "."))
+        return from_dict(hint, value, where, key)
     if origin is list:
         items = value if isinstance(value, list) else [value]
-        return [_coerce(v, args[0], where) for v in items]
+        return [_coerce(v, args[0], where, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
-        return tuple(_coerce(v, args[0], where) for v in items)
+        return tuple(_coerce(v, args[0], where, key) for v in items)
     if origin is dict or hint is Any:
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
         return value
     if hint in (int, float):
         try:
@@ -220,11 +317,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         except (TypeError, ValueError):
             number = None
         if number is None or (hint is int and float(value) != number):
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected {hint.__name__}, got {value!r}")
         return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
         return value
     return value
 

@@ -12,13 +12,15 @@ import dataclasses
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .corpus import QAItem, atomic_write_text, write_jsonl
+from .corpus import QAItem
+from .errors import ElusiveError, flag
+from .io import atomic_write_text, write_jsonl
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
 from .probes import CandidateScore
 
@@ -61,22 +63,26 @@ class EvalConfig:
     """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
     mixed_precision: str = "auto"
     """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
-    bf16, else no (`elusive.train.resolve_mixed_precision`)."""
+    bf16, else no (`elusive.models.resolve_mixed_precision`)."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise ElusiveError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if "{question}" not in self.template:
-            raise ValueError(f"prompt template must contain {{question}}, got {self.template!r}")
-        for name, least in (
+            raise ElusiveError(
+                f"{name('template')} must contain {{question}}, got {self.template!r}"
+            )
+        for field_name, least in (
             ("max_new_tokens", 1),
             ("batch_size", 1),
             ("shots", 0),
             ("choices", 1),
         ):
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+            value = getattr(self, field_name)
+            if value < least:
+                raise ElusiveError(f"{name(field_name)} must be >= {least}, got {value}")
         if self.mixed_precision != "auto" and self.mixed_precision not in _AUTOCAST:
-            raise ValueError(
-                f"mixed_precision must be auto or one of {tuple(_AUTOCAST)}, "
+            raise ElusiveError(
+                f"{name('mixed_precision')} must be auto or one of {tuple(_AUTOCAST)}, "
                 f"got {self.mixed_precision!r}"
             )
 
@@ -153,7 +159,7 @@ def _pick_shots(order: Sequence[QAItem], item: QAItem, k: int) -> list[QAItem]:
                 picked.append(s)
                 fields.add(s.field)
     if len(picked) < k:
-        raise ValueError(f"only {len(picked)} examples about other people for {k} shots")
+        raise ElusiveError(f"only {len(picked)} examples about other people for {k} shots")
     return picked
 
 
@@ -178,8 +184,8 @@ def answer_and_score(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, StoppingCriteriaList
 
+    from .models import resolve_mixed_precision
     from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
-    from .train import resolve_mixed_precision
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
@@ -391,7 +397,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions."""
-    from .corpus import check_out_dir, read_qa
+    from .corpus import read_qa
+    from .io import check_out_dir
 
     config = config or EvalConfig()
     config.validate()

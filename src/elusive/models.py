@@ -39,13 +39,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .errors import ElusiveError
+
 TINY_ARCHS = ("llama", "qwen2")
 MARKER = "elusive-conversion.json"
 """Written last into a converted folder: its source and the size and sha256 of every file."""
 _PROBE = "The capital of France is Paris. 1 + 1 = 2"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ElusiveError):
     """A model spec that cannot be resolved; the message says what to do."""
 
 
@@ -141,6 +143,34 @@ def default_device() -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise ModelSpecError(f"ELUSIVE_DEVICE={name!r} is not a torch device ({err})") from None
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Weight dtypes by their config name (`--dtype`, ``train.dtype``, ``attention.dtype``)."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
+    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
+    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
+
+    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
+    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
+    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
+    """
+    if value != "auto":
+        return value
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if native_bf16(device) else "no"
 
 
 def load_model(
@@ -315,12 +345,12 @@ def _is_converted(folder: Path) -> bool:
     """A folder counts as converted when its marker lists files that all have their size."""
     try:
         marker = json.loads((folder / MARKER).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
-    return all(
-        (folder / name).is_file() and (folder / name).stat().st_size == info["size"]
-        for name, info in marker["files"].items()
-    )
+        return all(
+            (folder / name).is_file() and (folder / name).stat().st_size == info["size"]
+            for name, info in marker["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no marker, or a damaged one (cut short, edited): convert again
 
 
 def convert_gguf(gguf: str | Path, out_dir: str | Path, *, source: dict | None = None) -> Path:
@@ -418,7 +448,7 @@ def make_tiny_model(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
-    from .corpus import BiosConfig, generate_bios
+    from .bios import BiosConfig, generate_bios
 
     if arch not in TINY_ARCHS:
         raise ModelSpecError(f"tiny arch must be one of {TINY_ARCHS}, got {arch!r}")

@@ -19,164 +19,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import random
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .config import ConfigError, RunConfig, to_dict
-from .corpus import (
-    QAItem,
-    Record,
-    atomic_write_text,
-    generate_bios,
-    qa_to_json,
-    read_corpus,
-    read_qa,
-    record_to_json,
-    write_jsonl,
-)
+from .bios import generate_bios
+from .config import ConfigError, RunConfig, options
+from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
+from .io import atomic_write_text, write_jsonl
+from .runs import STAGES, Run, eval_dirs, grid
 
-STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid: a trained role, an augmentation setting, a learning rate and a
-    seed. Its training run is evaluated at every epoch of ``train.epochs``."""
-
-    role: str
-    policy: str
-    alpha: float | None
-    beta: float | None
-    lr: float
-    seed: int
-
-    @property
-    def augment_tag(self) -> str:
-        parts = [self.policy]
-        if self.alpha is not None:
-            parts.append(f"a{self.alpha:g}")
-        if self.beta is not None:
-            parts.append(f"b{self.beta:g}")
-        return "_".join([*parts, f"s{self.seed}"])
-
-    @property
-    def train_tag(self) -> str:
-        return f"{self.role}/{self.augment_tag}_lr{self.lr:g}"
-
-    @property
-    def setting(self) -> tuple[str, str, float | None, float | None, float]:
-        """The cell without its seed: what the report averages over seeds."""
-        return (self.role, self.policy, self.alpha, self.beta, self.lr)
-
-
-def grid(config: RunConfig) -> list[Cell]:
-    """Expand the config's lists into cells. `none` takes no alpha or beta, `random` no beta."""
-    cells = []
-    for role in config.models.trained:
-        for policy in config.augment.policies:
-            alphas = [None] if policy == "none" else config.augment.alpha
-            betas = [None] if policy in ("none", "random") else config.augment.beta
-            for alpha in alphas:
-                for beta in betas:
-                    for lr in config.train.lr:
-                        for seed in config.seeds:
-                            cells.append(Cell(role, policy, alpha, beta, lr, seed))
-    return cells
-
-
-# --------------------------------------------------------------------------- the run folder
-
-
-class Run:
-    """A run folder and its manifest (``run.json``)."""
-
-    def __init__(
-        self, config: RunConfig, out: str | Path | None = None, is_main: bool = True
-    ) -> None:
-        self.config = config
-        self.root = Path(out or config.out)
-        self.is_main = is_main
-        """Under `accelerate launch`, only the main process writes the manifest and prints."""
-        self.manifest_path = self.root / "run.json"
-        self.manifest: dict[str, Any] = {}
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def open(self) -> None:
-        """Create or reopen the folder. A folder made with another config refuses, except
-        for the grid lists, which may grow (their outputs are named by their values)."""
-        fixed = _fixed_hash(self.config)
-        if self.manifest_path.exists():
-            self.manifest = json.loads(self.manifest_path.read_text("utf-8"))
-            if self.manifest.get("fixed_config_sha256") != fixed:
-                raise ConfigError(
-                    f"{self.root}: this run folder was made with a different config "
-                    "(only seeds, alpha, beta, lr, epochs and policies may change): "
-                    "choose another out folder"
-                )
-        else:
-            self.manifest = {"stages": {}}
-        self.manifest.update(
-            config=to_dict(self.config), fixed_config_sha256=fixed, versions=_versions()
-        )
-        self.save()
-
-    def save(self) -> None:
-        if self.is_main:
-            atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
-
-    def stage(self, name: str, work: Callable[[], str], echo: Callable[[str], None]) -> None:
-        """Run one stage, time it, record it in the manifest and print one line."""
-        began = time.perf_counter()
-        summary = work()
-        seconds = time.perf_counter() - began
-        self.manifest["stages"][name] = {"seconds": round(seconds, 2), "summary": summary}
-        self.save()
-        if self.is_main:
-            index = STAGES.index(name) + 1
-            echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
-
-
-def _fixed_hash(config: RunConfig) -> str:
-    data = to_dict(config)
-    data.pop("out")
-    data.pop("seeds")
-    data.pop("report")
-    data["augment"].pop("policies")
-    for key in ("alpha", "beta"):
-        data["augment"].pop(key)
-    for key in ("lr", "epochs"):
-        data["train"].pop(key)
-    # Each training run records its resolved mixed precision and resumes with it when "auto"
-    # (elusive.train), so "auto" hashes as "no", the default before "auto": folders made then
-    # still open.
-    if data["train"]["mixed_precision"] == "auto":
-        data["train"]["mixed_precision"] = "no"
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("elusive", "torch", "transformers", "peft", "accelerate"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "missing"
-    return out
+# --------------------------------------------------------------------------- stages
 
 
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# --------------------------------------------------------------------------- stages
 
 
 def stage_corpus(run: Run) -> str:
@@ -213,7 +70,7 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
     if section.bios is not None:
         return generate_bios(section.bios)
     if section.squad is not None:
-        from .corpus import SquadConfig, read_squad
+        from .squad import SquadConfig, read_squad
 
         return read_squad(
             section.squad,
@@ -232,19 +89,15 @@ def stage_attention(run: Run, progress: bool) -> str:
     from .attention import AttentionConfig, score_corpus
 
     out = run.path("scores")
-    if (out / "scores.jsonl").exists():
+    if (out / "manifest.json").exists():  # written after scores.jsonl (elusive.attention)
         return "scores already there"
     models = run.config.models
-    section = run.config.attention
     rows = score_corpus(
         {"large": models.large, "small": models.small},
         run.path("corpus", "corpus.jsonl"),
         out,
         AttentionConfig(
-            prefix=section.prefix,
-            batch_size=section.batch_size,
-            dtype=section.dtype,
-            align=section.align,
+            **options(run.config.attention),
             trained="small" if models.trained == ["small"] else models.trained[0],
         ),
         progress=progress,
@@ -263,14 +116,13 @@ def stage_augment(run: Run, progress: bool) -> str:
         path = run.path("augment", role, f"{tag}.jsonl")
         if path.exists():
             continue
+        grid_values = {
+            "policy": cell.policy,
+            "alpha": cell.alpha if cell.alpha is not None else 0.0,
+            "beta": cell.beta if cell.beta is not None else 0.0,
+        }
         config = AugmentConfig(
-            policy=cell.policy,
-            alpha=cell.alpha if cell.alpha is not None else 0.0,
-            beta=cell.beta if cell.beta is not None else 0.0,
-            copies=run.config.augment.copies,
-            seed=cell.seed,
-            replace_with_spaces=run.config.augment.replace_with_spaces,
-            score_of=role,
+            **options(run.config.augment, **grid_values), seed=cell.seed, score_of=role
         )
         records, rows, config = load_inputs(
             run.path("scores"), run.path("corpus", "corpus.jsonl"), config
@@ -289,42 +141,24 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
         if run.is_main:
             echo(f"  train {index}/{len(runs)}: {tag}")
         config = TrainConfig(
+            **options(section, epochs=max(section.epochs), lr=cell.lr),
             model=getattr(run.config.models, cell.role),
-            full=section.full,
-            lora_r=section.lora_r,
-            lora_alpha=section.lora_alpha,
-            epochs=max(section.epochs),
-            lr=cell.lr,
-            batch_size=section.batch_size,
-            grad_accum=section.grad_accum,
-            warmup=section.warmup,
-            schedule=section.schedule,
             seed=cell.seed,
-            max_length=section.max_length,
-            dtype=section.dtype,
-            mixed_precision=section.mixed_precision,
         )
         corpus = run.path("augment", cell.role, f"{cell.augment_tag}.jsonl")
         train(config, corpus, run.path("train", tag), progress=progress)
     return f"{len(runs)} training runs"
 
 
-def _eval_dirs(run: Run) -> Iterator[tuple[Cell, int, Path]]:
-    for cell in grid(run.config):
-        for epoch in sorted(set(run.config.train.epochs)):
-            yield cell, epoch, run.path("eval", f"{cell.train_tag}_e{epoch}")
-
-
 def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
     """Evaluate every (training run, epoch) not yet evaluated; process `rank` of `world`
     takes every world-th one."""
-    from .evaluate import EvalConfig, evaluate_qa, load_for_eval, write_eval
-    from .train import DTYPES
+    from .evaluate import evaluate_qa, load_for_eval, write_eval
+    from .models import DTYPES
 
     questions = read_qa(run.path("corpus", "qa.jsonl"))
-    eval_config = EvalConfig(**run.config.evaluate)
     done = 0
-    todo = [(c, e, d) for c, e, d in _eval_dirs(run) if not (d / "metrics.json").exists()]
+    todo = [(c, e, d) for c, e, d in eval_dirs(run) if not (d / "metrics.json").exists()]
     for cell, epoch, out in todo[rank::world]:
         checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
         spec = getattr(run.config.models, cell.role)
@@ -333,10 +167,10 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
             model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype)
         else:
             model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype)
-        result = evaluate_qa(model, tokenizer, questions, eval_config, progress=progress)
+        result = evaluate_qa(model, tokenizer, questions, run.config.evaluate, progress=progress)
         write_eval(out, result, {"cell": cell.__dict__, "epoch": epoch})
         done += 1
-    total = sum(1 for _ in _eval_dirs(run))
+    total = sum(1 for _ in eval_dirs(run))
     return f"{total} evaluations ({done} new)"
 
 

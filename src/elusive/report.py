@@ -16,8 +16,10 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .corpus import FIELDS, Record
-from .figures import plot_paired_differences, save_png
+from .bios import FIELDS
+from .corpus import Record
+from .errors import ElusiveError
+from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
 
@@ -38,7 +40,7 @@ def field_token_distances(
     out: dict[str, list[int]] = {f: [] for f in fields}
     for record in records:
         if "name" not in record.spans:
-            raise ValueError(f"record {record.id!r} has no 'name' span")
+            raise ElusiveError(f"record {record.id!r} has no 'name' span")
         offsets = tokenizer(record.text, return_offsets_mapping=True, add_special_tokens=False)[
             "offset_mapping"
         ]
@@ -51,45 +53,6 @@ def field_token_distances(
 
 PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
 """The probes the report's probe table shows (every probe is in report.json)."""
-
-
-def plot_accuracy_vs_distance(
-    distances: Mapping[str, Sequence[int]],
-    results: Mapping[str, Mapping[str, FieldScore]],
-    out_png: str | Path,
-    metrics: Sequence[str] = ("em", "cloze_em"),
-) -> Path:
-    """Figure 1: a panel per metric of `metrics` that the results hold (QA EM, cloze EM, ...);
-    one line per run in `results` (label -> scores per field), the field's mean token distance
-    from the name on x, the metric on y; fields named at the first run's points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mean = {f: sum(d) / len(d) for f, d in distances.items() if d}
-    first = next(iter(results.values()))
-    shown = [m for m in metrics if any(s.present().get(m) is not None for s in first.values())]
-    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
-    for ax, metric in zip(axes[0], shown, strict=True):
-        for number, (label, scores) in enumerate(results.items()):
-            fields = sorted((f for f in mean if f in scores), key=mean.get)
-            xs = [mean[f] for f in fields]
-            ys = [getattr(scores[f], metric) for f in fields]
-            ax.plot(xs, ys, marker="o", label=label)
-            for f, x, y in zip(fields, xs, ys, strict=True):
-                if number == 0:  # name the fields once, at the first run's points
-                    ax.annotate(f, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
-        name = LABELS.get(metric, metric)
-        ax.set_xlabel("mean token distance between the name and the field value")
-        ax.set_ylabel(name if metric.startswith("cloze") else f"QA {name}")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.set_title(f"{name} vs distance from the name")
-    path = save_png(fig, out_png)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- the run report
@@ -111,9 +74,9 @@ def summarize(run) -> dict:
     the ``report.select_on`` fields (the paper's university and company), or over all questions
     for corpora without those fields.
     """
-    from .corpus import iter_jsonl
+    from .io import iter_jsonl
     from .metrics import aggregate
-    from .pipeline import _eval_dirs
+    from .runs import eval_dirs
     from .stats import summarize_study, unit_scores
 
     config = run.config
@@ -124,7 +87,7 @@ def summarize(run) -> dict:
     table: dict[tuple, dict[tuple, dict[int, dict]]] = {}
     # the same keys -> seed -> the test people's prediction rows
     test_rows: dict[tuple, dict[tuple, dict[int, list[dict]]]] = {}
-    for cell, epoch, folder in _eval_dirs(run):
+    for cell, epoch, folder in eval_dirs(run):
         rows = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
         scores = {
             name: aggregate(r for r in rows if r["source_id"] in ids)
@@ -142,7 +105,7 @@ def summarize(run) -> dict:
             fields = [f for f in config.report.select_on if f in val] or ["overall"]
             values = [val[f].present().get(metric) for f in fields]
             if None in values:
-                raise ValueError(f"report.select_metric: {metric!r} was not measured")
+                raise ElusiveError(f"report.select_metric: {metric!r} was not measured")
             per_seed.append(sum(values) / len(values))
         return sum(per_seed) / len(per_seed)
 
@@ -299,8 +262,7 @@ def company_query_rows(
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
     """
     from .attention import query_attention, tokenize
-    from .models import load_model
-    from .train import DTYPES
+    from .models import DTYPES, load_model
 
     out: dict[str, list[dict]] = {}
     for role, spec in specs.items():
@@ -332,7 +294,7 @@ def contrast_rows(large: Sequence[dict], small: Sequence[dict]) -> list[dict]:
     out = []
     for a, b in zip(large, small, strict=True):
         if a["tokens"] != b["tokens"]:
-            raise ValueError(
+            raise ElusiveError(
                 "the two models tokenize a biography differently: Figure 3 needs one tokenizer"
             )
         weights = [x - y for x, y in zip(a["weights"], b["weights"], strict=True)]
@@ -346,59 +308,14 @@ def _counts(rows: Sequence[dict], top: int) -> list[dict[str, int]]:
     )
 
 
-COLOURS = {
-    "name": "#d62728",
-    "date": "#1f77b4",
-    "city": "#aec7e8",
-    "university": "#2ca02c",
-    "major": "#98df8a",
-    "company": "#9467bd",
-    "relation": "#ff7f0e",
-    "other": "#c7c7c7",
-}
-
-
-def plot_rank_categories(panels: Mapping[str, list[dict[str, int]]], out_png: str | Path) -> Path:
-    """Figures 2 and 3: one stacked bar chart per panel; bar k shows which categories of token
-    hold attention rank k (1 = most attended) and how often, as a share of the texts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (title, counts) in zip(axes[0], panels.items(), strict=True):
-        ranks = list(range(1, len(counts) + 1))
-        bottom = [0.0] * len(counts)
-        for category in CATEGORIES:
-            share = [c[category] / max(1, sum(c.values())) for c in counts]
-            if any(share):
-                ax.bar(ranks, share, bottom=bottom, color=COLOURS[category], label=category)
-                bottom = [b + x for b, x in zip(bottom, share, strict=True)]
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("attention rank")
-        ax.set_xticks(ranks)
-        ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("share of biographies")
-    legend = {}  # every category drawn in any panel, in CATEGORIES order
-    for ax in axes[0]:
-        handles, labels = ax.get_legend_handles_labels()
-        legend.update(zip(labels, handles, strict=True))
-    shown = [c for c in CATEGORIES if c in legend]
-    fig.legend([legend[c] for c in shown], shown, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    path = save_png(fig, out_png)
-    plt.close(fig)
-    return path
-
-
 # --------------------------------------------------------------------------- write_report
 
 
 def _analysis(run) -> dict[str, list[dict]]:
     """Company-query attention rows of both models over `report.analysis_texts` fresh
     biographies (same generator settings as the corpus), cached in report/analysis.json."""
-    from .corpus import atomic_write_text, generate_bios
+    from .bios import generate_bios
+    from .io import atomic_write_text
 
     config = run.config
     n = config.report.analysis_texts
@@ -420,7 +337,8 @@ PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 
 def write_report(run) -> list[Path]:
     """Write report.md, report.json and the figures into the run's report/ folder."""
-    from .corpus import atomic_write_text, read_corpus
+    from .corpus import read_corpus
+    from .io import atomic_write_text
     from .models import load_tokenizer
 
     config = run.config

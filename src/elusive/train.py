@@ -21,9 +21,9 @@ Run folder layout::
                            must match it
     RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...],
                            "truncation": what max_length cut (see `truncation`)}
-    RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) after epoch N, written to a
-                           temp folder and renamed; the last one also holds trainer_state.pt
-                           (optimizer, scheduler, RNG) to resume from.
+    RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) and log.json up to epoch N,
+                           written to a temp folder and renamed; the last one also holds
+                           trainer_state.pt (optimizer, scheduler, RNG) to resume from.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,15 +44,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .corpus import DroppedDataWarning, Record, atomic_write_text, check_out_dir, read_corpus
+from .corpus import Record, read_corpus
+from .errors import ElusiveError, flag
+from .io import DroppedDataWarning, atomic_write_text, check_out_dir
+from .models import DTYPES, resolve_mixed_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "trainer_state.pt"
+LOG_FILE = "log.json"
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
-class TrainError(ValueError):
+class TrainError(ElusiveError):
     """Bad training options or a run folder that does not match them."""
 
 
@@ -83,57 +86,35 @@ class TrainConfig:
     """Dtype of the base weights (LoRA weights stay float32)."""
     mixed_precision: str = "auto"
     """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
-    is bf16 where the device computes in bf16 natively, else no (see `resolve_mixed_precision`).
-    A run folder records the resolved value."""
+    is bf16 where the device computes in bf16 natively, else no
+    (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
 
-    def validate(self) -> None:
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if not self.model:
-            raise TrainError("no model spec given (--model)")
+            raise TrainError(f"no model spec given ({name('model')})")
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad accumulation must be >= 1, got {self.grad_accum}"),
-            (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.max_length >= 2, f"max length must be >= 2, got {self.max_length}"),
-            (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"),
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
+            ("warmup", 0 <= self.warmup < 1, "must be a fraction in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
+            ("max_length", self.max_length >= 2, "must be >= 2"),
+            ("dtype", self.dtype in DTYPES, f"must be one of {tuple(DTYPES)}"),
             (
+                "mixed_precision",
                 self.mixed_precision in MIXED_PRECISIONS,
-                f"mixed precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}",
+                f"must be one of {MIXED_PRECISIONS}",
             ),
-            (self.full or self.lora_r >= 1, f"LoRA rank must be >= 1, got {self.lora_r}"),
+            ("lora_r", self.full or self.lora_r >= 1, "must be >= 1"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
         ]
-        for ok, message in checks:
+        for field_name, ok, message in checks:
             if not ok:
-                raise TrainError(message)
-
-
-# --------------------------------------------------------------------------- precision
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU of the
-    Ampere generation or newer. Elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def resolve_mixed_precision(value: str, device: torch.device | None = None) -> str:
-    """`value` with "auto" replaced by "bf16" where `device` has native bf16, else "no".
-
-    `device` defaults to where accelerate trains: this process's GPU if there is one, else the
-    CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
-    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
-    """
-    if value != "auto":
-        return value
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16" if native_bf16(device) else "no"
+                value = getattr(self, field_name)
+                raise TrainError(f"{name(field_name)} {message}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- data
@@ -340,7 +321,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log) -> None:
-    """Write RUN_DIR/epoch-N atomically (temp folder, then rename), then log.json."""
+    """Write RUN_DIR/epoch-N atomically (temp folder, then rename), with the log up to epoch N
+    inside it, so a crash right after the rename loses no log; then RUN_DIR/log.json."""
     if accelerator.is_main_process:
         final, tmp = run_dir / f"epoch-{epoch}", run_dir / f".epoch-{epoch}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -348,10 +330,11 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
         if config.full:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
+        atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (run_dir / f"epoch-{epoch - 1}" / STATE_FILE).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "log.json", json.dumps(log, indent=1) + "\n")
+        atomic_write_text(run_dir / LOG_FILE, json.dumps(log, indent=1) + "\n")
     accelerator.wait_for_everyone()
 
 
@@ -427,7 +410,9 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        log = json.loads((run_dir / "log.json").read_text("utf-8"))
+        # the epoch folder's own log (runs of older versions have only RUN_DIR/log.json)
+        saved = resume_dir / LOG_FILE if (resume_dir / LOG_FILE).exists() else run_dir / LOG_FILE
+        log = json.loads(saved.read_text("utf-8"))
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
     log["truncation"] = cut
@@ -475,35 +460,3 @@ def train(
         _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log)
     bar.close()
     return run_dir / f"epoch-{config.epochs}"
-
-
-def run_table1(
-    config: TrainConfig,
-    out_dir: str | Path,
-    n: int = 1000,
-    bios_seed: int = 0,
-    eval_config=None,
-    progress: bool = True,
-):
-    """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
-
-    Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
-    predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
-    """
-    from .corpus import BiosConfig, read_qa, write_bios
-    from .evaluate import evaluate_model
-    from .models import load_tokenizer
-    from .report import field_token_distances, plot_accuracy_vs_distance
-
-    out = Path(out_dir)
-    people, qa = write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
-    records = read_corpus(people)
-    last = train(config, records, out / "run", progress=progress)
-    spec, adapter = (str(last), None) if config.full else (config.model, last)
-    result = evaluate_model(
-        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
-    )
-    distances = field_token_distances(records, load_tokenizer(spec))
-    label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
-    plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
-    return result

@@ -1,0 +1,40 @@
+"""The paper's Table 1 and Figure 1 (`elusive table1`): plain finetuning on biographies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bios import BiosConfig, write_bios
+from .corpus import read_corpus, read_qa
+from .evaluate import EvalConfig, EvalResult, evaluate_model
+from .figures import plot_accuracy_vs_distance
+from .models import DTYPES, load_tokenizer
+from .report import field_token_distances
+from .train import TrainConfig, train
+
+
+def run_table1(
+    config: TrainConfig,
+    out_dir: str | Path,
+    n: int = 1000,
+    bios_seed: int = 0,
+    eval_config: EvalConfig | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
+
+    Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
+    predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
+    """
+    out = Path(out_dir)
+    people, qa = write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
+    records = read_corpus(people)
+    last = train(config, records, out / "run", progress=progress)
+    spec, adapter = (str(last), None) if config.full else (config.model, last)
+    result = evaluate_model(
+        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
+    )
+    distances = field_token_distances(records, load_tokenizer(spec))
+    label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
+    plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
+    return result

@@ -1,0 +1,165 @@
+"""Run configs: one schema made from the module configs, checked whole when loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from elusive.attention import AttentionConfig
+from elusive.augment import AugmentConfig
+from elusive.cli import app
+from elusive.config import (
+    AttentionSection,
+    AugmentSection,
+    ConfigError,
+    RunConfig,
+    TrainSection,
+    load_config,
+    options,
+)
+from elusive.evaluate import EvalConfig
+from elusive.train import TrainConfig
+
+
+def write(tmp_path, **sections):
+    """A small valid config (models need not exist: loading does not touch them)."""
+    config = {
+        "out": str(tmp_path / "run"),
+        "corpus": {"bios": {"n": 8}},
+        "models": {"large": "large-model", "small": "small-model"},
+        "augment": {"policies": ["none", "contrast"], "alpha": [0.7], "beta": [0.03]},
+        "train": {"lr": [1e-3], "epochs": [1, 2]},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"evaluate": {"shot": 5}}, "evaluate.shot: unknown key (did you mean 'shots'?)"),
+        ({"evaluate": {"shots": -1}}, "evaluate.shots: must be >= 0, got -1"),
+        ({"evaluate": {"max_new_tokens": 0}}, "evaluate.max_new_tokens: must be >= 1, got 0"),
+        ({"evaluate": {"template": "Q:"}}, "evaluate.template: must contain {question}"),
+        ({"train": {"batch_size": 0}}, "train.batch_size: must be >= 1, got 0"),
+        ({"train": {"lr": [1e-3, 0]}}, "train.lr[1]: must be > 0, got 0.0"),
+        ({"train": {"lr": [0]}}, "train.lr[0]: must be > 0, got 0.0"),
+        ({"train": {"epochs": [2, 0]}}, "train.epochs[1]: must be >= 1, got 0"),
+        ({"train": {"lr": []}}, "train.lr: is empty"),
+        ({"train": {"schedule": "cosin"}}, "train.schedule: must be one of"),
+        ({"train": {"weight_decay": -1}}, "train.weight_decay: must be >= 0, got -1.0"),
+        ({"train": {"lora_dropuot": 0.1}}, "train.lora_dropuot: unknown key (did you mean"),
+        ({"augment": {"alpha": [2]}}, "augment.alpha[0]: must be in [0, 1], got 2.0"),
+        ({"augment": {"beta": [0.1, -1]}}, "augment.beta[1]: must be a finite number >= 0"),
+        ({"augment": {"copies": -1}}, "augment.copies: must be >= 0, got -1"),
+        ({"augment": {"policies": ["none", "magic"]}}, "augment.policies[1]: must be one of"),
+        ({"attention": {"batch_size": 0}}, "attention.batch_size: must be at least 1, got 0"),
+        ({"attention": {"dtype": "float16"}}, "attention.dtype: must be one of float32"),
+        ({"corpus": {"bios": {"n": 0}}}, "corpus.bios.n: must be at least 1, got 0"),
+        ({"report": {"analysis_texts": -1}}, "report.analysis_texts: must be >= 1, got -1"),
+        ({"evaluate": {"shots": "five"}}, "evaluate.shots: expected int, got 'five'"),
+    ],
+)
+def test_a_bad_key_fails_at_load_naming_it(tmp_path, sections, message):
+    path = write(tmp_path, **sections)
+    began = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert time.perf_counter() - began < 1.0
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_run_refuses_a_bad_config_before_any_stage(tmp_path):
+    path = write(tmp_path, evaluate={"shot": 5})
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "evaluate.shot: unknown key (did you mean 'shots'?)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_keys_parsed_as_yaml(tmp_path):
+    path = write(tmp_path)
+    config = load_config(
+        path, ["train.lr=[3e-4, 1e-3]", "evaluate.shots=5", "augment.copies=3", "seeds=[1,2]"]
+    )
+    assert config.train.lr == [3e-4, 1e-3]
+    assert config.train.epochs == [1, 2]  # the rest of the section stays
+    assert config.evaluate.shots == 5 and config.evaluate == dataclasses.replace(
+        EvalConfig(), shots=5
+    )
+    assert config.augment.copies == 3 and config.seeds == [1, 2]
+    with pytest.raises(ConfigError, match=re.escape("evaluate.shot: unknown key")):
+        load_config(path, ["evaluate.shot=5"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.lr"])
+    with pytest.raises(ConfigError, match=re.escape("train.lr[0]: must be > 0")):
+        load_config(path, ["train.lr=0"])
+
+
+def test_cli_run_set_reaches_the_config(tmp_path):
+    path = write(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(path), "--set", "train.batch_size=0"])
+    assert result.exit_code == 2
+    assert "train.batch_size: must be >= 1, got 0" in result.output
+
+
+def module_fields(config: type) -> dict[str, object]:
+    return {f.name: f.default for f in dataclasses.fields(config)}
+
+
+@pytest.mark.parametrize(
+    "section, config, grid, left_out",
+    [
+        (TrainSection, TrainConfig, {"lr": "lr", "epochs": "epochs"}, {"model", "seed"}),
+        (
+            AugmentSection,
+            AugmentConfig,
+            {"policy": "policies", "alpha": "alpha", "beta": "beta"},
+            {"seed", "score_of"},
+        ),
+        (AttentionSection, AttentionConfig, {}, {"trained", "cache_dir", "chunk_size"}),
+    ],
+)
+def test_sections_are_the_module_configs_with_grid_lists(section, config, grid, left_out):
+    """Every module option but those the pipeline sets is a section key, with the module's
+    default (as a one-item list for a grid key)."""
+    made = section()
+    for name, default in module_fields(config).items():
+        if name in left_out:
+            assert not hasattr(made, grid.get(name, name))
+        elif name in grid and name != "policy":
+            assert getattr(made, grid[name]) == [default]
+        elif name not in grid:
+            assert getattr(made, name) == default
+    assert isinstance(RunConfig().evaluate, EvalConfig)
+
+
+def test_options_rebuild_the_module_config_from_a_section(tmp_path):
+    config = load_config(write(tmp_path, train={"weight_decay": 0.1, "lora_dropout": 0.05}))
+    built = TrainConfig(**options(config.train, lr=3e-4, epochs=2), model="m", seed=1)
+    assert (built.weight_decay, built.lora_dropout, built.lr, built.epochs) == (0.1, 0.05, 3e-4, 2)
+
+
+def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
+    """Under `accelerate launch` every process runs `elusive run`; one prints the tables."""
+    import elusive.pipeline
+    import elusive.report
+    from elusive.runs import Run
+
+    def fake_run(config, out=None, echo=print):
+        return Run(config, out, is_main=False)
+
+    monkeypatch.setattr(elusive.pipeline, "run_experiment", fake_run)
+    monkeypatch.setattr(elusive.report, "summarize", lambda run: pytest.fail("summarized"))
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path))])
+    assert result.exit_code == 0 and result.output == ""
