@@ -127,8 +127,9 @@ def plot_accuracy_vs_distance(
                 if number == 0:  # name the fields once, at the first run's points
                     ax.annotate(f, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
         name = LABELS.get(metric, metric)
+        name = name if metric.startswith("cloze") else f"QA {name}"
         ax.set_xlabel("mean token distance between the name and the field value")
-        ax.set_ylabel(name if metric.startswith("cloze") else f"QA {name}")
+        ax.set_ylabel(name)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         ax.legend()
