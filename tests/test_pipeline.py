@@ -255,6 +255,9 @@ def test_packaged_demo_and_paper_configs_are_valid():
     for name in ("paper-bios.yaml", "paper-wiki.yaml"):
         paper = load_config(configs / name)
         assert paper.augment.copies == 10 and paper.train.lora_r == 16
+    study = load_config(configs / "cpu-study.yaml")
+    assert len(study.seeds) >= 3 and "none" in study.augment.policies
+    assert {"random", "contrast", "shuffled"} <= set(study.augment.policies)
 
 
 def test_the_run_folder_refuses_a_new_largest_epoch_naming_the_key(tmp_path, tiny_pair):
