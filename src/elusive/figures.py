@@ -77,8 +77,8 @@ def plot_paired_differences(
                 label=f"{policy} - {baseline}",
             )
         ax.axvline(0, color="0.4", linestyle="--", linewidth=1)
-        ax.set_title(metric)
-        ax.set_xlabel(f"{metric}: policy minus {baseline}")
+        ax.set_title(LABELS.get(metric, metric))
+        ax.set_xlabel(f"{LABELS.get(metric, metric)}: policy minus {baseline}")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(fields)), fields)
     axes[0][0].set_ylim(len(fields) - 0.5, -0.5)  # first field on top
