@@ -1,7 +1,9 @@
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from elusive.cli import app
@@ -67,3 +69,74 @@ def test_unwritable_output_fails_first_in_one_line_writing_nothing(tmp_path, com
     assert message.format(tmp=tmp_path) in lines[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "FILE").read_text() == "keep me\n"
+
+
+def _config_options():
+    """(command, option name, option default, config class, field) for every CLI option that
+    sets a config field, walked from the click commands that typer builds."""
+    from elusive.attention import AttentionConfig
+    from elusive.augment import AugmentConfig
+    from elusive.bios import BiosConfig
+    from elusive.evaluate import EvalConfig
+    from elusive.squad import SquadConfig
+    from elusive.train import TrainConfig
+
+    configs = {
+        "bios generate": [BiosConfig],
+        "attention": [AttentionConfig],
+        "augment": [AugmentConfig],
+        "show": [AugmentConfig],
+        "train": [TrainConfig],
+        "evaluate": [EvalConfig, TrainConfig],  # --dtype: the base weights, as in training
+        "table1": [TrainConfig, EvalConfig],
+        "squad convert": [SquadConfig],
+    }
+    renamed = {("table1", "n"): (BiosConfig, "n"), ("table1", "bios_seed"): (BiosConfig, "seed")}
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    for path, command in commands(typer.main.get_command(app)):
+        for param in command.params:
+            if (path, param.name) in renamed:
+                yield (path, param.name, param.default, *renamed[path, param.name])
+                continue
+            for cls in configs.get(path, []):
+                if param.name in {f.name for f in dataclasses.fields(cls)}:
+                    yield path, param.name, param.default, cls, param.name
+                    break
+
+
+def test_option_defaults_are_the_config_defaults():
+    from elusive.cli import parse_field_order, parse_template
+
+    # options the command line spells differently from the field
+    parse = {"field_order": parse_field_order, "template": parse_template}
+    checked = list(_config_options())
+    for path, name, default, cls, field in checked:
+        if default is None and name == "model":  # required on the command line
+            continue
+        value = parse[name](default) if name in parse else default
+        expected = next(f.default for f in dataclasses.fields(cls) if f.name == field)
+        assert value == expected, f"elusive {path} --{name}: {value!r} != {cls.__name__}.{field}"
+    assert len(checked) >= 40  # every command's config options were found
+    assert {cls.__name__ for *_, cls, _ in checked} >= {
+        "BiosConfig", "AttentionConfig", "AugmentConfig", "TrainConfig", "EvalConfig",
+        "SquadConfig",
+    }  # fmt: skip
+
+
+def test_option_help_is_the_field_docstring():
+    commands = typer.main.get_command(app).commands
+    helps = {(c, p.name): p.help for c in ("train", "augment") for p in commands[c].params}
+    # the field's docstring, its lines joined into one
+    assert helps["train", "warmup"] == (
+        "Fraction of the optimizer steps spent warming the learning rate up from 0."
+    )
+    assert helps["augment", "copies"] == "Augmented copies per text, besides the original (copy 0)."
+    text = runner.invoke(app, ["train", "--help"]).output
+    assert "Peak learning rate." in text

@@ -472,9 +472,12 @@ class AttentionConfig:
     trained: str = "small"
     """Whose tokenization the output uses: the model to be trained on the augmented corpus."""
     batch_size: int = 8
+    """Texts per forward pass."""
     dtype: str = "float32"
+    """Dtype of the scoring models: float32 or bfloat16."""
     cache_dir: Path | None = None
-    """Default: ``$ELUSIVE_CACHE`` (see `elusive.models.cache_root`); scores go to attention/."""
+    """Cache of converted models and scores (scores go to attention/); default: ``$ELUSIVE_CACHE``
+    (see `elusive.models.cache_root`)."""
     chunk_size: int = 64
     """Texts per cache file: what an interrupted run loses at most."""
 

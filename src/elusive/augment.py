@@ -72,6 +72,7 @@ class AugmentConfig:
     """Options of the augmentation; defaults are the paper's (Table 2, 10 copies)."""
 
     policy: str = "contrast"
+    """Dropout policy: none, random, attention, contrast (the method), shuffled or position."""
     alpha: float = 0.7
     """Maximum drop probability (random: the drop probability)."""
     beta: float = 0.03
@@ -79,6 +80,8 @@ class AugmentConfig:
     copies: int = 10
     """Augmented copies per text, besides the original (copy 0)."""
     seed: int = 0
+    """Seed of the drops and of the shuffled policy's permutation; the same seed gives the
+    same bytes."""
     replace_with_spaces: bool = False
     """The authors' variant: a dropped token becomes one space instead of nothing."""
     score_of: str | None = None

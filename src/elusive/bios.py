@@ -86,7 +86,9 @@ class BiosConfig:
     """Options of the biography generator; defaults give the paper's corpus format."""
 
     n: int = 1000
+    """Number of people (distinct names)."""
     seed: int = 0
+    """Random seed; the same seed gives the same bytes."""
     templates: int = 1
     """Paraphrase templates per field (>= 1); each person draws one per field."""
     field_order: tuple[str, ...] = FIELDS

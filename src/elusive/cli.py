@@ -1,17 +1,19 @@
 """The `elusive` command line: a thin layer over the Python API, one subcommand per stage.
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
-`elusive --help` stays fast.
+`elusive --help` stays fast. An option that sets a config field takes its default and help from
+the config dataclass (`config_option`), so neither is written twice.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,6 +62,76 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# --- options from the config dataclasses
+# The config modules import torch at top level (train, evaluate, attention), so the CLI reads
+# their dataclasses from the source instead of importing them: `elusive --help` stays fast.
+# tests/test_cli.py checks every such option against the imported dataclass.
+
+BIOS = "bios.BiosConfig"
+ATTENTION = "attention.AttentionConfig"
+AUGMENT = "augment.AugmentConfig"
+TRAIN = "train.TrainConfig"
+EVAL = "evaluate.EvalConfig"
+SQUAD = "squad.SquadConfig"
+MODELS = "config.ModelsSection"
+
+
+@functools.cache
+def _config_fields(config: str) -> dict[str, tuple[ast.expr, str | None]]:
+    """{field: (default expression, docstring)} of the dataclass named "module.Class" in this
+    package, read from the module's source. The docstring is the string literal right after the
+    field (None if it has none); a default that names a module constant is that constant's."""
+    module, name = config.split(".")
+    tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))
+    constants = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    (cls,) = (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    fields = {}
+    for node, after in zip(cls.body, [*cls.body[1:], None], strict=True):
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            value = node.value
+            if isinstance(value, ast.Name):  # e.g. `template: str = DEFAULT_TEMPLATE`
+                value = constants[value.id]
+            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            doc = " ".join(after.value.value.split()) if is_doc else None
+            fields[node.target.id] = (value, doc)
+    return fields
+
+
+def field_default(config: str, name: str) -> Any:
+    """The default of field `name` of the config dataclass "module.Class" (a literal)."""
+    return ast.literal_eval(_config_fields(config)[name][0])
+
+
+def field_help(config: str, name: str) -> str:
+    """The docstring of field `name` of the config dataclass "module.Class", on one line."""
+    doc = _config_fields(config)[name][1]
+    if doc is None:  # a programming error, caught by importing the CLI in any test
+        raise TypeError(f"{config}.{name} has no docstring for the CLI help")
+    return doc
+
+
+def config_option(config: str, name: str, shown: Callable[[Any], Any] = lambda v: v) -> Any:
+    """A typer option defaulting to field `name` of `config` (through `shown`, for fields the
+    command line spells differently), helped by the field's docstring."""
+    return typer.Option(shown(field_default(config, name)), help=field_help(config, name))
+
+
+def parse_field_order(text: str) -> tuple[str, ...]:
+    """--field-order "date,city,..." as `BiosConfig.field_order`."""
+    return tuple(f.strip() for f in text.split(","))
+
+
+def parse_template(text: str) -> str:
+    """--template with its typed "\\n" as newlines, as `EvalConfig.template`."""
+    return text.replace("\\n", "\n")
+
+
 _show_warning = warnings.showwarning
 
 
@@ -82,18 +154,11 @@ def _setup() -> None:
 @bios_app.command("generate")
 def bios_generate(
     out: Annotated[Path, typer.Option(help="Folder to write people.jsonl and qa.jsonl into.")],
-    n: Annotated[int, typer.Option(help="Number of people (distinct names).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
-    templates: Annotated[
-        int, typer.Option(help="Paraphrase templates per field (1 = the paper's wording only).")
-    ] = 1,
-    field_order: Annotated[
-        str,
-        typer.Option(help="Sentence order, a comma-separated permutation of the five fields."),
-    ] = "date,city,university,major,company",
-    shuffle_sentences: Annotated[
-        bool, typer.Option(help="Shuffle sentence order per person; the first names the person.")
-    ] = False,
+    n: int = config_option(BIOS, "n"),
+    seed: int = config_option(BIOS, "seed"),
+    templates: int = config_option(BIOS, "templates"),
+    field_order: str = config_option(BIOS, "field_order", ",".join),
+    shuffle_sentences: bool = config_option(BIOS, "shuffle_sentences"),
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
     from .bios import BiosConfig, write_bios
@@ -102,7 +167,7 @@ def bios_generate(
         n=n,
         seed=seed,
         templates=templates,
-        field_order=tuple(f.strip() for f in field_order.split(",")),
+        field_order=parse_field_order(field_order),
         shuffle_sentences=shuffle_sentences,
     )
     people, qa = write_bios(config, out)
@@ -118,31 +183,22 @@ def attention_cmd(
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
     large: Annotated[
         str | None,
-        typer.Option(help="Large model spec (default qwen2.5-coder-1.5b)."),
+        typer.Option(help=f"Large model spec (default {field_default(MODELS, 'large')})."),
     ] = None,
     small: Annotated[
         str | None,
-        typer.Option(help="Small model spec (default qwen2.5-coder-0.5b)."),
+        typer.Option(help=f"Small model spec (default {field_default(MODELS, 'small')})."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Score one model only (no contrast) instead of a large/small pair."),
     ] = None,
-    prefix: Annotated[
-        str, typer.Option(help='Scored but dropped text before each text, e.g. "Text: ".')
-    ] = "",
-    align: Annotated[
-        str, typer.Option(help="tokens (same tokenizer) or chars (any two tokenizers).")
-    ] = "tokens",
-    trained: Annotated[
-        str, typer.Option(help="Whose tokens the output uses: small or large.")
-    ] = "small",
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 8,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(help="Cache for converted models and scores (default $ELUSIVE_CACHE)."),
-    ] = None,
+    prefix: str = config_option(ATTENTION, "prefix"),
+    align: str = config_option(ATTENTION, "align"),
+    trained: str = config_option(ATTENTION, "trained"),
+    batch_size: int = config_option(ATTENTION, "batch_size"),
+    dtype: str = config_option(ATTENTION, "dtype"),
+    cache_dir: Path | None = config_option(ATTENTION, "cache_dir"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import AttentionConfig, score_corpus
@@ -152,7 +208,10 @@ def attention_cmd(
     specs = (
         {"model": model}
         if model is not None
-        else {"large": large or "qwen2.5-coder-1.5b", "small": small or "qwen2.5-coder-0.5b"}
+        else {
+            "large": large or field_default(MODELS, "large"),
+            "small": small or field_default(MODELS, "small"),
+        }
     )
     config = AttentionConfig(
         prefix=prefix,
@@ -168,7 +227,6 @@ def attention_cmd(
 
 # --- augment commands (issue 4)
 
-_POLICY_HELP = "none, random, attention, contrast (the method), shuffled or position."
 # Options that `augment` and `show` share.
 ScoresOption = Annotated[
     Path, typer.Option(help="Scores directory written by `elusive attention`.")
@@ -176,9 +234,6 @@ ScoresOption = Annotated[
 CorpusOption = Annotated[
     Path | None, typer.Option(help="Corpus the scores belong to; default: the manifest's.")
 ]
-PolicyOption = Annotated[str, typer.Option(help=f"Dropout policy: {_POLICY_HELP}")]
-AlphaOption = Annotated[float, typer.Option(help="Maximum drop probability, in [0, 1].")]
-BetaOption = Annotated[float, typer.Option(help="Rise of the drop probability with rank.")]
 
 
 @app.command("augment")
@@ -186,23 +241,13 @@ def augment_command(
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Augmented corpus JSONL to write.")],
     corpus: CorpusOption = None,
-    policy: PolicyOption = "contrast",
-    alpha: AlphaOption = 0.7,
-    beta: BetaOption = 0.03,
-    copies: Annotated[
-        int, typer.Option(help="Augmented copies per text, besides the original.")
-    ] = 10,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
-    replace_with_spaces: Annotated[
-        bool, typer.Option(help="Replace each dropped token by a space (the authors' variant).")
-    ] = False,
-    score_of: Annotated[
-        str | None,
-        typer.Option(
-            help="Role the attention policy ranks by (small, large, model); default: "
-            "the manifest's trained role, else small."
-        ),
-    ] = None,
+    policy: str = config_option(AUGMENT, "policy"),
+    alpha: float = config_option(AUGMENT, "alpha"),
+    beta: float = config_option(AUGMENT, "beta"),
+    copies: int = config_option(AUGMENT, "copies"),
+    seed: int = config_option(AUGMENT, "seed"),
+    replace_with_spaces: bool = config_option(AUGMENT, "replace_with_spaces"),
+    score_of: str | None = config_option(AUGMENT, "score_of"),
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
     from .augment import AugmentConfig, augment_file
@@ -218,13 +263,11 @@ def show_command(
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Output prefix: writes PREFIX.html and PREFIX.png.")],
     corpus: CorpusOption = None,
-    policy: PolicyOption = "contrast",
-    alpha: AlphaOption = 0.7,
-    beta: BetaOption = 0.03,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffled policy's permutation.")] = 0,
-    score_of: Annotated[
-        str | None, typer.Option(help="Role the attention policy ranks by.")
-    ] = None,
+    policy: str = config_option(AUGMENT, "policy"),
+    alpha: float = config_option(AUGMENT, "alpha"),
+    beta: float = config_option(AUGMENT, "beta"),
+    seed: int = config_option(AUGMENT, "seed"),
+    score_of: str | None = config_option(AUGMENT, "score_of"),
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
     from .augment import AugmentConfig, show
@@ -236,29 +279,27 @@ def show_command(
 
 # --- train / evaluate commands (issue 5)
 
-_DTYPE_HELP = "Base weight dtype: float32, bfloat16 or float16."
-_MIXED_HELP = "Autocast: auto (bf16 where the device has native bf16, else no), no, bf16 or fp16."
-
 
 @app.command("train")
 def train_command(
-    model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
+    model: Annotated[str, typer.Option(help=field_help(TRAIN, "model"))],
     corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt or a folder of .txt.")],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
-    full: Annotated[bool, typer.Option(help="Finetune all weights instead of LoRA.")] = False,
-    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 20,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Texts per micro-batch.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    warmup: Annotated[float, typer.Option(help="Warmup fraction of the steps.")] = 0.05,
-    schedule: Annotated[str, typer.Option(help="cosine, linear or constant.")] = "cosine",
-    seed: Annotated[int, typer.Option(help="Seed of LoRA init and shuffling.")] = 0,
-    max_length: Annotated[int, typer.Option(help="Tokens per sequence at most.")] = 512,
-    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
-    mixed_precision: Annotated[str, typer.Option(help=_MIXED_HELP)] = "auto",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 16,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.")] = 0.0,
+    full: bool = config_option(TRAIN, "full"),
+    epochs: int = config_option(TRAIN, "epochs"),
+    lr: float = config_option(TRAIN, "lr"),
+    batch_size: int = config_option(TRAIN, "batch_size"),
+    grad_accum: int = config_option(TRAIN, "grad_accum"),
+    warmup: float = config_option(TRAIN, "warmup"),
+    schedule: str = config_option(TRAIN, "schedule"),
+    weight_decay: float = config_option(TRAIN, "weight_decay"),
+    seed: int = config_option(TRAIN, "seed"),
+    max_length: int = config_option(TRAIN, "max_length"),
+    dtype: str = config_option(TRAIN, "dtype"),
+    mixed_precision: str = config_option(TRAIN, "mixed_precision"),
+    lora_r: int = config_option(TRAIN, "lora_r"),
+    lora_alpha: int = config_option(TRAIN, "lora_alpha"),
+    lora_dropout: float = config_option(TRAIN, "lora_dropout"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import TrainConfig, train
@@ -266,8 +307,8 @@ def train_command(
     config = TrainConfig(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
-        schedule=schedule, seed=seed, max_length=max_length, dtype=dtype,
-        mixed_precision=mixed_precision,
+        schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
+        dtype=dtype, mixed_precision=mixed_precision,
     )  # fmt: skip
     last = train(config, corpus, out)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
@@ -278,7 +319,7 @@ def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes
 
     config = EvalConfig(
         max_new_tokens=max_new_tokens,
-        template=template.replace("\\n", "\n"),
+        template=parse_template(template),
         shots=shots,
         shot_seed=shot_seed,
         batch_size=batch_size,
@@ -289,28 +330,23 @@ def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes
     return config
 
 
-_TEMPLATE_HELP = "Prompt with {question}; \\n is a newline."
-
-
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[str, typer.Option(help="Model spec (or a --full run's epoch folder).")],
     qa: Annotated[Path, typer.Option(help="Questions JSONL (question, answer(s), field).")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and predictions.jsonl.")],
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter: RUN_DIR/epoch-N.")] = None,
-    shots: Annotated[int, typer.Option(help="Solved examples before each question; 0 = off.")] = 0,
+    shots: int = config_option(EVAL, "shots"),
     shots_from: Annotated[
         Path | None, typer.Option(help="QA JSONL to draw examples from (default: --qa).")
     ] = None,
-    shot_seed: Annotated[int, typer.Option(help="Seed of the example order.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens at most.")] = 16,
-    template: Annotated[str, typer.Option(help=_TEMPLATE_HELP)] = "Question: {question}\\nAnswer:",
-    batch_size: Annotated[int, typer.Option(help="Questions per generation batch.")] = 16,
-    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
-    probes: Annotated[
-        bool, typer.Option(help="Knowledge probes: choice, logprob and (bios) cloze.")
-    ] = True,
-    choices: Annotated[int, typer.Option(help="Distractors per question for choice.")] = 9,
+    shot_seed: int = config_option(EVAL, "shot_seed"),
+    max_new_tokens: int = config_option(EVAL, "max_new_tokens"),
+    template: str = config_option(EVAL, "template", lambda t: t.replace("\n", "\\n")),
+    batch_size: int = config_option(EVAL, "batch_size"),
+    dtype: str = config_option(TRAIN, "dtype"),
+    probes: bool = config_option(EVAL, "probes"),
+    choices: int = config_option(EVAL, "choices"),
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -330,15 +366,15 @@ def evaluate_command(
 def table1_command(
     model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
     out: Annotated[Path, typer.Option(help="Folder for data/, run/, eval/ and figure1.png.")],
-    n: Annotated[int, typer.Option(help="People in the biography corpus.")] = 1000,
-    bios_seed: Annotated[int, typer.Option(help="Seed of the biography corpus.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 20,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Texts per micro-batch.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of LoRA init and shuffling.")] = 0,
-    shots: Annotated[int, typer.Option(help="Solved examples before each question.")] = 0,
-    dtype: Annotated[str, typer.Option(help=_DTYPE_HELP)] = "float32",
-    mixed_precision: Annotated[str, typer.Option(help=_MIXED_HELP)] = "auto",
+    n: int = config_option(BIOS, "n"),
+    bios_seed: int = config_option(BIOS, "seed"),
+    epochs: int = config_option(TRAIN, "epochs"),
+    lr: float = config_option(TRAIN, "lr"),
+    batch_size: int = config_option(TRAIN, "batch_size"),
+    seed: int = config_option(TRAIN, "seed"),
+    shots: int = config_option(EVAL, "shots"),
+    dtype: str = config_option(TRAIN, "dtype"),
+    mixed_precision: str = config_option(TRAIN, "mixed_precision"),
 ) -> None:
     """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
     from rich.console import Console
@@ -371,21 +407,10 @@ def squad_convert(
         Path, typer.Argument(help="SQuAD v1.1-format JSON: data[].paragraphs[].qas[].answers[].")
     ],
     out: Annotated[Path, typer.Option(help="Folder to write corpus.jsonl and qa.jsonl into.")],
-    max_paragraphs: Annotated[
-        int | None,
-        typer.Option(help="Keep a seeded sample of this many paragraphs (all if unset)."),
-    ] = None,
-    max_questions: Annotated[
-        int | None,
-        typer.Option(help="Keep a seeded sample of this many questions on the kept paragraphs."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
-    require_answer_in_context: Annotated[
-        bool,
-        typer.Option(
-            help="Keep only gold answers found in the paragraph; drop questions left with none."
-        ),
-    ] = True,
+    max_paragraphs: int | None = config_option(SQUAD, "max_paragraphs"),
+    max_questions: int | None = config_option(SQUAD, "max_questions"),
+    seed: int = config_option(SQUAD, "seed"),
+    require_answer_in_context: bool = config_option(SQUAD, "require_answer_in_context"),
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
     from .corpus import write_corpus_and_qa

@@ -48,13 +48,16 @@ class EvalConfig:
     """Closed-book QA options; the defaults are the paper's protocol (greedy, 16 new tokens)."""
 
     max_new_tokens: int = 16
+    """Greedy tokens generated per answer at most."""
     template: str = DEFAULT_TEMPLATE
     """Prompt of one question; must contain ``{question}`` and should end where the answer
     starts (the answer is appended after a space in k-shot examples)."""
     shots: int = 0
     """Solved examples of other people before each question (the authors used 5); 0 = off."""
     shot_seed: int = 0
+    """Seed of the choice and order of the solved examples."""
     batch_size: int = 16
+    """Questions per generation batch."""
     probes: bool = True
     """Also run the knowledge probes (choice, logprob; cloze where QA lines carry a prompt)."""
     choices: int = 9

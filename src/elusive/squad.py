@@ -30,6 +30,7 @@ class SquadConfig:
     max_questions: int | None = None
     """Keep a seeded sample of this many questions on the kept paragraphs; None keeps all."""
     seed: int = 0
+    """Seed of the samples; the same seed gives the same bytes."""
     require_answer_in_context: bool = True
     """Keep only gold answers found in the paragraph (at `answer_start` when given, else
     anywhere) and drop questions left with none; False keeps every answer as given."""

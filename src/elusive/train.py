@@ -68,22 +68,31 @@ class TrainConfig:
     full: bool = False
     """Finetune every weight instead of training a LoRA adapter."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA alpha: the adapter's output is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
     epochs: int = 20
+    """Passes over the corpus."""
     lr: float = 1e-3
+    """Peak learning rate."""
     batch_size: int = 8
+    """Texts per micro-batch."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     warmup: float = 0.05
     """Fraction of the optimizer steps spent warming the learning rate up from 0."""
     schedule: str = "cosine"
     """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     seed: int = 0
+    """Seed of the LoRA init and the shuffling."""
     max_length: int = 512
     """Tokens per sequence (BOS and EOS included); longer texts are cut."""
     dtype: str = "float32"
-    """Dtype of the base weights (LoRA weights stay float32)."""
+    """Dtype of the base weights: float32, bfloat16 or float16 (LoRA weights stay float32)."""
     mixed_precision: str = "auto"
     """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
     is bf16 where the device computes in bf16 natively, else no
