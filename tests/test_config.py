@@ -27,11 +27,11 @@ from elusive.train import TrainConfig
 
 
 def write(tmp_path, **sections):
-    """A small valid config (models need not exist: loading does not touch them)."""
+    """A small valid config (models are hub ids: loading checks a spec's form, fetches none)."""
     config = {
         "out": str(tmp_path / "run"),
         "corpus": {"bios": {"n": 8}},
-        "models": {"large": "large-model", "small": "small-model"},
+        "models": {"large": "org/large-model", "small": "org/small-model"},
         "augment": {"policies": ["none", "contrast"], "alpha": [0.7], "beta": [0.03]},
         "train": {"lr": [1e-3], "epochs": [1, 2]},
     }
@@ -163,3 +163,21 @@ def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
     monkeypatch.setattr(elusive.report, "summarize", lambda run: pytest.fail("summarized"))
     result = CliRunner().invoke(app, ["run", str(write(tmp_path))])
     assert result.exit_code == 0 and result.output == ""
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("qwen2.5-coder-0.5", "is not a model folder, a .gguf file, a pack name"),
+        ("missing.gguf", "no such .gguf file"),
+    ],
+)
+def test_a_model_spec_that_cannot_resolve_fails_at_load(tmp_path, spec, message):
+    """A misspelt pack name or a missing file fails when the config loads, naming the key,
+    before any stage has written anything."""
+    with pytest.raises(ConfigError, match=rf"models\.small: model spec .*{message}"):
+        load_config(write(tmp_path, models={"small": spec}))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match=r"models\.large: .*no config.json"):
+        load_config(write(tmp_path, models={"large": str(tmp_path / "folder")}))
+    assert not (tmp_path / "run").exists()

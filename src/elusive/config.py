@@ -41,6 +41,7 @@ from .bios import FIELDS, BiosConfig
 from .errors import ElusiveError
 from .evaluate import EvalConfig
 from .metrics import METRICS
+from .models import check_model_spec
 from .squad import SquadConfig
 from .train import TrainConfig
 
@@ -178,6 +179,11 @@ class RunConfig:
         for role in self.models.trained:
             if role not in ("large", "small"):
                 fail(f"models.trained: unknown role {role!r}")
+        for role in ("large", "small"):
+            try:
+                check_model_spec(getattr(self.models, role))
+            except ElusiveError as exc:
+                fail(f"models.{role}: {exc}")
         if self.report.select_metric not in METRICS:
             fail(
                 f"report.select_metric: unknown metric {self.report.select_metric!r} "

@@ -108,30 +108,41 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 # --------------------------------------------------------------------------- resolving specs
 
 
-def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> Path:
-    """The local Hugging Face folder a spec stands for, converting or downloading it if needed."""
+def check_model_spec(spec: str | Path) -> None:
+    """Fail now, with one line, if `spec` cannot stand for a model: a folder without
+    config.json, a file that is not .gguf, a missing .gguf file, or a name that is neither a
+    pack nor a hub id. Cheap (nothing is converted, downloaded or loaded), so a run config
+    checks its models when it loads; whether a pack is installed is told when it is used."""
     path = Path(spec)
+    name = str(spec)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelSpecError(f"model spec {str(spec)!r}: no config.json in that folder")
-        return path
-    if path.is_file():
+            raise ModelSpecError(f"model spec {name!r}: no config.json in that folder")
+    elif path.is_file():
         if path.suffix != ".gguf":
             raise ModelSpecError(
-                f"model spec {str(spec)!r}: a file must be a .gguf file, got {path.suffix!r}"
+                f"model spec {name!r}: a file must be a .gguf file, got {path.suffix!r}"
             )
-        return _converted(path, f"gguf-{_file_fingerprint(path)[:16]}", cache_dir)
-    name = str(spec)
-    if name in PACKS:
-        return _pack_folder(PACKS[name], cache_dir)
-    if name.endswith(".gguf"):
+    elif name.endswith(".gguf"):
         raise ModelSpecError(f"model spec {name!r}: no such .gguf file")
-    if _HUB_ID.match(name):
-        return _hub_folder(name)
-    raise ModelSpecError(
-        f"model spec {name!r} is not a model folder, a .gguf file, a pack name "
-        f"({', '.join(PACKS)}) or a hub id (owner/name)"
-    )
+    elif name not in PACKS and not _HUB_ID.match(name):
+        raise ModelSpecError(
+            f"model spec {name!r} is not a model folder, a .gguf file, a pack name "
+            f"({', '.join(PACKS)}) or a hub id (owner/name)"
+        )
+
+
+def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> Path:
+    """The local Hugging Face folder a spec stands for, converting or downloading it if needed."""
+    check_model_spec(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return _converted(path, f"gguf-{_file_fingerprint(path)[:16]}", cache_dir)
+    if str(spec) in PACKS:
+        return _pack_folder(PACKS[str(spec)], cache_dir)
+    return _hub_folder(str(spec))
 
 
 def default_device() -> torch.device:
