@@ -188,7 +188,7 @@ def answer_and_score(
     from transformers import GenerationConfig, StoppingCriteriaList
 
     from .models import resolve_mixed_precision
-    from .probes import candidate_ids, left_pad, pad_id, score_after_prompts
+    from .probes import candidate_ids, left_pad, model_cache, pad_id, score_after_prompts
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
@@ -220,7 +220,7 @@ def answer_and_score(
         for row, i in enumerate(batch):
             texts[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
         if cand_ids is not None:
-            cache = out.get("cache", out.get("past_key_values"))  # transformers 5 / 4 name
+            cache = model_cache(out)
             extra = cache.get_seq_length() - ids.shape[1]
             if extra:
                 cache.crop(-extra)  # back to the prompt's keys and values

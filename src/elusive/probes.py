@@ -163,7 +163,7 @@ def score_candidates(
             use_cache=True,
             logits_to_keep=1,  # only the last position predicts: no [batch, width, vocab]
         )
-        cache = first.get("cache", first.get("past_key_values"))  # transformers 5 / 4 name
+        cache = model_cache(first)
         scores = score_after_prompts(
             model, first.logits[:, -1], cache, mask, [cands[i] for i in batch]
         )
@@ -187,6 +187,13 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
         ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq) :] = 1
     return ids, mask
+
+
+def model_cache(output):
+    """The key/value cache in a model or generate output: ``cache`` from transformers 5.x,
+    ``past_key_values`` before (asked only when ``cache`` is absent: 5.x warns on the old
+    name)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def _cache_argument(model, cache) -> dict:
