@@ -299,15 +299,14 @@ def evaluate_qa(
 
     config = config or EvalConfig()
     prompts = build_prompts(items, config, pool)
-    if not config.probes:
-        outputs = generate_continuations(model, tokenizer, prompts, config, progress)
-        rows = score_predictions(items, outputs)
-        return EvalResult(aggregate(rows), rows)
-
-    distractors = pick_distractors(items, config.choices, config.probe_seed)
-    cands = candidates(items, distractors)
+    cands = None  # without probes: the greedy answers alone
+    if config.probes:
+        distractors = pick_distractors(items, config.choices, config.probe_seed)
+        cands = candidates(items, distractors)
     outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands)
     rows = score_predictions(items, outputs)
+    if not config.probes:
+        return EvalResult(aggregate(rows), rows)
     for row, wrong, probed in zip(
         rows, distractors, judge(items, distractors, scores), strict=True
     ):
