@@ -161,31 +161,6 @@ def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):
         load_config(write_config(tmp_path / "c.yaml", tiny_pair, **overrides))
 
 
-def test_changed_config_refuses_the_old_run_folder(tmp_path, tiny_pair):
-    from elusive.runs import Run
-
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
-    Run(config).open()
-    config.augment.copies = 5
-    with pytest.raises(ConfigError, match="different config"):
-        Run(config).open()
-
-
-def test_a_folder_from_before_auto_precision_still_opens(tmp_path, tiny_pair):
-    """Folders made when train.mixed_precision defaulted to "no" open under the new "auto";
-    each training run inside resumes in its recorded precision (elusive.train)."""
-    from elusive.runs import Run
-
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
-    config.train.mixed_precision = "no"
-    Run(config).open()
-    config.train.mixed_precision = "auto"
-    Run(config).open()
-    config.train.mixed_precision = "bf16"
-    with pytest.raises(ConfigError, match="different config"):
-        Run(config).open()
-
-
 def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
     """Paragraph QA (issue 7): the fixture's paragraphs are the corpus, its questions the QA
     set; the report has the tables (the figures are for biographies only)."""
@@ -260,20 +235,80 @@ def test_packaged_demo_and_paper_configs_are_valid():
     assert {"random", "contrast", "shuffled"} <= set(study.augment.policies)
 
 
-def test_the_run_folder_refuses_a_new_largest_epoch_naming_the_key(tmp_path, tiny_pair):
-    """A training run's schedule spans all its epochs: growing the largest train.epochs is
-    refused before any stage; checkpoints up to it may be added."""
-    from elusive.runs import Run
+SMALL_GRID = {
+    "seeds": [0],
+    "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
+    "train": {"lr": [1e-3], "epochs": [1], "batch_size": 8},
+    "report": {"analysis_texts": 4},
+}
 
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))  # epochs [1, 2]
-    Run(config).open()
-    config.train.epochs = [2]
-    Run(config).open()
-    before = (tmp_path / "run" / "run.json").read_bytes()
-    config.train.epochs = [1, 2, 4]
-    with pytest.raises(ConfigError, match=r"train\.epochs: the training runs here end at epoch 2"):
+
+def changed_since(before: dict[str, int], root: Path) -> set[str]:
+    """Top two levels (stage/role or stage/name) of the files rewritten since `before`."""
+    now = snapshot(root)
+    return {"/".join(Path(k).parts[:2]) for k in now if before.get(k) != now[k]}
+
+
+def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeypatch):
+    """A run that failed in evaluation, rerun with its config fixed, keeps corpus, scores,
+    augmented corpora and training; each later edit redoes what depends on it, and says so."""
+    import elusive.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "stage_evaluate", lambda *a, **k: 1 / 0)  # a failing stage
+        with pytest.raises(ZeroDivisionError):
+            run_experiment(config, progress=False, echo=lambda _: None)
+
+    def rerun(key: str, value) -> tuple[set[str], list[str]]:
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+        before, lines = snapshot(Path(config.out)), []
+        run_experiment(config, progress=False, echo=lines.append)
+        return changed_since(before, Path(config.out)), lines
+
+    changed, lines = rerun("evaluate.max_new_tokens", 4)  # "the fix"
+    assert changed == {"eval/small"}
+    assert "evaluate.max_new_tokens (6 -> 4)" in lines[0]
+    changed, lines = rerun("evaluate.max_new_tokens", 5)
+    assert changed == {"eval/small"}
+    assert any("evaluate: redoing 2 made from other inputs" in line for line in lines)
+    # A scoring batch size gives the same scores: nothing after them is redone.
+    changed, lines = rerun("attention.batch_size", 3)
+    assert changed == {"scores/scores.jsonl", "scores/manifest.json"}
+    changed, lines = rerun("augment.copies", 1)
+    assert changed == {"augment/small", "train/small", "eval/small"}
+    changed, lines = rerun("train.epochs", [2])  # a new largest epoch: its schedule differs
+    assert changed == {"train/small", "eval/small"}
+    assert any("train: redoing 2 made from other inputs" in line for line in lines)
+    changed, lines = rerun("train.epochs", [1, 2])  # a checkpoint below it: evaluated only
+    assert changed == {"eval/small"}
+
+
+def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
+    tmp_path, tiny_pair, monkeypatch
+):
+    import elusive.pipeline as pipeline
+    from elusive.runs import Run, _fixed_hash
+
+    monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    manifest = json.loads(run.manifest_path.read_text())
+    del manifest["outputs"]
+    manifest["fixed_config_sha256"] = _fixed_hash(config)
+    run.manifest_path.write_text(json.dumps(manifest))
+    before = snapshot(run.root)
+    run_experiment(config, progress=False, echo=lambda _: None)
+    assert snapshot(run.root) == before
+    assert "outputs" in json.loads(run.manifest_path.read_text())
+
+    manifest["fixed_config_sha256"] = "0" * 64  # made with another config: refused, unchanged
+    run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="made by an older elusive with a different config"):
         Run(config).open()
-    assert (tmp_path / "run" / "run.json").read_bytes() == before
+    assert json.loads(run.manifest_path.read_text()) == manifest
 
 
 def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):

@@ -11,7 +11,9 @@ Stages, each writing into the run folder and skipped when its outputs are alread
     run.json    the manifest: config, versions, input hashes, stage timings
 
 Every file is written atomically and training resumes from its last epoch, so an interrupted
-run picks up where it stopped and gives the numbers an uninterrupted run gives.
+run picks up where it stopped and gives the numbers an uninterrupted run gives. A stage redoes
+only the outputs whose inputs changed since they were made (`elusive.runs.fingerprints`), so a
+config fixed after a failure, or edited, resumes the folder.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def run_experiment(
     state = PartialState(cpu=not torch.cuda.is_available())  # torchrun on CPUs: gloo
     run = Run(config, out, is_main=state.is_main_process)
     with state.main_process_first():
-        run.open()
+        run.open(echo)
     rank, world = state.process_index, state.num_processes
     stages: dict[str, Callable[[], str]] = {
         "corpus": lambda: stage_corpus(run),
@@ -209,6 +211,9 @@ def run_experiment(
         "report": lambda: stage_report(run),
     }
     for name in STAGES:
+        if run.is_main:
+            run.refresh(name, echo)
+        state.wait_for_everyone()
         if run.is_main or name in ("train", "evaluate"):
             run.stage(name, stages[name], echo)
         state.wait_for_everyone()

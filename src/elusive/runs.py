@@ -2,6 +2,14 @@
 
 `Run` is the folder and its manifest (run.json); `grid` expands a config's lists into `Cell`s,
 one training run each, evaluated after every epoch of ``train.epochs`` (`eval_dirs`).
+
+Every output of a stage (the corpus, the scores, one augmented corpus, one training run, one
+evaluation) is recorded in the manifest with the fingerprint of what it is made from
+(`fingerprints`): the config options it reads and the contents of the files it reads. Before a
+stage runs, `Run.refresh` removes the outputs whose fingerprint changed, so a run folder
+whose config was fixed or edited redoes only what the change reaches, and says which. Inputs
+are hashed by content where they are files, so a change that leaves a file identical (a
+scoring batch size) stops there.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,38 +97,54 @@ class Run:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    def open(self) -> None:
-        """Create or reopen the folder. A folder made with another config refuses, except
-        for the grid lists, which may grow (their outputs are named by their values)."""
-        fixed = _fixed_hash(self.config)
+    def open(self, echo: Callable[[str], None] = print) -> None:
+        """Create or reopen the folder; a reopened folder says which config keys changed
+        (`refresh` then redoes what they reach)."""
         if self.manifest_path.exists():
             self.manifest = json.loads(self.manifest_path.read_text("utf-8"))
-            if self.manifest.get("fixed_config_sha256") != fixed:
-                raise ConfigError(
-                    f"{self.root}: this run folder was made with a different config "
-                    "(only seeds, alpha, beta, lr, epochs and policies may change): "
-                    "choose another out folder"
-                )
-            self._check_last_epoch()
+            if "outputs" not in self.manifest:
+                self._adopt_legacy()
+            changed = _changed_keys(self.manifest["config"], to_dict(self.config))
+            if changed and self.is_main:
+                echo(f"config changed since this folder was made: {', '.join(changed)}")
         else:
-            self.manifest = {"stages": {}}
-        self.manifest.update(
-            config=to_dict(self.config), fixed_config_sha256=fixed, versions=_versions()
-        )
+            self.manifest = {"stages": {}, "outputs": {}}
+        self.manifest.update(config=to_dict(self.config), versions=_versions())
+        self.manifest.pop("fixed_config_sha256", None)
         self.save()
 
-    def _check_last_epoch(self) -> None:
-        """Refuse a new largest ``train.epochs``: each training run follows a learning-rate
-        schedule over all its epochs, so one trained to the old largest epoch cannot be extended
-        to give what a longer run gives. Epochs up to the old largest may be added or dropped."""
+    def _adopt_legacy(self) -> None:
+        """A folder made before outputs had fingerprints (elusive 0.1 up to stop 11) is adopted
+        as it is when its config matches: every output is recorded with its fingerprint now."""
         was = max(self.manifest["config"]["train"]["epochs"])
-        now = max(self.config.train.epochs)
-        if now != was:
+        if _fixed_hash(self.config) != self.manifest.get("fixed_config_sha256") or was != max(
+            self.config.train.epochs
+        ):
             raise ConfigError(
-                f"{self.root}: train.epochs: the training runs here end at epoch {was}, the "
-                f"config's at {now}; a run's schedule spans all its epochs, so it cannot be "
-                f"extended or cut: keep {was} as the largest epoch or choose another out folder"
+                f"{self.root}: this run folder was made by an older elusive with a different "
+                "config: choose another out folder"
             )
+        self.manifest["outputs"] = {}
+        for stage in STAGES:
+            self.manifest["outputs"].update(fingerprints(self, stage))
+
+    def refresh(self, stage: str, echo: Callable[[str], None] = print) -> None:
+        """Before `stage` runs: remove each of its outputs made from other inputs than its
+        fingerprint says now (or of unknown origin), say which, and record the fingerprints.
+        Outputs are complete once they exist (atomic files, resumable training runs), so a
+        recorded fingerprint with no output just means the work is still to do."""
+        recorded = self.manifest.setdefault("outputs", {})
+        stale = []
+        for rel, fingerprint in fingerprints(self, stage).items():
+            path = self.path(rel)
+            if recorded.get(rel) != fingerprint and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                stale.append(rel)
+            recorded[rel] = fingerprint
+        self.save()
+        if stale and self.is_main:
+            shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+            echo(f"  {stage}: redoing {len(stale)} made from other inputs: {shown}")
 
     def save(self) -> None:
         if self.is_main:
@@ -137,7 +162,106 @@ class Run:
             echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
 
 
+def fingerprints(run: Run, stage: str) -> dict[str, str]:
+    """The outputs of `stage`, as paths relative to the run folder, each with the fingerprint of
+    what it is made from. Files are hashed by content: they exist once the stages before have
+    run (a missing one hashes as None, and so do none of its outputs exist yet). The report is
+    written anew every run and has none."""
+    config, models = run.config, run.config.models
+    if stage == "corpus":
+        section = config.corpus
+        sources = [_content(Path(s)) for s in (section.path, section.qa, section.squad) if s]
+        return {"corpus": _digest(_changed(section), config.validation, sources)}
+    corpus = _content(run.path("corpus", "corpus.jsonl"))
+    if stage == "attention":
+        from .models import spec_key
+
+        large, small = spec_key(models.large), spec_key(models.small)
+        attention = _changed(config.attention)
+        return {"scores": _digest(corpus, attention, models.trained, large, small)}
+    if stage == "augment":
+        scores = _content(run.path("scores", "scores.jsonl"))
+        return {
+            _augment_path(cell): _digest(
+                scores,
+                corpus,
+                _changed(config.augment),
+                cell.role,
+                cell.policy,
+                cell.alpha,
+                cell.beta,
+                cell.seed,
+            )
+            for cell in grid(config)
+        }
+    if stage == "train":
+        from .models import spec_key
+
+        section = config.train
+        return {
+            f"train/{cell.train_tag}": _digest(
+                _content(run.path(_augment_path(cell))),
+                _changed(section),
+                max(section.epochs),
+                cell.lr,
+                spec_key(getattr(models, cell.role)),
+                cell.seed,
+            )
+            for cell in grid(config)
+        }
+    if stage == "evaluate":
+        trained = fingerprints(run, "train")
+        questions = _content(run.path("corpus", "qa.jsonl"))
+        return {
+            str(out.relative_to(run.root)): _digest(
+                trained[f"train/{cell.train_tag}"], epoch, questions, _changed(config.evaluate)
+            )
+            for cell, epoch, out in eval_dirs(run)
+        }
+    return {}
+
+
+def _changed(section: Any) -> dict[str, Any]:
+    """A config section's scalar options that differ from their defaults (grid lists are
+    the cell's): an option added to the schema later leaves existing fingerprints as they were."""
+    grid_keys = set(getattr(section, "grid", {}).values())
+    default = to_dict(type(section)())
+    return {k: v for k, v in to_dict(section).items() if k not in grid_keys and default.get(k) != v}
+
+
+def _augment_path(cell: Cell) -> str:
+    return f"augment/{cell.role}/{cell.augment_tag}.jsonl"
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _content(path: Path) -> str | None:
+    """The SHA-256 of a file, of every file under a folder (with their names), or None."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _digest([(str(p.relative_to(path)), _content(p)) for p in files])
+    return None
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted config keys whose values differ, as ``key (old -> new)``."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and key != "out":
+            changed.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return changed
+
+
 def _fixed_hash(config: RunConfig) -> str:
+    """What folders made before fingerprints recorded of their config (`Run._adopt_legacy`):
+    the config without the grid lists, with options added since hashing as they did."""
     data = to_dict(config)
     data.pop("out")
     data.pop("seeds")
