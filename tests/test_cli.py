@@ -74,12 +74,10 @@ def test_unwritable_output_fails_first_in_one_line_writing_nothing(tmp_path, com
 def _config_options():
     """(command, option name, option default, config class, field) for every CLI option that
     sets a config field, walked from the click commands that typer builds."""
-    from elusive.attention import AttentionConfig
     from elusive.augment import AugmentConfig
     from elusive.bios import BiosConfig
-    from elusive.evaluate import EvalConfig
+    from elusive.options import AttentionConfig, EvalConfig, TrainConfig
     from elusive.squad import SquadConfig
-    from elusive.train import TrainConfig
 
     configs = {
         "bios generate": [BiosConfig],

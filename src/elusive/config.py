@@ -17,7 +17,9 @@ A config drives `elusive run` (see `elusive.pipeline`). Every section is optiona
 Lists in `augment.policies`, `augment.alpha`, `augment.beta`, `train.lr`, `train.epochs` and
 `seeds` expand to a grid. The attention, augment, train and evaluate sections take the options
 of their module's config (`AttentionConfig`, `AugmentConfig`, `TrainConfig`, `EvalConfig`),
-made from it by `section_of`, so an option is declared and checked in one place.
+made from it by `section_of`, so an option is declared and checked in one place. Those of the
+model stages live in `elusive.options`, which imports no torch: a config is read and checked in a
+fraction of a second.
 `train.epochs` is a list of checkpoints of one run: a run trains to the largest and is
 evaluated after each listed epoch. `load_config` checks all of it before any stage runs.
 """
@@ -35,15 +37,13 @@ from typing import Any
 
 import yaml
 
-from .attention import AttentionConfig
 from .augment import POLICIES, AugmentConfig
 from .bios import FIELDS, BiosConfig
 from .errors import ElusiveError
-from .evaluate import EvalConfig
 from .metrics import METRICS
-from .models import check_model_spec
+from .options import AttentionConfig, EvalConfig, TrainConfig
+from .specs import check_model_spec
 from .squad import SquadConfig
-from .train import TrainConfig
 
 
 class ConfigError(ElusiveError):

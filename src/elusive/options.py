@@ -1,0 +1,193 @@
+"""The options of the model stages (attention scoring, training, evaluation) and their checks.
+
+The stage modules (`elusive.attention`, `elusive.train`, `elusive.evaluate`) import torch and
+transformers, which take seconds to load. Their option dataclasses live here, importing
+neither, so that `elusive run` checks a whole config, and `elusive --help` shows every default,
+in a fraction of a second; each stage module imports its own config from here, so
+``from elusive.train import TrainConfig`` works too. Options that stand for a torch object are
+names here (`DTYPE_NAMES`, `MIXED_PRECISIONS`); the torch objects live beside torch
+(`elusive.models.DTYPES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ElusiveError, flag
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+"""Weight dtypes by their config name (`--dtype`, ``train.dtype``); `elusive.models.DTYPES`
+maps each to its torch dtype."""
+ROLES = ("large", "small")
+ALIGNS = ("tokens", "chars")
+SCORE_DTYPES = ("float32", "bfloat16")
+"""The weight dtypes (of `DTYPE_NAMES`) that scoring accepts."""
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+"""Autocast of training and generation; auto becomes one of the others on the device
+(`elusive.models.resolve_mixed_precision`)."""
+DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+class AttentionError(ElusiveError):
+    """Bad scoring input or scores file; the message names the text, file or field."""
+
+
+class TrainError(ElusiveError):
+    """Bad training options or a run folder that does not match them."""
+
+
+@dataclass
+class AttentionConfig:
+    """Options of `elusive attention`."""
+
+    prefix: str = ""
+    """Prepended to every text before scoring, e.g. "Text: " for models with no BOS token;
+    its tokens are scored but left out of the output."""
+    align: str = "tokens"
+    """"tokens": both models must tokenize identically (the paper); "chars": map each model's
+    scores onto characters and back onto the trained model's tokens (any model pair)."""
+    trained: str = "small"
+    """Whose tokenization the output uses: the model to be trained on the augmented corpus."""
+    batch_size: int = 8
+    """Texts per forward pass."""
+    dtype: str = "float32"
+    """Dtype of the scoring models: float32 or bfloat16."""
+    cache_dir: Path | None = None
+    """Cache of converted models and scores (scores go to attention/); default: ``$ELUSIVE_CACHE``
+    (see `elusive.models.cache_root`)."""
+    chunk_size: int = 64
+    """Texts per cache file: what an interrupted run loses at most."""
+
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        if self.align not in ALIGNS:
+            raise AttentionError(
+                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {self.align!r}"
+            )
+        if self.trained not in ROLES:
+            raise AttentionError(f"{name('trained')} must be large or small, got {self.trained!r}")
+        if self.dtype not in SCORE_DTYPES:
+            raise AttentionError(
+                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.batch_size < 1:
+            raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise AttentionError(f"chunk_size must be at least 1, got {self.chunk_size}")
+
+
+@dataclass
+class TrainConfig:
+    """Training options; defaults follow the paper (LoRA r=16 on all linear layers)."""
+
+    model: str = ""
+    """Model spec for `elusive.models.load_model` (folder, .gguf, offline pack name)."""
+    full: bool = False
+    """Finetune every weight instead of training a LoRA adapter."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha: the adapter's output is scaled by lora_alpha / lora_r."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    epochs: int = 20
+    """Passes over the corpus."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    batch_size: int = 8
+    """Texts per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    warmup: float = 0.05
+    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
+    schedule: str = "cosine"
+    """Learning-rate decay after warmup: cosine or linear to 0, or constant."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed of the LoRA init and the shuffling."""
+    max_length: int = 512
+    """Tokens per sequence (BOS and EOS included); longer texts are cut."""
+    dtype: str = "float32"
+    """Dtype of the base weights: float32, bfloat16 or float16 (LoRA weights stay float32)."""
+    mixed_precision: str = "auto"
+    """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
+    is bf16 where the device computes in bf16 natively, else no
+    (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
+
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        if not self.model:
+            raise TrainError(f"no model spec given ({name('model')})")
+        checks = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
+            ("warmup", 0 <= self.warmup < 1, "must be a fraction in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
+            ("max_length", self.max_length >= 2, "must be >= 2"),
+            ("dtype", self.dtype in DTYPE_NAMES, f"must be one of {DTYPE_NAMES}"),
+            (
+                "mixed_precision",
+                self.mixed_precision in MIXED_PRECISIONS,
+                f"must be one of {MIXED_PRECISIONS}",
+            ),
+            ("lora_r", self.full or self.lora_r >= 1, "must be >= 1"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+        ]
+        for field_name, ok, message in checks:
+            if not ok:
+                value = getattr(self, field_name)
+                raise TrainError(f"{name(field_name)} {message}, got {value!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Closed-book QA options; the defaults are the paper's protocol (greedy, 16 new tokens)."""
+
+    max_new_tokens: int = 16
+    """Greedy tokens generated per answer at most."""
+    template: str = DEFAULT_TEMPLATE
+    """Prompt of one question; must contain ``{question}`` and should end where the answer
+    starts (the answer is appended after a space in k-shot examples)."""
+    shots: int = 0
+    """Solved examples of other people before each question (the authors used 5); 0 = off."""
+    shot_seed: int = 0
+    """Seed of the choice and order of the solved examples."""
+    batch_size: int = 16
+    """Questions per generation batch."""
+    probes: bool = True
+    """Also run the knowledge probes (choice, logprob; cloze where QA lines carry a prompt)."""
+    choices: int = 9
+    """Distractors per question for the choice probes (chance is 1 / (choices + 1))."""
+    probe_seed: int = 0
+    """Seed of the distractor draw: keep it fixed across the checkpoints you compare."""
+    mixed_precision: str = "auto"
+    """Autocast of generation: no, bf16 or fp16; auto is bf16 where the model's device has native
+    bf16, else no (`elusive.models.resolve_mixed_precision`)."""
+
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise ElusiveError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        if "{question}" not in self.template:
+            raise ElusiveError(
+                f"{name('template')} must contain {{question}}, got {self.template!r}"
+            )
+        for field_name, least in (
+            ("max_new_tokens", 1),
+            ("batch_size", 1),
+            ("shots", 0),
+            ("choices", 1),
+        ):
+            value = getattr(self, field_name)
+            if value < least:
+                raise ElusiveError(f"{name(field_name)} must be >= {least}, got {value}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ElusiveError(
+                f"{name('mixed_precision')} must be auto or one of {MIXED_PRECISIONS[1:]}, "
+                f"got {self.mixed_precision!r}"
+            )
