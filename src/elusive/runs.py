@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
-from .evaluate import EvalConfig
 from .io import atomic_write_text
+from .options import EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
