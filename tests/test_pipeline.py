@@ -340,3 +340,52 @@ def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny
         assert stage_attention(run, progress=False) == "12 texts scored"
     assert len(read_scores(run.path("scores"))) == 12
     assert "text/s" not in capfd.readouterr().err  # tqdm's rate: no bar was drawn
+
+
+def test_a_run_killed_mid_training_resumes_to_identical_bytes(tmp_path, tiny_pair):
+    """SIGKILL (no cleanup at all) once the first epoch of the first training run is saved;
+    the rerun's scores, augmented corpora, adapters and evaluations equal an uninterrupted
+    run's byte for byte: all but the logs' wall-clock seconds and trainer_state.pt, which
+    torch.save stamps with a random serialization id (its tensors are compared instead)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    grid_ = {**SMALL_GRID, "train": {"lr": [1e-3], "epochs": [2], "batch_size": 4}}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **grid_))
+    whole = run_experiment(config, progress=False, echo=lambda _: None).root
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "elusive.cli", "run", str(tmp_path / "c.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env)
+    deadline = time.monotonic() + 300
+    while not list(killed.glob("train/small/*/epoch-1")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no epoch saved in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not list(killed.glob("eval/*/*/metrics.json"))  # killed before the end
+    run_experiment(load_config(tmp_path / "c.yaml"), killed, progress=False, echo=print)
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file()
+            and p.parts[len(root.parts)] in ("scores", "augment", "train", "eval")
+            and p.name not in ("log.json", "manifest.json", "run.json", "trainer_state.pt")
+        }
+
+    assert contents(killed) == contents(whole)
+    assert any(name.endswith("adapter_model.safetensors") for name in contents(whole))
+    for state in whole.glob("train/small/*/epoch-2/trainer_state.pt"):
+        a = torch.load(state, weights_only=False)
+        b = torch.load(killed / state.relative_to(whole), weights_only=False)
+        assert a["rng"]["python"] == b["rng"]["python"]
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+        for key, slots in a["optimizer"]["state"].items():
+            for name, value in slots.items():
+                assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)

@@ -151,6 +151,10 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
             )
             with quiet_peft():
                 model = get_peft_model(model, lora)
+        # peft holds the resolved target modules as a set and saves them in hash order, which
+        # varies between processes: sorted, adapter_config.json has the same bytes every run
+        lora_config = model.peft_config["default"]
+        lora_config.target_modules = sorted(lora_config.target_modules)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
@@ -316,6 +320,9 @@ def train(
         gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision
     )
     resume_dir = run_dir / f"epoch-{start}" if start else None
+    # Python's RNG, saved with the torch one at each epoch, starts from the seed too, so the
+    # saved state (and trainer_state.pt's bytes) do not depend on what ran before in the process
+    random.seed(config.seed)
     model, tokenizer = build_model(config, resume_dir)
     whole = tokenize_texts([r.text for r in records], tokenizer, None)
     cut = truncation(whole, config.max_length)
