@@ -164,6 +164,26 @@ def test_query_row_matches_naive_and_char_lookup(tiny):
         query_attention(model, tok, TEXT)
 
 
+def test_query_rows_batched_and_cached_match_one_by_one(tiny_dirs, tmp_path, monkeypatch):
+    """`query_attentions` (the report's Figure 2-3 path): right-padded batches and the cache
+    give each text's `query_attention`; a second call computes nothing."""
+    spec = str(tiny_dirs["llama"])
+    model, tok = load_model(spec)
+    texts = [r.text for r in _records(5)]
+    queries = [3, 9, 5, 12, 7]
+    config = AttentionConfig(cache_dir=tmp_path, batch_size=2, chunk_size=3, prefix="Text: ")
+    rows = attention.query_attentions(spec, texts, queries, config, progress=False)
+    for text, query, row in zip(texts, queries, rows, strict=True):
+        alone = query_attention(model, tok, text, query_token=query, prefix="Text: ")
+        assert (row.tokens, row.query, row.eligible) == (alone.tokens, query, alone.eligible)
+        torch.testing.assert_close(row.weights, alone.weights, atol=1e-6, rtol=0)
+    calls = _count_runs(monkeypatch)
+    assert attention.query_attentions(spec, texts, queries, config, progress=False) == rows
+    assert calls == []
+    with pytest.raises(AttentionError, match="text 1: query_token 999 out of range"):
+        attention.query_attentions(spec, texts[:2], [0, 999], config, progress=False)
+
+
 def test_tokenize_drops_prefix_and_keeps_offsets_in_the_text(tiny):
     _, tok = tiny
     text = "Ava Mia Smith, born 1970."
@@ -219,10 +239,10 @@ def test_cache_hit_recomputes_nothing_and_interrupted_runs_resume(
         with pytest.raises(KeyboardInterrupt):
             score_records(records, specs, config, progress=False)
     calls = _count_runs(monkeypatch)
-    first, prints = score_records(records, specs, config, progress=False)
+    first, prints, _ = score_records(records, specs, config, progress=False)
     assert sum(calls) == 2 * len(records) - 2  # the large model's first chunk was kept
     calls.clear()
-    again, _ = score_records(records, specs, config, progress=False)
+    again, _, _ = score_records(records, specs, config, progress=False)
     assert calls == []
     assert again == first
     assert prints["large"] != prints["small"]
@@ -234,7 +254,7 @@ def test_cache_hit_recomputes_nothing_and_interrupted_runs_resume(
 def test_contrast_rows_follow_the_contract(tiny_dirs, twin_dir, tmp_path):
     records = _records(3)
     specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
-    rows, _ = score_records(records, specs, AttentionConfig(cache_dir=tmp_path), progress=False)
+    rows, _, _ = score_records(records, specs, AttentionConfig(cache_dir=tmp_path), progress=False)
     model, tok = load_model(tiny_dirs["llama"])
     for record, row in zip(records, rows, strict=True):
         assert row.text_sha256 == record.sha256
@@ -258,7 +278,7 @@ def test_mismatched_tokenizers_name_the_first_differing_token(tiny_dirs, tmp_pat
         AttentionError, match=r"'p0'.*token 0: '<bos>' \(large\) vs '\w+' \(small\)"
     ):
         score_records(records, specs, AttentionConfig(cache_dir=tmp_path), progress=False)
-    rows, _ = score_records(
+    rows, _, _ = score_records(
         records, specs, AttentionConfig(cache_dir=tmp_path, align="chars"), progress=False
     )
     assert rows[0].tokens[0] != "<bos>"  # the trained (small, qwen2) model's tokens
@@ -268,11 +288,11 @@ def test_mismatched_tokenizers_name_the_first_differing_token(tiny_dirs, tmp_pat
 def test_chars_alignment_is_exact_for_identical_tokenizers(tiny_dirs, twin_dir, tmp_path):
     records = _records(2)
     specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
-    by_tokens, _ = score_records(
+    by_tokens, _, _ = score_records(
         records, specs, AttentionConfig(cache_dir=tmp_path), progress=False
     )
     config = AttentionConfig(cache_dir=tmp_path, align="chars")
-    by_chars, _ = score_records(records, specs, config, progress=False)
+    by_chars, _, _ = score_records(records, specs, config, progress=False)
     for a, b in zip(by_tokens, by_chars, strict=True):
         assert a.scores["small"] == b.scores["small"]
         assert a.scores["large"][1:] == pytest.approx(b.scores["large"][1:], abs=1e-6)

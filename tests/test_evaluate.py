@@ -101,7 +101,9 @@ def test_evaluator_scores_agree_with_the_metric(bios_qa, monkeypatch, tmp_path):
         f" {g}. He was" if i % 3 == 0 else f" {g.split()[0]} Smith\nQuestion:" if i % 3 == 1 else ""
         for i, g in enumerate(golds)
     ]
-    monkeypatch.setattr(ev, "answer_and_score", lambda m, t, prompts, c, p, cands: (canned, None))
+    monkeypatch.setattr(
+        ev, "answer_and_score", lambda m, t, prompts, c, p, cands, shared: (canned, None)
+    )
     result = evaluate_qa(None, None, bios_qa, EvalConfig(probes=False), progress=False)
     rows = [
         dict(

@@ -186,8 +186,9 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
 
 
 def test_two_processes_under_torchrun(tmp_path, tiny_pair):
-    """`accelerate launch`/`torchrun` with 2 CPU processes: both train (data parallel) and share
-    the evaluations; the main process alone writes the other stages and prints."""
+    """`accelerate launch`/`torchrun` with 2 CPU processes: both score, train (data parallel),
+    evaluate (two checkpoints one each, the third's questions shared) and analyse for the report;
+    the main process alone writes the corpus, augmentations and report, and prints."""
     import socket
     import subprocess
     import sys
@@ -197,7 +198,12 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
         port = s.getsockname()[1]
     overrides = {
         "seeds": [0],
-        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
+        "augment": {
+            "policies": ["none", "random", "contrast"],
+            "copies": 2,
+            "alpha": [0.7],
+            "beta": [0.03],
+        },
         "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
         "report": {"analysis_texts": 4},
     }
@@ -206,13 +212,19 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     command += ["--master_port", str(port), "-m", "elusive.cli", "run", str(config)]
     # two CPU processes, also on a GPU host (two processes cannot share one GPU under NCCL)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["ELUSIVE_CACHE"] = str(tmp_path / "cache")  # an empty score cache: both processes score
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("[4/6] train") == 1  # one process prints
     root = tmp_path / "run"
-    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 2
+    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3
+    assert "[6/6] report" in done.stdout
     summary = json.loads(root.joinpath("report", "report.json").read_text())
-    assert {row["policy"] for row in summary["rows"]} == {"none", "contrast"}
+    assert {row["policy"] for row in summary["rows"]} == {"none", "random", "contrast"}
+    assert summary["figures"]["analysis_texts"] == 4
+    manifest = json.loads(root.joinpath("scores", "manifest.json").read_text())
+    assert [p["rank"] for p in manifest["processes"]] == [0, 1]
+    assert all(p["texts"] > 0 for p in manifest["processes"])
 
 
 def test_packaged_demo_and_paper_configs_are_valid():

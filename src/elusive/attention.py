@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -288,22 +289,25 @@ def _batches(items: Sequence[Tokenized], batch_size: int) -> Iterator[list[int]]
         yield order[start : start + batch_size]
 
 
-def score_tokenized(
-    model: PreTrainedModel, items: Sequence[Tokenized], batch_size: int = 8
+def _score_batch(
+    model: PreTrainedModel,
+    items: Sequence[Tokenized],
+    batch: Sequence[int],
+    queries: Sequence[int] | None = None,
 ) -> list[list[float]]:
-    """s_j of every token (prefix included) of each item; right-padded batches."""
-    out: list[list[float]] = [[] for _ in items]
-    for batch in _batches(items, batch_size):
-        length = max(len(items[k].ids) for k in batch)
-        ids = torch.zeros(len(batch), length, dtype=torch.long)
-        mask = torch.zeros(len(batch), length, dtype=torch.long)
-        for row, k in enumerate(batch):
-            ids[row, : len(items[k].ids)] = torch.tensor(items[k].ids)
-            mask[row, : len(items[k].ids)] = 1
+    """s_j of every token of ``items[k]`` for k in `batch`, one right-padded forward pass; with
+    `queries`, the attention row of token ``queries[k]`` instead."""
+    length = max(len(items[k].ids) for k in batch)
+    ids = torch.zeros(len(batch), length, dtype=torch.long)
+    mask = torch.zeros(len(batch), length, dtype=torch.long)
+    for row, k in enumerate(batch):
+        ids[row, : len(items[k].ids)] = torch.tensor(items[k].ids)
+        mask[row, : len(items[k].ids)] = 1
+    if queries is None:
         scores = attention_received(model, ids, mask)  # [batch, length]
-        for row, k in enumerate(batch):
-            out[k] = scores[row, : len(items[k].ids)].tolist()
-    return out
+    else:
+        scores = attention_row(model, ids, torch.tensor([queries[k] for k in batch]), mask)
+    return [scores[row, : len(items[k].ids)].tolist() for row, k in enumerate(batch)]
 
 
 @dataclass
@@ -343,12 +347,17 @@ def query_attention(
     if not 0 <= query_token < len(kept):
         raise AttentionError(f"query_token {query_token} out of range 0..{len(kept) - 1}")
     row = attention_row(model, torch.tensor([tok.ids]), torch.tensor([kept[query_token]]))[0]
-    tokens = [tok.tokens[k] for k in kept]
+    return _query_result(tok, row.tolist(), query_token)
+
+
+def _query_result(tok: Tokenized, row: Sequence[float], query_token: int) -> QueryAttention:
+    """The `QueryAttention` of a text's attention row (over all its tokens, prefix included)."""
+    kept = tok.kept
     return QueryAttention(
-        tokens=tokens,
-        offsets=offsets,
+        tokens=[tok.tokens[k] for k in kept],
+        offsets=[tok.offsets[k] for k in kept],
         eligible=[is_eligible(tok.tokens[k], tok.special[k]) for k in kept],
-        weights=[float(row[k]) for k in kept],
+        weights=[row[k] for k in kept],
         query=query_token,
     )
 
@@ -453,33 +462,56 @@ def read_scores(scores_dir: str | Path) -> list[TextScores]:
 
 class ScoreCache:
     """Scores of one model (and dtype) keyed by text: JSON chunk files, each written atomically,
-    so an interrupted run keeps every finished chunk."""
+    so an interrupted run keeps every finished chunk. Processes scoring side by side write
+    chunks of their own texts and read each other's (`refresh`)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.entries: dict[str, dict[str, Any]] = {}
-        for path in sorted(folder.glob("chunk-*.json")):
+        self.read: set[str] = set()  # names of the chunk files in `entries`
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the chunk files not read yet (written since, e.g. by other processes)."""
+        for path in sorted(self.folder.glob("chunk-*.json")):
+            if path.name in self.read:
+                continue
             try:
                 self.entries.update(json.loads(path.read_text("utf-8")))
             except (OSError, ValueError):
                 continue  # a damaged chunk is recomputed
+            self.read.add(path.name)
 
     @staticmethod
-    def key(prefix: str, text: str) -> str:
-        return hashlib.sha256(json.dumps([prefix, text]).encode("utf-8")).hexdigest()
+    def key(prefix: str, text: str, query: int | None = None) -> str:
+        """The key of a text's scores, or of the attention row of its token `query`."""
+        return hashlib.sha256(
+            json.dumps([prefix, text] if query is None else [prefix, text, query]).encode("utf-8")
+        ).hexdigest()
 
     def get(self, key: str, ids: list[int]) -> list[float] | None:
         entry = self.entries.get(key)
         return entry["scores"] if entry is not None and entry["ids"] == ids else None
 
     def put(self, entries: dict[str, dict[str, Any]]) -> None:
-        name = hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()[:16]
-        atomic_write_text(self.folder / f"chunk-{name}.json", json.dumps(entries))
+        name = f"chunk-{hashlib.sha256(''.join(sorted(entries)).encode()).hexdigest()[:16]}.json"
+        atomic_write_text(self.folder / name, json.dumps(entries))
         self.entries.update(entries)
+        self.read.add(name)
 
 
 def _round(x: float) -> float:
     return float(f"{x:.7g}")
+
+
+@dataclass
+class _Scored:
+    """One model's cached scores of every item, and what this process computed of them."""
+
+    fingerprint: str
+    scores: list[list[float]]
+    texts: int
+    tokens: int
 
 
 def _model_scores(
@@ -489,33 +521,67 @@ def _model_scores(
     items: Sequence[Tokenized],
     config: AttentionConfig,
     progress: bool,
-) -> tuple[str, list[list[float]]]:
-    """(fingerprint, scores of every token of each item), computing only what the cache lacks."""
+    queries: Sequence[int] | None = None,
+) -> _Scored:
+    """s_j of every token of each item (with `queries`: the attention row of token
+    ``queries[n]`` of item n), computing only what the cache lacks.
+
+    The texts missing from the cache are cut into the batches one process runs (chunks of
+    ``config.chunk_size`` texts in input order, each batched longest first) and under
+    `accelerate launch` every process runs its share of those batches (`elusive.parallel`,
+    balanced by padded tokens) and writes them to the cache, where the others read them: each
+    score is computed in the batch one process would compute it in, so the scores do not depend
+    on the number of processes. A collective: every process must call it alike.
+    """
     from tqdm.auto import tqdm
 
     from .models import DTYPES, cache_root, load_model, model_fingerprint
+    from .parallel import my_share, process_state
 
+    state = process_state()
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
     cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")
-    keys = [ScoreCache.key(config.prefix, t) for t in texts]
+    keys = [
+        ScoreCache.key(config.prefix, t, None if queries is None else queries[n])
+        for n, t in enumerate(texts)
+    ]
     missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
-    if missing:
+    state.wait_for_everyone()  # every process has read the cache before any writes to it
+    batches = []  # (chunk start, indices of items): the one-process order
+    for start in range(0, len(missing), config.chunk_size):
+        chunk = missing[start : start + config.chunk_size]
+        for batch in _batches([items[n] for n in chunk], config.batch_size):
+            batches.append((start, [chunk[k] for k in batch]))
+    mine = [
+        batches[b]
+        for b in my_share([len(ns) * max(len(items[n].ids) for n in ns) for _, ns in batches])
+    ]
+    done = sum(len(ns) for _, ns in mine)
+    if mine:
         model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
-        done = len(items) - len(missing)
         with tqdm(
-            total=len(items), initial=done, desc=role, unit="text", disable=not progress
+            total=len(items) - len(missing) + done,
+            initial=len(items) - len(missing),
+            desc=role,
+            unit="text",
+            disable=not (progress and state.is_main_process),
         ) as bar:
-            for start in range(0, len(missing), config.chunk_size):
-                chunk = missing[start : start + config.chunk_size]
-                scores = score_tokenized(model, [items[n] for n in chunk], config.batch_size)
-                cache.put(
-                    {
-                        keys[n]: {"ids": items[n].ids, "scores": [_round(x) for x in s]}
-                        for n, s in zip(chunk, scores, strict=True)
-                    }
-                )
-                bar.update(len(chunk))
-    return fingerprint, [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)]
+            for _, group in itertools.groupby(mine, key=lambda pair: pair[0]):
+                entries = {}
+                for _, batch in group:
+                    scores = _score_batch(model, items, batch, queries)
+                    for n, s in zip(batch, scores, strict=True):
+                        entries[keys[n]] = {"ids": items[n].ids, "scores": [_round(x) for x in s]}
+                    bar.update(len(batch))
+                cache.put(entries)
+    state.wait_for_everyone()  # every share is in the cache
+    cache.refresh()
+    return _Scored(
+        fingerprint,
+        [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)],
+        texts=done,
+        tokens=sum(len(items[n].ids) for _, ns in mine for n in ns),
+    )
 
 
 def _check_same_tokens(record: Record, large: Tokenized, small: Tokenized) -> None:
@@ -577,10 +643,13 @@ def score_records(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
-) -> tuple[list[TextScores], dict[str, str]]:
+) -> tuple[list[TextScores], dict[str, str], list[dict[str, int]]]:
     """Score every record with each model of `specs` ({"large": s, "small": s} or
-    {"model": s}). Returns the rows and each role's model fingerprint."""
+    {"model": s}). Returns the rows, each role's model fingerprint and, per process (one unless
+    launched with several: see `_model_scores`), the texts and tokens it scored over all roles.
+    A collective: under `accelerate launch` every process must call it alike."""
     from .models import load_tokenizer
+    from .parallel import gather, process_state
 
     config = config or AttentionConfig()
     config.validate()
@@ -596,11 +665,20 @@ def score_records(
     if len(specs) == 2 and config.align == "tokens":
         for n, record in enumerate(records):
             _check_same_tokens(record, items["large"][n], items["small"][n])
-    raw, fingerprints = {}, {}
-    for role, spec in specs.items():
-        fingerprints[role], raw[role] = _model_scores(
-            spec, role, texts, items[role], config, progress
-        )
+    scored = {
+        role: _model_scores(spec, role, texts, items[role], config, progress)
+        for role, spec in specs.items()
+    }
+    raw = {role: s.scores for role, s in scored.items()}
+    processes = gather(
+        [
+            {
+                "rank": process_state().process_index,
+                "texts": sum(s.texts for s in scored.values()),
+                "tokens": sum(s.tokens for s in scored.values()),
+            }
+        ]
+    )
 
     rows = []
     for n, record in enumerate(records):
@@ -631,7 +709,35 @@ def score_records(
                 rank=rank_desc(contrast if contrast is not None else scores[trained], eligible),
             )
         )
-    return rows, fingerprints
+    return rows, {role: s.fingerprint for role, s in scored.items()}, processes
+
+
+def query_attentions(
+    spec: str,
+    texts: Sequence[str],
+    queries: Sequence[int],
+    config: AttentionConfig | None = None,
+    *,
+    progress: bool = True,
+) -> list[QueryAttention]:
+    """`query_attention` of many texts under model `spec`: the attention row of token
+    ``queries[n]`` (an index among the output tokens) of text n. Batched, cached and shared
+    among launched processes as `score_records` is (a collective too); `config` gives the
+    prefix, dtype, batch size and cache."""
+    from .models import load_tokenizer
+
+    config = config or AttentionConfig()
+    config.validate()
+    tokenizer = load_tokenizer(spec, cache_dir=config.cache_dir)
+    items = [tokenize(tokenizer, t, config.prefix) for t in texts]
+    for n, (item, query) in enumerate(zip(items, queries, strict=True)):
+        if not 0 <= query < len(item.kept):
+            raise AttentionError(
+                f"text {n}: query_token {query} out of range 0..{len(item.kept) - 1}"
+            )
+    positions = [item.kept[q] for item, q in zip(items, queries, strict=True)]
+    rows = _model_scores(spec, "query rows", texts, items, config, progress, positions).scores
+    return [_query_result(i, r, q) for i, r, q in zip(items, rows, queries, strict=True)]
 
 
 def score_corpus(
@@ -645,17 +751,23 @@ def score_corpus(
     """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`).
 
     The manifest names the corpus relative to the scores folder, so `augment` finds it from
-    any working folder, and after both are moved together."""
+    any working folder, and after both are moved together; its ``processes`` say what each
+    process scored. Under `accelerate launch` the processes share the scoring and the main
+    one writes the folder, the bytes of ``scores.jsonl`` a single process writes."""
+    from .parallel import process_state
+
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     records = read_corpus(corpus)
-    rows, fingerprints = score_records(records, specs, config, progress=progress)
+    rows, fingerprints, processes = score_records(records, specs, config, progress=progress)
     manifest = {
         "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
         "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),
         "prefix": config.prefix,
         "align": config.align,
         "trained": config.trained if "model" not in specs else "model",
+        "processes": processes,
     }
-    write_scores(out_dir, manifest, rows)
+    if process_state().is_main_process:
+        write_scores(out_dir, manifest, rows)
     return rows

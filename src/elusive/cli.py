@@ -188,6 +188,7 @@ def attention_cmd(
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
+    from .parallel import process_state
 
     if model is not None and (large or small):
         fail("give either --model or --large/--small, not both")
@@ -208,7 +209,8 @@ def attention_cmd(
         cache_dir=cache_dir,
     )
     rows = score_corpus(specs, corpus, out, config)
-    typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
+    if process_state().is_main_process:  # under `accelerate launch`: one process prints
+        typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
 
 # --- augment commands (issue 4)
@@ -337,11 +339,14 @@ def evaluate_command(
 
     from .evaluate import evaluate_model, scores_table
     from .models import DTYPES
+    from .parallel import process_state
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
+    if not process_state().is_main_process:  # under `accelerate launch`: one process prints
+        return
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
 

@@ -127,6 +127,7 @@ def answer_and_score(
     config: EvalConfig,
     progress: bool = True,
     candidates: Sequence[Sequence[str]] | None = None,
+    shared: bool = True,
 ) -> tuple[list[str], list[list[CandidateScore]] | None]:
     """Greedy continuations of `prompts` and, with `candidates` (one list per prompt), the
     log-probability of each candidate answer after its prompt (see `elusive.probes`).
@@ -136,11 +137,18 @@ def answer_and_score(
     complete (`answer_complete`: the tokens after that would not change `cut_answer`), or after
     ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
     generation built for the prompt, so they cost no prompt pass of their own.
+
+    Under `accelerate launch`, with `shared`, every process runs its share of these batches
+    (`elusive.parallel`, balanced by tokens) and gets everyone's results: a collective, so all
+    processes must call it alike. Each batch holds the prompts it holds in one process, and
+    left padding makes a row's numbers depend on its batch, so the results are the ones one
+    process gives, whatever the number of processes. ``shared=False`` runs every batch here.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, StoppingCriteriaList
 
     from .models import resolve_mixed_precision
+    from .parallel import gather, my_share, process_state
     from .probes import candidate_ids, left_pad, model_cache, pad_id, score_after_prompts
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
@@ -157,6 +165,10 @@ def answer_and_score(
     texts: list[str] = [""] * len(prompts)
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    if shared:  # cost: the tokens each row holds once it has generated every new token
+        costs = [len(b) * (len(encoded[b[-1]]) + config.max_new_tokens) for b in batches]
+        batches = [batches[b] for b in my_share(costs)]
+        progress = progress and process_state().is_main_process
     device = next(model.parameters()).device
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU (README).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
@@ -183,6 +195,9 @@ def answer_and_score(
                 )
             for i, score in zip(batch, batch_scores, strict=True):
                 scores[i] = score
+    if shared:
+        for i, text, score in gather([(i, texts[i], scores[i]) for b in batches for i in b]):
+            texts[i], scores[i] = text, score
     return texts, (scores if cand_ids is not None else None)
 
 
@@ -243,11 +258,13 @@ def evaluate_qa(
     config: EvalConfig | None = None,
     pool: Sequence[QAItem] | None = None,
     progress: bool = True,
+    shared: bool = True,
 ) -> EvalResult:
     """Closed-book QA (prompt, generate greedily, cut, score) and, with ``config.probes``, the
     knowledge probes: ``choice`` and ``logprob`` after the QA prompt, and for items with a
     cloze prompt its greedy ``cloze_em``/``cloze_f1`` and ``cloze_choice``/``cloze_logprob``.
-    Both choices use the same distractors."""
+    Both choices use the same distractors. `shared`: the launched processes share the
+    questions (see `answer_and_score`)."""
     from .probes import candidates, judge, pick_distractors
 
     config = config or EvalConfig()
@@ -256,7 +273,7 @@ def evaluate_qa(
     if config.probes:
         distractors = pick_distractors(items, config.choices, config.probe_seed)
         cands = candidates(items, distractors)
-    outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands)
+    outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands, shared)
     rows = score_predictions(items, outputs)
     if not config.probes:
         return EvalResult(aggregate(rows), rows)
@@ -271,7 +288,7 @@ def evaluate_qa(
         wrong = [distractors[i] for i in asked]
         outputs, scores = answer_and_score(
             model, tokenizer, [item.cloze for item in cloze_items], config, progress,
-            [cands[i] for i in asked],
+            [cands[i] for i in asked], shared,
         )  # fmt: skip
         probed = judge(cloze_items, wrong, scores)
         for i, item, output, probe in zip(asked, cloze_items, outputs, probed, strict=True):
@@ -351,9 +368,11 @@ def evaluate_model(
     shots_from: str | Path | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions."""
+    """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions.
+    Under `accelerate launch` the processes share the questions and the main one writes."""
     from .corpus import read_qa
     from .io import check_out_dir
+    from .parallel import process_state
 
     config = config or EvalConfig()
     config.validate()
@@ -369,5 +388,6 @@ def evaluate_model(
         "shots_from": None if shots_from is None else str(shots_from),
         "config": dataclasses.asdict(config),
     }
-    write_eval(out_dir, result, meta)
+    if process_state().is_main_process:
+        write_eval(out_dir, result, meta)
     return result

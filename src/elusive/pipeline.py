@@ -87,7 +87,8 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
 
 
 def stage_attention(run: Run, progress: bool) -> str:
-    """Score every text with the large and the small model (cached per model and text)."""
+    """Score every text with the large and the small model (cached per model and text); every
+    launched process scores its share (`elusive.attention.score_corpus`)."""
     from .attention import AttentionConfig, score_corpus
 
     out = run.path("scores")
@@ -153,15 +154,23 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
 
 
 def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
-    """Evaluate every (training run, epoch) not yet evaluated; process `rank` of `world`
-    takes every world-th one."""
+    """Evaluate every (training run, epoch) not yet evaluated. While at least `world` are left,
+    process `rank` takes every world-th one alone (nothing to exchange); all processes share the
+    questions of the last ones (fewer than `world`), so none waits idle for a whole checkpoint.
+    Either way each checkpoint's answers are the ones a single process gives."""
     from .evaluate import evaluate_qa, load_for_eval, write_eval
     from .models import DTYPES
+    from .parallel import process_state
 
     questions = read_qa(run.path("corpus", "qa.jsonl"))
     done = 0
     todo = [(c, e, d) for c, e, d in eval_dirs(run) if not (d / "metrics.json").exists()]
-    for cell, epoch, out in todo[rank::world]:
+    process_state().wait_for_everyone()  # every process has listed the work before any writes
+    rounds = len(todo) - len(todo) % world  # the checkpoints evaluated one per process
+    for index, (cell, epoch, out) in enumerate(todo):
+        shared = index >= rounds
+        if not shared and index % world != rank:
+            continue
         checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
         spec = getattr(run.config.models, cell.role)
         dtype = DTYPES[run.config.train.dtype]
@@ -169,9 +178,12 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
             model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype)
         else:
             model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype)
-        result = evaluate_qa(model, tokenizer, questions, run.config.evaluate, progress=progress)
-        write_eval(out, result, {"cell": cell.__dict__, "epoch": epoch})
-        done += 1
+        result = evaluate_qa(
+            model, tokenizer, questions, run.config.evaluate, progress=progress, shared=shared
+        )
+        if run.is_main or not shared:
+            write_eval(out, result, {"cell": cell.__dict__, "epoch": epoch})
+            done += 1
     total = sum(1 for _ in eval_dirs(run))
     return f"{total} evaluations ({done} new)"
 
@@ -191,13 +203,13 @@ def run_experiment(
 ) -> Run:
     """Run every stage of `config` (skipping finished work) and return the run.
 
-    Under `accelerate launch` every process trains (data parallel) and evaluates its share of
-    the checkpoints; the main process alone runs the other stages while the rest wait.
+    Under `accelerate launch` every process scores its share of the texts, trains (data
+    parallel), evaluates its share of the checkpoints and questions and scores its share of the
+    report's analysis texts; the main process alone runs the other stages while the rest wait.
     """
-    import torch
-    from accelerate import PartialState
+    from .parallel import process_state
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # torchrun on CPUs: gloo
+    state = process_state()
     run = Run(config, out, is_main=state.is_main_process)
     with state.main_process_first():
         run.open(echo)
@@ -214,7 +226,7 @@ def run_experiment(
         if run.is_main:
             run.refresh(name, echo)
         state.wait_for_everyone()
-        if run.is_main or name in ("train", "evaluate"):
+        if run.is_main or name not in ("corpus", "augment"):
             run.stage(name, stages[name], echo)
         state.wait_for_everyone()
     return run

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .bios import FIELDS
 from .corpus import Record
@@ -22,6 +23,9 @@ from .errors import ElusiveError
 from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
+
+if TYPE_CHECKING:
+    from .attention import AttentionConfig
 
 
 def _token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -254,38 +258,40 @@ def top_rank_counts(
 
 
 def company_query_rows(
-    records: Sequence[Record], specs: Mapping[str, str], prefix: str = "", dtype: str = "float32"
+    records: Sequence[Record], specs: Mapping[str, str], config: AttentionConfig | None = None
 ) -> dict[str, list[dict]]:
     """Per model role, the attention row of the token just before the company value of each
-    biography (mean over layers and heads) with each token's category.
+    biography (mean over layers and heads) with each token's category; computed and cached as
+    `elusive.attention.query_attentions` does (under `accelerate launch` a collective: the
+    processes share the texts).
 
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
     """
-    from .attention import query_attention, tokenize
-    from .models import DTYPES, load_model
+    from .attention import AttentionConfig, query_attentions, tokenize
+    from .models import load_tokenizer
 
+    config = config or AttentionConfig()
     out: dict[str, list[dict]] = {}
     for role, spec in specs.items():
-        model, tokenizer = load_model(spec, dtype=DTYPES[dtype])
-        rows = []
+        tokenizer = load_tokenizer(spec, cache_dir=config.cache_dir)
+        queries = []
         for record in records:
             start = record.spans["company"][0]
-            tok = tokenize(tokenizer, record.text, prefix)
+            tok = tokenize(tokenizer, record.text, config.prefix)
             offsets = [tok.offsets[k] for k in tok.kept]
-            before = max(n for n, (s, e) in enumerate(offsets) if s < e <= start)
-            row = query_attention(model, tokenizer, record.text, query_token=before, prefix=prefix)
-            categories = token_categories(record, row.offsets, row.query)
-            rows.append(
-                {
-                    "weights": row.weights,
-                    "eligible": row.eligible,
-                    "categories": categories,
-                    "query": row.query,
-                    "tokens": row.tokens,
-                }
-            )
-        out[role] = rows
-        del model
+            queries.append(max(n for n, (s, e) in enumerate(offsets) if s < e <= start))
+        texts = [record.text for record in records]
+        rows = query_attentions(spec, texts, queries, config, progress=False)
+        out[role] = [
+            {
+                "weights": row.weights,
+                "eligible": row.eligible,
+                "categories": token_categories(record, row.offsets, row.query),
+                "query": row.query,
+                "tokens": row.tokens,
+            }
+            for record, row in zip(records, rows, strict=True)
+        ]
     return out
 
 
@@ -313,8 +319,11 @@ def _counts(rows: Sequence[dict], top: int) -> list[dict[str, int]]:
 
 def _analysis(run) -> dict[str, list[dict]]:
     """Company-query attention rows of both models over `report.analysis_texts` fresh
-    biographies (same generator settings as the corpus), cached in report/analysis.json."""
+    biographies (same generator settings as the corpus), cached in report/analysis.json. Under
+    `accelerate launch` every process calls it and scores its share (`company_query_rows`)."""
+    from .attention import AttentionConfig
     from .bios import generate_bios
+    from .config import options
     from .io import atomic_write_text
 
     config = run.config
@@ -326,8 +335,9 @@ def _analysis(run) -> dict[str, list[dict]]:
             return cached["rows"]
     records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]
     specs = {"large": config.models.large, "small": config.models.small}
-    rows = company_query_rows(records, specs, config.attention.prefix, config.attention.dtype)
-    atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
+    rows = company_query_rows(records, specs, AttentionConfig(**options(config.attention)))
+    if run.is_main:
+        atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
     return rows
 
 
@@ -336,12 +346,17 @@ PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 
 
 def write_report(run) -> list[Path]:
-    """Write report.md, report.json and the figures into the run's report/ folder."""
+    """Write report.md, report.json and the figures into the run's report/ folder. Under
+    `accelerate launch` every process calls it: they share the attention analysis of Figures
+    2-3 (`_analysis`), then the main process writes everything (the others return [])."""
     from .corpus import read_corpus
     from .io import atomic_write_text
     from .models import load_tokenizer
 
     config = run.config
+    analysis = _analysis(run) if config.corpus.bios is not None else None
+    if not run.is_main:
+        return []
     out = run.path("report")
     summary = summarize(run)
     lines = [f"# elusive report: {run.root}", "", markdown_tables(summary)]
@@ -366,14 +381,13 @@ def write_report(run) -> list[Path]:
             for r in summary["rows"]
         }
         written.append(plot_accuracy_vs_distance(distances, results, out / "fig1.png"))
-        rows = _analysis(run)
         top = 10
-        counts = {role: _counts(rows[role], top) for role in ("large", "small")}
-        counts["large - small"] = _counts(contrast_rows(rows["large"], rows["small"]), top)
+        counts = {role: _counts(analysis[role], top) for role in ("large", "small")}
+        counts["large - small"] = _counts(contrast_rows(analysis["large"], analysis["small"]), top)
         summary["figures"] = {
             "distance_from_name": {f: sum(d) / len(d) for f, d in distances.items() if d},
             "top_rank_categories": counts,
-            "analysis_texts": len(rows["large"]),
+            "analysis_texts": len(analysis["large"]),
         }
         panels = {
             f"{role}: {getattr(config.models, role)}": counts[role] for role in ("large", "small")
@@ -384,7 +398,7 @@ def write_report(run) -> list[Path]:
                 {"large - small (contrast)": counts["large - small"]}, out / "fig3.png"
             )
         )
-        n = len(rows["large"])
+        n = len(analysis["large"])
         figures += [
             "- fig1.png: test QA EM (and cloze EM) per field against the field's mean token "
             "distance from the name (Figure 1).",
