@@ -58,7 +58,10 @@ class AttentionError(ElusiveError):
 class _Reduction:
     """Folds blocks of attention probabilities ``[batch, heads, block, k1]`` (the first k1 <= T
     keys: the rest are masked for the block) into a ``[batch, T]`` sum over layers, heads and
-    (some) queries."""
+    (some) queries.
+
+    A model dispatched over several devices runs each layer on its own: a block is reduced on
+    its layer's device and only the ``[batch, k1]`` result moves to the total's device."""
 
     def __init__(self, valid: torch.Tensor) -> None:
         self.valid = valid  # [batch, T] bool: real tokens, not padding
@@ -68,15 +71,19 @@ class _Reduction:
     def update(self, probs: torch.Tensor, q0: int) -> None:
         raise NotImplementedError
 
+    def add(self, summed: torch.Tensor) -> None:
+        """Add one block's ``[batch, k1]`` sum, from any device, to the first k1 keys."""
+        self.total[:, : summed.shape[1]] += summed.to(self.total.device)
+
 
 class _ColumnSum(_Reduction):
     """Sum of each key's column over all real queries."""
 
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
-        weights = self.valid[:, q0 : q0 + probs.shape[2]].float()  # [batch, block]
+        weights = self.valid[:, q0 : q0 + probs.shape[2]].to(probs.device, torch.float32)
         per_query = probs.sum(dim=1)  # [batch, block, k1]: heads first, no copy of probs
-        self.total[:, : probs.shape[3]] += torch.bmm(weights[:, None], per_query)[:, 0]
+        self.add(torch.bmm(weights[:, None], per_query)[:, 0])
 
 
 class _QueryRow(_Reduction):
@@ -88,12 +95,12 @@ class _QueryRow(_Reduction):
 
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
-        local = self.query - q0  # [batch]
+        local = self.query.to(probs.device) - q0  # [batch]
         inside = (local >= 0) & (local < probs.shape[2])
         rows = probs[
             torch.arange(len(local), device=local.device), :, local.clamp(0, probs.shape[2] - 1)
         ]  # [b, h, k]
-        self.total[:, : probs.shape[3]] += rows.sum(1) * inside[:, None]
+        self.add(rows.sum(1) * inside[:, None])
 
 
 _ACTIVE: ContextVar[_Reduction | None] = ContextVar("elusive_attention_reduction", default=None)
@@ -188,15 +195,18 @@ def _run(
     attention_mask: torch.Tensor,  # [batch, T] 1 = token, 0 = padding (either side)
     reduction: _Reduction,
 ) -> None:
-    """One forward pass of the decoder stack (no LM head) feeding `reduction`; the inputs must
-    be on the model's device (see `_on_model`)."""
+    """One forward pass feeding `reduction`; the inputs must be on the model's input device
+    (see `_on_model`). The LM head runs on the last position only (`logits_to_keep`): the whole
+    model is called, not its decoder stack, so that accelerate's hooks of a model dispatched as
+    one piece (device map ``{"": "disk"}``) still bring its weights in."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, T]
     with _collecting(model, reduction), torch.inference_mode():
-        model.base_model(
+        model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
+            logits_to_keep=1,
         )
 
 
@@ -233,9 +243,13 @@ def attention_row(
 def _on_model(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) on the model's device; a missing mask is all ones."""
+    """(input_ids, attention_mask) on the model's input device (`elusive.models.input_device`:
+    a dispatched model's first device); a missing mask is all ones."""
+    from .models import input_device
+
+    device = input_device(model)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    return input_ids.to(model.device), mask.to(model.device)
+    return input_ids.to(device), mask.to(device)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -537,8 +551,10 @@ def _model_scores(
     items: Sequence[Tokenized],
     config: AttentionConfig,
     progress: bool,
+    placement: dict[str, Any],
 ) -> tuple[str, list[list[float]]]:
-    """(fingerprint, scores of every token of each item), computing only what the cache lacks."""
+    """(fingerprint, scores of every token of each item), computing only what the cache lacks;
+    `placement` holds `load_model`'s device_map and max_memory."""
     from tqdm.auto import tqdm
 
     from .models import DTYPES, cache_root, load_model, model_fingerprint
@@ -548,7 +564,7 @@ def _model_scores(
     keys = [ScoreCache.key(config.prefix, t) for t in texts]
     missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
     if missing:
-        model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
+        model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir, **placement)
         done = len(items) - len(missing)
         with tqdm(
             total=len(items), initial=done, desc=role, unit="text", disable=not progress
@@ -625,13 +641,18 @@ def score_records(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> tuple[list[TextScores], dict[str, str]]:
     """Score every record with each model of `specs` ({"large": s, "small": s} or
-    {"model": s}). Returns the rows and each role's model fingerprint."""
-    from .models import load_tokenizer
+    {"model": s}). Returns the rows and each role's model fingerprint. `device_map` and
+    `max_memory` dispatch each model over several devices (`elusive.models.load_model`)."""
+    from .models import check_placement, load_tokenizer
 
     config = config or AttentionConfig()
     config.validate()
+    check_placement(device_map, max_memory)
+    placement = {"device_map": device_map, "max_memory": max_memory}
     if sorted(specs) not in (sorted(ROLES), ["model"]):
         raise AttentionError(f"give a large and a small model, or one model; got {sorted(specs)}")
     trained = config.trained if "model" not in specs else "model"
@@ -647,7 +668,7 @@ def score_records(
     raw, fingerprints = {}, {}
     for role, spec in specs.items():
         fingerprints[role], raw[role] = _model_scores(
-            spec, role, texts, items[role], config, progress
+            spec, role, texts, items[role], config, progress, placement
         )
 
     rows = []
@@ -689,15 +710,20 @@ def score_corpus(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> list[TextScores]:
-    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`).
+    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`);
+    `device_map` and `max_memory` as in `score_records`.
 
     The manifest names the corpus relative to the scores folder, so `augment` finds it from
     any working folder, and after both are moved together."""
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     records = read_corpus(corpus)
-    rows, fingerprints = score_records(records, specs, config, progress=progress)
+    rows, fingerprints = score_records(
+        records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory
+    )
     manifest = {
         "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
         "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),

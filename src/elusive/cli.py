@@ -132,6 +132,20 @@ def parse_template(text: str) -> str:
     return text.replace("\\n", "\n")
 
 
+def parse_placement(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
+    """--device-map and --max-memory, each read as YAML as in a run config (``auto``,
+    ``{0: 20GiB, cpu: 60GiB}``), as the keyword arguments of `elusive.models.load_model`."""
+    from .config import yaml_value
+    from .models import check_placement
+
+    placement = {
+        "device_map": yaml_value("--device-map", device_map),
+        "max_memory": yaml_value("--max-memory", max_memory),
+    }
+    check_placement(**placement)
+    return placement
+
+
 _show_warning = warnings.showwarning
 
 
@@ -199,6 +213,8 @@ def attention_cmd(
     batch_size: int = config_option(ATTENTION, "batch_size"),
     dtype: str = config_option(ATTENTION, "dtype"),
     cache_dir: Path | None = config_option(ATTENTION, "cache_dir"),
+    device_map: str | None = config_option(MODELS, "device_map"),
+    max_memory: str | None = config_option(MODELS, "max_memory"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import AttentionConfig, score_corpus
@@ -221,7 +237,7 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    rows = score_corpus(specs, corpus, out, config)
+    rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
     typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
 
@@ -300,6 +316,7 @@ def train_command(
     lora_r: int = config_option(TRAIN, "lora_r"),
     lora_alpha: int = config_option(TRAIN, "lora_alpha"),
     lora_dropout: float = config_option(TRAIN, "lora_dropout"),
+    quantize: str = config_option(TRAIN, "quantize"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import TrainConfig, train
@@ -308,7 +325,7 @@ def train_command(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
         schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
-        dtype=dtype, mixed_precision=mixed_precision,
+        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize,
     )  # fmt: skip
     last = train(config, corpus, out)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
@@ -347,6 +364,8 @@ def evaluate_command(
     dtype: str = config_option(TRAIN, "dtype"),
     probes: bool = config_option(EVAL, "probes"),
     choices: int = config_option(EVAL, "choices"),
+    device_map: str | None = config_option(MODELS, "device_map"),
+    max_memory: str | None = config_option(MODELS, "max_memory"),
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -357,7 +376,8 @@ def evaluate_command(
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
-    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
+    placement = parse_placement(device_map, max_memory)
+    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
 

@@ -25,11 +25,13 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -39,7 +41,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .errors import ElusiveError
+from .errors import ElusiveError, flag
 
 TINY_ARCHS = ("llama", "qwen2")
 MARKER = "elusive-conversion.json"
@@ -184,19 +186,134 @@ def resolve_mixed_precision(value: str, device: torch.device | None = None) -> s
     return "bf16" if native_bf16(device) else "no"
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's ways of spreading a model over the devices by itself (`device_map`)."""
+
+
+def check_placement(device_map: Any, max_memory: Any, name: Callable[[str], str] = flag) -> None:
+    """Fail with one line, naming the option by ``name(field)``, on a `device_map` or
+    `max_memory` that accelerate's big-model dispatch would not take (see `load_model`)."""
+    where = name("device_map")
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise ModelSpecError(f"{where} is an empty mapping")
+        for module, device in device_map.items():
+            if not isinstance(module, str) or not _is_device(device, disk=True):
+                raise ModelSpecError(
+                    f"{where} maps {module!r} to {device!r}: give module names and devices "
+                    "(a GPU index, cpu, cuda:N or disk)"
+                )
+    elif device_map is not None and device_map not in DEVICE_MAP_STRATEGIES:
+        if not _is_device(device_map, disk=False):
+            raise ModelSpecError(
+                f"{where} must be one of {', '.join(DEVICE_MAP_STRATEGIES)}, a device or a "
+                f"mapping of module names to devices, got {device_map!r}"
+            )
+    if max_memory is None:
+        return
+    where = name("max_memory")
+    if device_map is None:
+        raise ModelSpecError(f"{where} needs {name('device_map')} (e.g. auto)")
+    if not isinstance(max_memory, dict) or not max_memory:
+        raise ModelSpecError(
+            f"{where} must map devices to sizes, e.g. {{0: 20GiB, cpu: 60GiB}}, got {max_memory!r}"
+        )
+    from accelerate.utils import convert_file_size_to_int
+
+    for device, size in max_memory.items():
+        if not _is_device(device, disk=False):
+            raise ModelSpecError(f"{where} {device!r} is not a device (a GPU index or cpu)")
+        try:
+            if isinstance(size, bool) or not isinstance(size, int | str):
+                raise ValueError(size)
+            convert_file_size_to_int(size)
+        except ValueError:
+            raise ModelSpecError(
+                f"{where} {size!r} (of {device!r}) is not a size (bytes, or e.g. 20GiB, 500MB)"
+            ) from None
+
+
+def _is_device(value: Any, disk: bool) -> bool:
+    """Whether accelerate takes `value` as a device: a GPU index, a torch device name such as
+    cpu or cuda:1, or (where weights may go) disk."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    if not isinstance(value, str):
+        return False
+    if value == "disk":
+        return disk
+    try:
+        torch.device(value)
+    except RuntimeError:
+        return False
+    return True
+
+
 def load_model(
     spec: str | Path,
     dtype: torch.dtype = torch.float32,
     *,
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+    quantization_config: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from a model spec, in eval mode, on `device` (default:
-    :func:`default_device`)."""
+    :func:`default_device`).
+
+    With `device_map` the model is dispatched by accelerate instead, for a model larger than
+    one device: a strategy (:data:`DEVICE_MAP_STRATEGIES`), one device, or {module name:
+    device}, with ``disk`` for weights read from the disk when their layer runs. `max_memory`
+    ({0: "20GiB", "cpu": "60GiB"}) caps each device; what does not fit goes to the CPU, then the
+    disk. Inputs then go to `input_device`. `quantization_config` (a transformers quantization
+    config, e.g. 4-bit) is passed on to ``from_pretrained``.
+    """
+    check_placement(device_map, max_memory)
     folder = resolve_model(spec, cache_dir=cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    model.to(device or default_device()).eval()
-    return model, load_tokenizer(folder)
+    if device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, quantization_config=quantization_config
+        )
+        model.to(device or default_device())
+    else:
+        # Weights offloaded to the disk are read from the model's safetensors files where they
+        # can be; others (.bin checkpoints) are written here first. It lives as long as the model.
+        offload = cache_root(cache_dir) / "offload"
+        offload.mkdir(parents=True, exist_ok=True)
+        offload = Path(tempfile.mkdtemp(dir=offload))
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload,
+            quantization_config=quantization_config,
+        )
+        weakref.finalize(model, shutil.rmtree, offload, True)
+    return model.eval(), load_tokenizer(folder)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model takes its inputs. A model dispatched by a device map runs its first module
+    on the first device of the map that is not cpu or disk (the CPU if there is none), as
+    accelerate's dispatch does: `model.device`, its first parameter's, is ``meta`` when that
+    parameter is offloaded. Any other model: `model.device`."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return model.device
+    gpus = [d for d in device_map.values() if d not in ("cpu", "disk")]
+    if not gpus:
+        return torch.device("cpu")
+    return torch.device("cuda", gpus[0]) if isinstance(gpus[0], int) else torch.device(gpus[0])
+
+
+def offloaded(model: torch.nn.Module) -> bool:
+    """Whether some of the model's weights live off its devices (offloaded to the CPU or the
+    disk by a device map) and are brought in only while their layer runs."""
+    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def load_tokenizer(spec: str | Path, *, cache_dir: str | Path | None = None):

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .bios import FIELDS
 from .corpus import Record
@@ -254,10 +255,16 @@ def top_rank_counts(
 
 
 def company_query_rows(
-    records: Sequence[Record], specs: Mapping[str, str], prefix: str = "", dtype: str = "float32"
+    records: Sequence[Record],
+    specs: Mapping[str, str],
+    prefix: str = "",
+    dtype: str = "float32",
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> dict[str, list[dict]]:
     """Per model role, the attention row of the token just before the company value of each
-    biography (mean over layers and heads) with each token's category.
+    biography (mean over layers and heads) with each token's category; `device_map` and
+    `max_memory` dispatch each model over several devices (`elusive.models.load_model`).
 
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
     """
@@ -266,7 +273,9 @@ def company_query_rows(
 
     out: dict[str, list[dict]] = {}
     for role, spec in specs.items():
-        model, tokenizer = load_model(spec, dtype=DTYPES[dtype])
+        model, tokenizer = load_model(
+            spec, dtype=DTYPES[dtype], device_map=device_map, max_memory=max_memory
+        )
         rows = []
         for record in records:
             start = record.spans["company"][0]
@@ -326,7 +335,14 @@ def _analysis(run) -> dict[str, list[dict]]:
             return cached["rows"]
     records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]
     specs = {"large": config.models.large, "small": config.models.small}
-    rows = company_query_rows(records, specs, config.attention.prefix, config.attention.dtype)
+    rows = company_query_rows(
+        records,
+        specs,
+        config.attention.prefix,
+        config.attention.dtype,
+        config.models.device_map,
+        config.models.max_memory,
+    )
     atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
     return rows
 
