@@ -76,6 +76,7 @@ def _config_options():
     sets a config field, walked from the click commands that typer builds."""
     from elusive.augment import AugmentConfig
     from elusive.bios import BiosConfig
+    from elusive.config import ModelsSection
     from elusive.options import AttentionConfig, EvalConfig, TrainConfig
     from elusive.squad import SquadConfig
 
@@ -90,6 +91,8 @@ def _config_options():
         "squad convert": [SquadConfig],
     }
     renamed = {("table1", "n"): (BiosConfig, "n"), ("table1", "bios_seed"): (BiosConfig, "seed")}
+    for command in ("attention", "evaluate"):  # options of a run config's models section
+        renamed |= {(command, name): (ModelsSection, name) for name in ("device_map", "max_memory")}
 
     def commands(group, prefix=""):
         for name, command in group.commands.items():
@@ -124,7 +127,7 @@ def test_option_defaults_are_the_config_defaults():
     assert len(checked) >= 40  # every command's config options were found
     assert {cls.__name__ for *_, cls, _ in checked} >= {
         "BiosConfig", "AttentionConfig", "AugmentConfig", "TrainConfig", "EvalConfig",
-        "SquadConfig",
+        "SquadConfig", "ModelsSection",
     }  # fmt: skip
 
 

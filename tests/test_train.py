@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from elusive.io import DroppedDataWarning
 from elusive.models import (
     ModelSpecError,
     load_model,
+    make_tiny_model,
     native_bf16,
     quiet_peft,
     resolve_mixed_precision,
@@ -26,6 +28,8 @@ from elusive.train import (
     EpochShuffle,
     TrainConfig,
     TrainError,
+    _check_run_dir,
+    _run_record,
     last_epoch,
     make_scheduler,
     pad_batch,
@@ -401,3 +405,231 @@ def test_a_crash_between_the_epoch_rename_and_the_log_loses_no_log(
     assert [s["loss"] for s in logs[1]["steps"]] == pytest.approx(
         [s["loss"] for s in logs[0]["steps"]], rel=1e-6
     )
+
+
+def test_a_run_folder_from_before_an_option_resumes(tiny_model_dir, records, tmp_path):
+    """run.json of an older version lacks the newer options (quantize): they count as their
+    defaults, the behaviour that run had, so the folder resumes instead of being refused."""
+    train(_config(tiny_model_dir, epochs=1), records, tmp_path, progress=False)
+    path = tmp_path / "run.json"
+    recorded = json.loads(path.read_text())
+    del recorded["config"]["quantize"]
+    path.write_text(json.dumps(recorded))
+    assert train(_config(tiny_model_dir, epochs=1), records, tmp_path, False).name == "epoch-1"
+    with pytest.raises(TrainError, match=r"quantize \('no' there, '4bit' now\)"):
+        _check_run_dir(tmp_path, _run_record(_config(tiny_model_dir, quantize="4bit"), "x"))
+
+
+NO_BNB = "--quantize 4bit needs bitsandbytes, which is not installed"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed"
+)
+def test_qlora_without_bitsandbytes_fails_in_one_line(tiny_model_dir, records, tmp_path):
+    from elusive.config import ConfigError, load_config
+
+    with pytest.raises(TrainError, match="^" + NO_BNB):
+        train(_config(tiny_model_dir, quantize="4bit"), records, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(
+        app,
+        ["train", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "c.jsonl"),
+         "--out", str(tmp_path / "cli"), "--quantize", "4bit"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.startswith("error: " + NO_BNB) and result.output.count("\n") == 1
+    config = tmp_path / "c.yaml"
+    models = {"large": str(tiny_model_dir), "small": str(tiny_model_dir)}
+    config.write_text(json.dumps({"models": models, "train": {"quantize": "4bit"}}))
+    with pytest.raises(ConfigError, match="c.yaml: train.quantize: 4bit needs bitsandbytes"):
+        load_config(config)
+
+
+def test_qlora_is_lora_only(tiny_model_dir):
+    with pytest.raises(TrainError, match="^--quantize 4bit trains a LoRA adapter .*--full$"):
+        _config(tiny_model_dir, quantize="4bit", full=True).validate()
+    with pytest.raises(TrainError, match=r"--quantize must be one of \('no', '4bit'\)"):
+        _config(tiny_model_dir, quantize="8bit").validate()
+
+
+FSDP_CONFIG = Path(__file__).parents[1] / "configs" / "accelerate-fsdp.yaml"
+
+
+def test_fsdp_config_parses_to_full_shard_lora_settings():
+    """configs/accelerate-fsdp.yaml through accelerate's own config loader, and the settings
+    `accelerate launch` hands each process from it."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(FSDP_CONFIG))
+    assert config.distributed_type == DistributedType.FSDP and not config.use_cpu
+    assert config.mixed_precision == "no"  # elusive's --mixed-precision decides
+    fsdp = config.fsdp_config
+    assert fsdp["fsdp_version"] == 2  # per-parameter: frozen and LoRA weights in one unit
+    assert fsdp["fsdp_reshard_after_forward"] is True  # full shard
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # whole adapters in epoch folders
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp  # the model's own layer class
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate builds FSDP on GPUs only")
+def test_fsdp_config_builds_accelerates_fsdp_plugin(monkeypatch):
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(FSDP_CONFIG), "-m", "elusive.cli", "train"])
+    for key, value in prepare_multi_gpu_env(_validate_launch_command(args)[0]).items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.auto_wrap_policy is not None and not plugin.cpu_ram_efficient_loading
+
+
+FSDP2_ON_CPU = """
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from accelerate.utils import DistributedType
+from peft import LoraConfig, get_peft_model
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM
+
+from elusive.train import _load_optimizer_state, _optimizer_state
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP)
+
+
+def build():  # what accelerate's FSDP2 makes of a LoRA model: one unit a decoder layer
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return model, SimpleNamespace(optimizer=torch.optim.AdamW(trained, lr=1e-2))
+
+
+ids = torch.tensor([[1, 5, 9, 33, 44, 2], [3, 4, 5, 6, 7, 8]])[rank : rank + 1]
+
+
+def step(model, optimizer):
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.optimizer.step()
+    optimizer.optimizer.zero_grad()
+    return loss.item()
+
+
+model, optimizer = build()
+step(model, optimizer)
+options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+weights = get_model_state_dict(model, options=options)  # accelerate's FSDP2 get_state_dict
+state = _optimizer_state(accelerator, model, optimizer)  # every process, as train() does
+if rank == 0:  # whole on the main process, frozen root weights included
+    assert "base_model.model.model.embed_tokens.weight" in weights
+    assert len(state["state"]) == sum(p.requires_grad for p in model.parameters())
+shared = [state]
+dist.broadcast_object_list(shared)  # stands in for trainer_state.pt, read by every process
+restored, restored_optimizer = build()
+full = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+set_weights = torch.distributed.checkpoint.state_dict.set_model_state_dict
+set_weights(restored, weights if rank == 0 else {}, options=full)
+_load_optimizer_state(accelerator, restored, restored_optimizer, shared[0])
+assert step(model, optimizer) == step(restored, restored_optimizer)
+print(f"rank {rank} resumed exactly")
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_state_gathers_and_restores_across_two_cpu_processes(tmp_path):
+    """accelerate builds FSDP on GPUs only, but torch's FSDP2 runs on CPUs with gloo: shard a
+    tiny LoRA model over 2 processes as accelerate's FSDP2 does, take one training step, and
+    check that the optimizer state train() gathers into trainer_state.pt restores exactly."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "fsdp2.py"
+    script.write_text(FSDP2_ON_CPU)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    model_dir = make_tiny_model(tmp_path / "tiny")  # one architecture is enough here
+    command += ["--master_port", str(port), str(script), str(model_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(f"rank {rank} resumed exactly" in done.stdout for rank in (0, 1)), done.stdout
+
+
+FSDP_LAUNCHER = """
+import accelerate
+from accelerate.utils import DistributedType
+
+prepare = accelerate.Accelerator.prepare
+
+
+def checked(self, *args):  # the run must really be sharded by FSDP
+    assert self.distributed_type == DistributedType.FSDP, self.distributed_type
+    return prepare(self, *args)
+
+
+accelerate.Accelerator.prepare = checked
+from elusive.cli import app
+
+app()
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate builds FSDP on GPUs only")
+def test_fsdp_training_equals_one_gpu_and_resumes_exactly(tmp_path):
+    """`accelerate launch --config_file configs/accelerate-fsdp.yaml` (one process: one GPU
+    here) trains as the plain run does, saves whole adapters, and resumes from its gathered
+    optimizer state as if never interrupted."""
+    import os
+    import subprocess
+    import sys
+
+    people, _ = write_bios(BiosConfig(n=6, seed=1), tmp_path / "data")
+    tiny_model_dir = make_tiny_model(tmp_path / "tiny")
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(FSDP_LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, epochs, fsdp=True):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(FSDP_CONFIG), "--num_processes", "1", str(launcher)] if fsdp else [
+                   sys.executable, "-m", "elusive.cli"]  # fmt: skip
+        command += ["train", "--model", str(tiny_model_dir), "--corpus", str(people),
+                    "--out", str(out), "--epochs", str(epochs), "--batch-size", "2",
+                    "--lr", "1e-2", "--warmup", "0", "--schedule", "constant",
+                    "--mixed-precision", "no"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if "Error" in line]
+        assert done.returncode == 0, "\n".join(errors)[-3000:] or done.stderr[-3000:]
+        return json.loads((out / "log.json").read_text())["steps"]
+
+    plain = run(tmp_path / "plain", 2, fsdp=False)
+    sharded = run(tmp_path / "fsdp", 2)
+    run(tmp_path / "resumed", 1)
+    # let the folder go on to 2 epochs (the same steps: the learning rate is constant)
+    (tmp_path / "resumed" / "run.json").unlink()
+    resumed = run(tmp_path / "resumed", 2)
+    assert [s["loss"] for s in sharded] == pytest.approx([s["loss"] for s in plain], abs=1e-4)
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in sharded], abs=1e-6)
+    adapters = {name: _adapter(tmp_path / name, 2) for name in ("plain", "fsdp", "resumed")}
+    assert adapters["fsdp"].keys() == adapters["plain"].keys()
+    for key, value in adapters["plain"].items():
+        torch.testing.assert_close(adapters["fsdp"][key], value, atol=1e-4, rtol=0)
+        torch.testing.assert_close(adapters["resumed"][key], adapters["fsdp"][key])

@@ -51,7 +51,10 @@ CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate sma
 class _Reduction:
     """Folds blocks of attention probabilities ``[batch, heads, block, k1]`` (the first k1 <= T
     keys: the rest are masked for the block) into a ``[batch, T]`` sum over layers, heads and
-    (some) queries."""
+    (some) queries.
+
+    A model dispatched over several devices runs each layer on its own: a block is reduced on
+    its layer's device and only the ``[batch, k1]`` result moves to the total's device."""
 
     def __init__(self, valid: torch.Tensor) -> None:
         self.valid = valid  # [batch, T] bool: real tokens, not padding
@@ -61,15 +64,19 @@ class _Reduction:
     def update(self, probs: torch.Tensor, q0: int) -> None:
         raise NotImplementedError
 
+    def add(self, summed: torch.Tensor) -> None:
+        """Add one block's ``[batch, k1]`` sum, from any device, to the first k1 keys."""
+        self.total[:, : summed.shape[1]] += summed.to(self.total.device)
+
 
 class _ColumnSum(_Reduction):
     """Sum of each key's column over all real queries."""
 
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
-        weights = self.valid[:, q0 : q0 + probs.shape[2]].float()  # [batch, block]
+        weights = self.valid[:, q0 : q0 + probs.shape[2]].to(probs.device, torch.float32)
         per_query = probs.sum(dim=1)  # [batch, block, k1]: heads first, no copy of probs
-        self.total[:, : probs.shape[3]] += torch.bmm(weights[:, None], per_query)[:, 0]
+        self.add(torch.bmm(weights[:, None], per_query)[:, 0])
 
 
 class _QueryRow(_Reduction):
@@ -81,12 +88,12 @@ class _QueryRow(_Reduction):
 
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
-        local = self.query - q0  # [batch]
+        local = self.query.to(probs.device) - q0  # [batch]
         inside = (local >= 0) & (local < probs.shape[2])
         rows = probs[
             torch.arange(len(local), device=local.device), :, local.clamp(0, probs.shape[2] - 1)
         ]  # [b, h, k]
-        self.total[:, : probs.shape[3]] += rows.sum(1) * inside[:, None]
+        self.add(rows.sum(1) * inside[:, None])
 
 
 _ACTIVE: ContextVar[_Reduction | None] = ContextVar("elusive_attention_reduction", default=None)
@@ -181,15 +188,18 @@ def _run(
     attention_mask: torch.Tensor,  # [batch, T] 1 = token, 0 = padding (either side)
     reduction: _Reduction,
 ) -> None:
-    """One forward pass of the decoder stack (no LM head) feeding `reduction`; the inputs must
-    be on the model's device (see `_on_model`)."""
+    """One forward pass feeding `reduction`; the inputs must be on the model's input device
+    (see `_on_model`). The LM head runs on the last position only (`logits_to_keep`): the whole
+    model is called, not its decoder stack, so that accelerate's hooks of a model dispatched as
+    one piece (device map ``{"": "disk"}``) still bring its weights in."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, T]
     with _collecting(model, reduction), torch.inference_mode():
-        model.base_model(
+        model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
+            logits_to_keep=1,
         )
 
 
@@ -226,9 +236,13 @@ def attention_row(
 def _on_model(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) on the model's device; a missing mask is all ones."""
+    """(input_ids, attention_mask) on the model's input device (`elusive.models.input_device`:
+    a dispatched model's first device); a missing mask is all ones."""
+    from .models import input_device
+
+    device = input_device(model)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    return input_ids.to(model.device), mask.to(model.device)
+    return input_ids.to(device), mask.to(device)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -522,6 +536,7 @@ def _model_scores(
     config: AttentionConfig,
     progress: bool,
     queries: Sequence[int] | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> _Scored:
     """s_j of every token of each item (with `queries`: the attention row of token
     ``queries[n]`` of item n), computing only what the cache lacks.
@@ -531,7 +546,8 @@ def _model_scores(
     `accelerate launch` every process runs its share of those batches (`elusive.parallel`,
     balanced by padded tokens) and writes them to the cache, where the others read them: each
     score is computed in the batch one process would compute it in, so the scores do not depend
-    on the number of processes. A collective: every process must call it alike.
+    on the number of processes. A collective: every process must call it alike. `placement`
+    holds `load_model`'s device_map and max_memory.
     """
     from tqdm.auto import tqdm
 
@@ -558,7 +574,9 @@ def _model_scores(
     ]
     done = sum(len(ns) for _, ns in mine)
     if mine:
-        model, _ = load_model(spec, DTYPES[config.dtype], cache_dir=config.cache_dir)
+        model, _ = load_model(
+            spec, DTYPES[config.dtype], cache_dir=config.cache_dir, **(placement or {})
+        )
         with tqdm(
             total=len(items) - len(missing) + done,
             initial=len(items) - len(missing),
@@ -643,16 +661,21 @@ def score_records(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> tuple[list[TextScores], dict[str, str], list[dict[str, int]]]:
     """Score every record with each model of `specs` ({"large": s, "small": s} or
     {"model": s}). Returns the rows, each role's model fingerprint and, per process (one unless
     launched with several: see `_model_scores`), the texts and tokens it scored over all roles.
-    A collective: under `accelerate launch` every process must call it alike."""
-    from .models import load_tokenizer
+    A collective: under `accelerate launch` every process must call it alike. `device_map` and
+    `max_memory` dispatch each model over several devices (`elusive.models.load_model`)."""
+    from .models import check_placement, load_tokenizer
     from .parallel import gather, process_state
 
     config = config or AttentionConfig()
     config.validate()
+    check_placement(device_map, max_memory)
+    placement = {"device_map": device_map, "max_memory": max_memory}
     if sorted(specs) not in (sorted(ROLES), ["model"]):
         raise AttentionError(f"give a large and a small model, or one model; got {sorted(specs)}")
     trained = config.trained if "model" not in specs else "model"
@@ -666,7 +689,7 @@ def score_records(
         for n, record in enumerate(records):
             _check_same_tokens(record, items["large"][n], items["small"][n])
     scored = {
-        role: _model_scores(spec, role, texts, items[role], config, progress)
+        role: _model_scores(spec, role, texts, items[role], config, progress, placement=placement)
         for role, spec in specs.items()
     }
     raw = {role: s.scores for role, s in scored.items()}
@@ -719,12 +742,14 @@ def query_attentions(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> list[QueryAttention]:
     """`query_attention` of many texts under model `spec`: the attention row of token
     ``queries[n]`` (an index among the output tokens) of text n. Batched, cached and shared
     among launched processes as `score_records` is (a collective too); `config` gives the
-    prefix, dtype, batch size and cache."""
-    from .models import load_tokenizer
+    prefix, dtype, batch size and cache; `device_map` and `max_memory` as in `score_records`."""
+    from .models import check_placement, load_tokenizer
 
     config = config or AttentionConfig()
     config.validate()
@@ -736,7 +761,10 @@ def query_attentions(
                 f"text {n}: query_token {query} out of range 0..{len(item.kept) - 1}"
             )
     positions = [item.kept[q] for item, q in zip(items, queries, strict=True)]
-    rows = _model_scores(spec, "query rows", texts, items, config, progress, positions).scores
+    check_placement(device_map, max_memory)
+    placement = {"device_map": device_map, "max_memory": max_memory}
+    rows = _model_scores(spec, "query rows", texts, items, config, progress, positions, placement)
+    rows = rows.scores
     return [_query_result(i, r, q) for i, r, q in zip(items, rows, queries, strict=True)]
 
 
@@ -747,8 +775,11 @@ def score_corpus(
     config: AttentionConfig | None = None,
     *,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> list[TextScores]:
-    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`).
+    """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`);
+    `device_map` and `max_memory` as in `score_records`.
 
     The manifest names the corpus relative to the scores folder, so `augment` finds it from
     any working folder, and after both are moved together; its ``processes`` say what each
@@ -759,7 +790,9 @@ def score_corpus(
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     records = read_corpus(corpus)
-    rows, fingerprints, processes = score_records(records, specs, config, progress=progress)
+    rows, fingerprints, processes = score_records(
+        records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory
+    )
     manifest = {
         "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
         "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),

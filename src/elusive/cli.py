@@ -118,6 +118,20 @@ def parse_template(text: str) -> str:
     return text.replace("\\n", "\n")
 
 
+def parse_placement(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
+    """--device-map and --max-memory, each read as YAML as in a run config (``auto``,
+    ``{0: 20GiB, cpu: 60GiB}``), as the keyword arguments of `elusive.models.load_model`."""
+    from .config import yaml_value
+    from .specs import check_placement
+
+    placement = {
+        "device_map": yaml_value("--device-map", device_map),
+        "max_memory": yaml_value("--max-memory", max_memory),
+    }
+    check_placement(**placement)
+    return placement
+
+
 _show_warning = warnings.showwarning
 
 
@@ -185,6 +199,8 @@ def attention_cmd(
     batch_size: int = config_option(AttentionConfig, "batch_size"),
     dtype: str = config_option(AttentionConfig, "dtype"),
     cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
+    device_map: str | None = config_option(ModelsSection, "device_map"),
+    max_memory: str | None = config_option(ModelsSection, "max_memory"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
@@ -208,7 +224,7 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    rows = score_corpus(specs, corpus, out, config)
+    rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
@@ -288,6 +304,7 @@ def train_command(
     lora_r: int = config_option(TrainConfig, "lora_r"),
     lora_alpha: int = config_option(TrainConfig, "lora_alpha"),
     lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
+    quantize: str = config_option(TrainConfig, "quantize"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import train
@@ -296,7 +313,7 @@ def train_command(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
         schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
-        dtype=dtype, mixed_precision=mixed_precision,
+        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize,
     )  # fmt: skip
     last = train(config, corpus, out)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
@@ -333,6 +350,8 @@ def evaluate_command(
     dtype: str = config_option(TrainConfig, "dtype"),
     probes: bool = config_option(EvalConfig, "probes"),
     choices: int = config_option(EvalConfig, "choices"),
+    device_map: str | None = config_option(ModelsSection, "device_map"),
+    max_memory: str | None = config_option(ModelsSection, "max_memory"),
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -344,7 +363,8 @@ def evaluate_command(
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
-    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from)
+    placement = parse_placement(device_map, max_memory)
+    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))

@@ -42,7 +42,7 @@ from .bios import FIELDS, BiosConfig
 from .errors import ElusiveError
 from .metrics import METRICS
 from .options import AttentionConfig, EvalConfig, TrainConfig
-from .specs import check_model_spec
+from .specs import check_model_spec, check_placement
 from .squad import SquadConfig
 
 
@@ -103,6 +103,14 @@ class ModelsSection:
     small: str = "qwen2.5-coder-0.5b"
     trained: list[str] = field(default_factory=lambda: ["small"])
     """Roles that are finetuned and evaluated (the paper trains both)."""
+    device_map: Any = None
+    """Spread each model over several devices, for models larger than one, in scoring, the
+    report's analysis and evaluation (accelerate's big-model dispatch): auto, balanced,
+    sequential, one device, or a mapping of module names to devices (a GPU index, cpu, disk).
+    Default: the whole model on one device. Training shards with FSDP instead (README)."""
+    max_memory: Any = None
+    """With device_map: the most memory each device may hold, e.g. {0: 70GiB, cpu: 200GiB}; what
+    does not fit goes to the CPU, then the disk."""
 
 
 AttentionSection = section_of(
@@ -184,6 +192,12 @@ class RunConfig:
                 check_model_spec(getattr(self.models, role))
             except ElusiveError as exc:
                 fail(f"models.{role}: {exc}")
+        try:
+            check_placement(
+                self.models.device_map, self.models.max_memory, lambda f: f"models.{f}:"
+            )
+        except ElusiveError as exc:
+            fail(str(exc))
         if self.report.select_metric not in METRICS:
             fail(
                 f"report.select_metric: unknown metric {self.report.select_metric!r} "
@@ -257,6 +271,17 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
     config = from_dict(RunConfig, data, str(path))
     config.validate(str(path))
     return config
+
+
+def yaml_value(flag: str, text: str | None) -> Any:
+    """A command-line option's value read as YAML, as the config file would hold it
+    (``--max-memory "{0: 70GiB, cpu: 200GiB}"``); None stays None."""
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{flag} {text!r}: not valid YAML") from None
 
 
 def _set(data: dict[str, Any], item: str, where: str) -> None:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -147,7 +148,7 @@ def answer_and_score(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    from .models import resolve_mixed_precision
+    from .models import input_device, resolve_mixed_precision
     from .parallel import gather, my_share, process_state
     from .probes import candidate_ids, left_pad, model_cache, pad_id, score_after_prompts
 
@@ -169,7 +170,7 @@ def answer_and_score(
         costs = [len(b) * (len(encoded[b[-1]]) + config.max_new_tokens) for b in batches]
         batches = [batches[b] for b in my_share(costs)]
         progress = progress and process_state().is_main_process
-    device = next(model.parameters()).device
+    device = input_device(model)
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU (README).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
     for batch in tqdm(batches, desc="generate", disable=not progress):
@@ -305,10 +306,18 @@ def evaluate_qa(
     return EvalResult(aggregate(rows), rows)
 
 
-def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dtype = torch.float32):
+def load_for_eval(
+    spec: str,
+    adapter: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+):
     """(model, tokenizer) for evaluation: the base model with the LoRA adapter merged in.
-    An adapter trained on another base model is refused (`check_adapter_base`)."""
-    from .models import ModelSpecError, check_adapter_base, load_model, quiet_peft
+    An adapter trained on another base model is refused (`check_adapter_base`). `device_map`
+    and `max_memory` dispatch the model over several devices (`elusive.models.load_model`)."""
+    from .models import ModelSpecError, check_adapter_base, load_model, offloaded, quiet_peft
 
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
@@ -317,9 +326,18 @@ def load_for_eval(spec: str, adapter: str | Path | None = None, dtype: torch.dty
                 "(a --full run's epoch folder is a model: pass it as --model)"
             )
         check_adapter_base(adapter, spec)
-    model, tokenizer = load_model(spec, dtype=dtype)
+    model, tokenizer = load_model(spec, dtype=dtype, device_map=device_map, max_memory=max_memory)
     if adapter is not None:
         from peft import PeftModel
+
+        if offloaded(model):
+            # peft 0.21 cannot add LoRA weights to offloaded ones: it fails on them, and
+            # transformers' own `load_adapter` gives NaN logits
+            raise ModelSpecError(
+                f"adapter {str(adapter)!r}: a LoRA adapter cannot be merged into weights "
+                f"offloaded to the CPU or disk (device map {model.hf_device_map}); give "
+                "max_memory that holds the model on the GPUs, or train with --full"
+            )
 
         with quiet_peft():
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
@@ -367,9 +385,13 @@ def evaluate_model(
     dtype: torch.dtype = torch.float32,
     shots_from: str | Path | None = None,
     progress: bool = True,
+    *,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> EvalResult:
-    """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions.
-    Under `accelerate launch` the processes share the questions and the main one writes."""
+    """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions;
+    `device_map` and `max_memory` as in `load_for_eval`. Under `accelerate launch` the
+    processes share the questions and the main one writes."""
     from .corpus import read_qa
     from .io import check_out_dir
     from .parallel import process_state
@@ -379,7 +401,9 @@ def evaluate_model(
     check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
     items = read_qa(qa) if isinstance(qa, (str, Path)) else list(qa)
     pool = read_qa(shots_from) if shots_from is not None else None
-    model, tokenizer = load_for_eval(spec, adapter, dtype)
+    model, tokenizer = load_for_eval(
+        spec, adapter, dtype, device_map=device_map, max_memory=max_memory
+    )
     result = evaluate_qa(model, tokenizer, items, config, pool, progress)
     meta = {
         "model": str(spec),

@@ -24,10 +24,12 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -38,7 +40,7 @@ from transformers import (
 )
 
 from .options import DTYPE_NAMES
-from .specs import PACKS, ModelSpecError, OfflinePack, check_model_spec
+from .specs import PACKS, ModelSpecError, OfflinePack, check_model_spec, check_placement
 
 TINY_ARCHS = ("llama", "qwen2")
 MARKER = "elusive-conversion.json"
@@ -114,13 +116,63 @@ def load_model(
     *,
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+    quantization_config: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from a model spec, in eval mode, on `device` (default:
-    :func:`default_device`)."""
+    :func:`default_device`).
+
+    With `device_map` the model is dispatched by accelerate instead, for a model larger than
+    one device: a strategy (:data:`DEVICE_MAP_STRATEGIES`), one device, or {module name:
+    device}, with ``disk`` for weights read from the disk when their layer runs. `max_memory`
+    ({0: "20GiB", "cpu": "60GiB"}) caps each device; what does not fit goes to the CPU, then the
+    disk. Inputs then go to `input_device`. `quantization_config` (a transformers quantization
+    config, e.g. 4-bit) is passed on to ``from_pretrained``.
+    """
+    check_placement(device_map, max_memory)
     folder = resolve_model(spec, cache_dir=cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    model.to(device or default_device()).eval()
-    return model, load_tokenizer(folder)
+    if device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, quantization_config=quantization_config
+        )
+        model.to(device or default_device())
+    else:
+        # Weights offloaded to the disk are read from the model's safetensors files where they
+        # can be; others (.bin checkpoints) are written here first. It lives as long as the model.
+        offload = cache_root(cache_dir) / "offload"
+        offload.mkdir(parents=True, exist_ok=True)
+        offload = Path(tempfile.mkdtemp(dir=offload))
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload,
+            quantization_config=quantization_config,
+        )
+        weakref.finalize(model, shutil.rmtree, offload, True)
+    return model.eval(), load_tokenizer(folder)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model takes its inputs. A model dispatched by a device map runs its first module
+    on the first device of the map that is not cpu or disk (the CPU if there is none), as
+    accelerate's dispatch does: `model.device`, its first parameter's, is ``meta`` when that
+    parameter is offloaded. Any other model: `model.device`."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return model.device
+    gpus = [d for d in device_map.values() if d not in ("cpu", "disk")]
+    if not gpus:
+        return torch.device("cpu")
+    return torch.device("cuda", gpus[0]) if isinstance(gpus[0], int) else torch.device(gpus[0])
+
+
+def offloaded(model: torch.nn.Module) -> bool:
+    """Whether some of the model's weights live off its devices (offloaded to the CPU or the
+    disk by a device map) and are brought in only while their layer runs."""
+    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def load_tokenizer(spec: str | Path, *, cache_dir: str | Path | None = None):

@@ -11,6 +11,7 @@ names here (`DTYPE_NAMES`, `MIXED_PRECISIONS`); the torch objects live beside to
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ SCORE_DTYPES = ("float32", "bfloat16")
 """The weight dtypes (of `DTYPE_NAMES`) that scoring accepts."""
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+QUANTIZE = ("no", "4bit")
 """Autocast of training and generation; auto becomes one of the others on the device
 (`elusive.models.resolve_mixed_precision`)."""
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -117,6 +119,9 @@ class TrainConfig:
     """Autocast for forward/backward, as accelerate's `mixed_precision`: no, bf16 or fp16; auto
     is bf16 where the device computes in bf16 natively, else no
     (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
+    quantize: str = "no"
+    """Base weights of a LoRA run: no (as dtype), or 4bit (QLoRA: NF4 weights, computed in dtype;
+    needs bitsandbytes and a GPU)."""
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
@@ -139,11 +144,23 @@ class TrainConfig:
             ("lora_r", self.full or self.lora_r >= 1, "must be >= 1"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("quantize", self.quantize in QUANTIZE, f"must be one of {QUANTIZE}"),
         ]
         for field_name, ok, message in checks:
             if not ok:
                 value = getattr(self, field_name)
                 raise TrainError(f"{name(field_name)} {message}, got {value!r}")
+        if self.quantize == "4bit":
+            if self.full:
+                raise TrainError(
+                    f"{name('quantize')} 4bit trains a LoRA adapter on frozen 4-bit weights: "
+                    f"not with {name('full')}"
+                )
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise TrainError(
+                    f"{name('quantize')} 4bit needs bitsandbytes, which is not installed "
+                    "(pip install bitsandbytes; it runs on a GPU)"
+                )
 
 
 @dataclass

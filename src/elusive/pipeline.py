@@ -104,6 +104,8 @@ def stage_attention(run: Run, progress: bool) -> str:
             trained="small" if models.trained == ["small"] else models.trained[0],
         ),
         progress=progress,
+        device_map=models.device_map,
+        max_memory=models.max_memory,
     )
     return f"{len(rows)} texts scored"
 
@@ -163,6 +165,8 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     from .parallel import process_state
 
     questions = read_qa(run.path("corpus", "qa.jsonl"))
+    models = run.config.models
+    placement = {"device_map": models.device_map, "max_memory": models.max_memory}
     done = 0
     todo = [(c, e, d) for c, e, d in eval_dirs(run) if not (d / "metrics.json").exists()]
     process_state().wait_for_everyone()  # every process has listed the work before any writes
@@ -172,12 +176,12 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
         if not shared and index % world != rank:
             continue
         checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
-        spec = getattr(run.config.models, cell.role)
+        spec = getattr(models, cell.role)
         dtype = DTYPES[run.config.train.dtype]
         if run.config.train.full:
-            model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype)
+            model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype, **placement)
         else:
-            model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype)
+            model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype, **placement)
         result = evaluate_qa(
             model, tokenizer, questions, run.config.evaluate, progress=progress, shared=shared
         )

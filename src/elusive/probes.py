@@ -95,8 +95,10 @@ def score_after_prompts(
     """
     import copy
 
-    device = first_logits.device
-    first_logp = torch.log_softmax(first_logits.float(), dim=-1)  # [batch, vocab]
+    from .models import input_device
+
+    device = input_device(model)
+    first_logp = torch.log_softmax(first_logits.float(), dim=-1).to(device)  # [batch, vocab]
     rows = [(b, j, seq) for b, cands in enumerate(cand_ids) for j, seq in enumerate(cands)]
     out = [[CandidateScore(0.0, 0)] * len(cands) for cands in cand_ids]
     rows.sort(key=lambda row: len(row[2]))
@@ -114,7 +116,8 @@ def score_after_prompts(
         token_logp = first_logp[source.to(device)].gather(-1, cand[:, :1])  # [rows, 1]
         if width > 1:
             rows_cache = copy.deepcopy(cache)
-            rows_cache.batch_select_indices(source.to(device))
+            # indices on the CPU: they index each layer's keys on that layer's device
+            rows_cache.batch_select_indices(source)
             logits = model(
                 input_ids=cand[:, :-1],
                 attention_mask=torch.cat([mask[source], cand_mask[:, :-1]], dim=-1).to(device),
@@ -148,9 +151,11 @@ def score_candidates(
     """
     from tqdm.auto import tqdm
 
+    from .models import input_device
+
     prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cands = candidate_ids(tokenizer, candidates)
-    device = next(model.parameters()).device
+    device = input_device(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[CandidateScore]] = [[] for _ in prompts]

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .bios import FIELDS
 from .corpus import Record
@@ -258,12 +258,17 @@ def top_rank_counts(
 
 
 def company_query_rows(
-    records: Sequence[Record], specs: Mapping[str, str], config: AttentionConfig | None = None
+    records: Sequence[Record],
+    specs: Mapping[str, str],
+    config: AttentionConfig | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> dict[str, list[dict]]:
     """Per model role, the attention row of the token just before the company value of each
     biography (mean over layers and heads) with each token's category; computed and cached as
     `elusive.attention.query_attentions` does (under `accelerate launch` a collective: the
-    processes share the texts).
+    processes share the texts). `device_map` and `max_memory` dispatch each model over several
+    devices (`elusive.models.load_model`).
 
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
     """
@@ -281,7 +286,15 @@ def company_query_rows(
             offsets = [tok.offsets[k] for k in tok.kept]
             queries.append(max(n for n, (s, e) in enumerate(offsets) if s < e <= start))
         texts = [record.text for record in records]
-        rows = query_attentions(spec, texts, queries, config, progress=False)
+        rows = query_attentions(
+            spec,
+            texts,
+            queries,
+            config,
+            progress=False,
+            device_map=device_map,
+            max_memory=max_memory,
+        )
         out[role] = [
             {
                 "weights": row.weights,
@@ -335,7 +348,13 @@ def _analysis(run) -> dict[str, list[dict]]:
             return cached["rows"]
     records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]
     specs = {"large": config.models.large, "small": config.models.small}
-    rows = company_query_rows(records, specs, AttentionConfig(**options(config.attention)))
+    rows = company_query_rows(
+        records,
+        specs,
+        AttentionConfig(**options(config.attention)),
+        config.models.device_map,
+        config.models.max_memory,
+    )
     if run.is_main:
         atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
     return rows

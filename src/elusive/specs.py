@@ -8,10 +8,12 @@ in a fraction of a second; `elusive.models` resolves a spec to a folder and load
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import ElusiveError
+from .errors import ElusiveError, flag
 
 
 class ModelSpecError(ElusiveError):
@@ -87,3 +89,68 @@ def check_model_spec(spec: str | Path) -> None:
             f"model spec {name!r} is not a model folder, a .gguf file, a pack name "
             f"({', '.join(PACKS)}) or a hub id (owner/name)"
         )
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's ways of spreading a model over the devices by itself (`device_map`)."""
+
+
+def check_placement(device_map: Any, max_memory: Any, name: Callable[[str], str] = flag) -> None:
+    """Fail with one line, naming the option by ``name(field)``, on a `device_map` or
+    `max_memory` that accelerate's big-model dispatch would not take (see `load_model`)."""
+    where = name("device_map")
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise ModelSpecError(f"{where} is an empty mapping")
+        for module, device in device_map.items():
+            if not isinstance(module, str) or not _is_device(device, disk=True):
+                raise ModelSpecError(
+                    f"{where} maps {module!r} to {device!r}: give module names and devices "
+                    "(a GPU index, cpu, cuda:N or disk)"
+                )
+    elif device_map is not None and device_map not in DEVICE_MAP_STRATEGIES:
+        if not _is_device(device_map, disk=False):
+            raise ModelSpecError(
+                f"{where} must be one of {', '.join(DEVICE_MAP_STRATEGIES)}, a device or a "
+                f"mapping of module names to devices, got {device_map!r}"
+            )
+    if max_memory is None:
+        return
+    where = name("max_memory")
+    if device_map is None:
+        raise ModelSpecError(f"{where} needs {name('device_map')} (e.g. auto)")
+    if not isinstance(max_memory, dict) or not max_memory:
+        raise ModelSpecError(
+            f"{where} must map devices to sizes, e.g. {{0: 20GiB, cpu: 60GiB}}, got {max_memory!r}"
+        )
+    for device, size in max_memory.items():
+        if not _is_device(device, disk=False):
+            raise ModelSpecError(f"{where} {device!r} is not a device (a GPU index or cpu)")
+        if not _is_size(size):
+            raise ModelSpecError(
+                f"{where} {size!r} (of {device!r}) is not a size (bytes, or e.g. 20GiB, 500MB)"
+            )
+
+
+def _is_device(value: Any, disk: bool) -> bool:
+    """Whether accelerate takes `value` as a device: a GPU index, a torch device name such as
+    cpu or cuda:1, or (where weights may go) disk."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    if not isinstance(value, str):
+        return False
+    if value == "disk":
+        return disk
+    return re.fullmatch(r"cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?", value) is not None
+
+
+def _is_size(value: Any) -> bool:
+    """Whether accelerate reads `value` as a memory size: bytes, or e.g. 20GiB, 500MB."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    size = r"\d+(\.\d+)?\s*([KMGT]i?B|B)"
+    return isinstance(value, str) and re.fullmatch(size, value) is not None

@@ -129,11 +129,11 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
     from .models import load_model, quiet_peft
 
     dtype = DTYPES[config.dtype]
-    # Loaded on the CPU: `Accelerator.prepare` moves it to this process's device.
     if config.full:
+        # Loaded on the CPU: `Accelerator.prepare` moves it to this process's device.
         model, tokenizer = load_model(str(resume_dir or config.model), dtype=dtype, device="cpu")
     else:
-        model, tokenizer = load_model(config.model, dtype=dtype, device="cpu")
+        model, tokenizer = _load_base(config, dtype)
         # peft records the folder the base came from in adapter_config.json; made absolute,
         # `evaluate` can check an adapter against its base from any working folder
         model.name_or_path = str(Path(model.name_or_path).resolve())
@@ -159,6 +159,34 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
     return model, tokenizer
+
+
+def _load_base(config: TrainConfig, dtype: torch.dtype):
+    """(base model of a LoRA run, tokenizer): on the CPU, for `Accelerator.prepare` to move to
+    this process's device, or with ``quantize: 4bit`` quantized as it loads onto this process's
+    GPU (QLoRA; accelerate leaves a quantized model where it is)."""
+    from .models import default_device, load_model
+
+    if config.quantize == "no":
+        return load_model(config.model, dtype=dtype, device="cpu")
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,  # stored like the other weights, FSDP can shard them all
+    )
+    model, tokenizer = load_model(
+        config.model,
+        dtype=dtype,
+        device_map={"": str(default_device())},
+        quantization_config=quantization,
+    )
+    # norms in float32 and gradients into the embedding output, as QLoRA training needs
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
@@ -222,6 +250,8 @@ def _check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
     old = have.get("config", {})
     if "model" in old:  # run.json files of older versions hold the spec as given
         old["model"] = spec_key(old["model"])
+    # an option newer than the run folder is recorded as its default, which keeps the old behaviour
+    old = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **old}
     diff = [
         f"{key} ({old.get(key)!r} there, {value!r} now)"
         for key, value in want["config"].items()
@@ -261,11 +291,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log) -> None:
     """Write RUN_DIR/epoch-N atomically (temp folder, then rename), with the log up to epoch N
-    inside it, so a crash right after the rename loses no log; then RUN_DIR/log.json."""
+    inside it, so a crash right after the rename loses no log; then RUN_DIR/log.json. Every
+    process calls it: under FSDP the weights are gathered from all of them."""
+    weights = accelerator.get_state_dict(model)  # whole on the main process
     if accelerator.is_main_process:
         final, tmp = run_dir / f"epoch-{epoch}", run_dir / f".epoch-{epoch}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
         if config.full:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
@@ -275,6 +307,32 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
         (run_dir / f"epoch-{epoch - 1}" / STATE_FILE).unlink(missing_ok=True)
         atomic_write_text(run_dir / LOG_FILE, json.dumps(log, indent=1) + "\n")
     accelerator.wait_for_everyone()
+
+
+def _optimizer_state(accelerator, model, optimizer) -> dict[str, Any]:
+    """The optimizer's state for trainer_state.pt, whole on the main process. Under FSDP each
+    process holds a shard of it: every process must call this, to gather them."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer.optimizer, options=options)
+
+
+def _load_optimizer_state(accelerator, model, optimizer, state: dict[str, Any]) -> None:
+    """Load what `_optimizer_state` saved; under FSDP each process takes its shard of it."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, optimizer.optimizer, state, options=options)
 
 
 # --------------------------------------------------------------------------- training
@@ -349,7 +407,7 @@ def train(
     log: dict[str, Any] = {"steps": [], "epochs": []}
     if start:
         state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer_state(accelerator, model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         # the epoch folder's own log (runs of older versions have only RUN_DIR/log.json)
@@ -395,7 +453,7 @@ def train(
         state = {
             "epoch": epoch,
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": _optimizer_state(accelerator, model, optimizer),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
         }
