@@ -33,3 +33,17 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path):
         tmp.write_text("half")
         raise RuntimeError
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_remove_temp_files_takes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    from elusive.io import _new_file_beside, remove_temp_files
+
+    left = [_new_file_beside(tmp_path / "log.json", ".tmp")]  # as atomic_path makes them
+    (tmp_path / "sub").mkdir()
+    left.append(_new_file_beside(tmp_path / "sub" / "fig.png", ".png"))
+    keep = [tmp_path / ".gitignore", tmp_path / "log.json", tmp_path / ".notes.tmp"]
+    for path in keep:
+        path.write_text("x")
+    assert remove_temp_files(tmp_path) == 1 and left[1].exists()
+    assert remove_temp_files(tmp_path, recursive=True) == 1
+    assert not any(p.exists() for p in left) and all(p.exists() for p in keep)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,23 @@ def _new_file_beside(path: Path, suffix: str) -> Path:
             continue
         return tmp
     raise FileExistsError(f"{path}: no free temp file name beside it")
+
+
+def remove_temp_files(folder: str | Path, recursive: bool = False) -> int:
+    """Remove the temp files `atomic_path` leaves when its process is killed (SIGKILL runs no
+    cleanup): ``.NAME.<12 hex digits><suffix>`` in `folder` (and below it, if `recursive`).
+    Call it where no other process is writing. Returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
+    stale = [p for p in found if p.is_file() and _TEMP_NAME.fullmatch(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.[A-Za-z0-9]+")
 
 
 def check_out_dir(path: str | Path, files: Sequence[str] = ()) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
-from .io import atomic_write_text
+from .io import atomic_write_text, remove_temp_files
 from .options import EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
@@ -100,6 +100,8 @@ class Run:
     def open(self, echo: Callable[[str], None] = print) -> None:
         """Create or reopen the folder; a reopened folder says which config keys changed
         (`refresh` then redoes what they reach)."""
+        if self.is_main:  # what a killed process was writing (the others wait for this one)
+            remove_temp_files(self.root, recursive=True)
         if self.manifest_path.exists():
             self.manifest = json.loads(self.manifest_path.read_text("utf-8"))
             if "outputs" not in self.manifest:

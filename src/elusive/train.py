@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import Record, read_corpus
-from .io import DroppedDataWarning, atomic_write_text, check_out_dir
+from .io import DroppedDataWarning, atomic_write_text, check_out_dir, remove_temp_files
 from .models import DTYPES, resolve_mixed_precision
 from .options import MIXED_PRECISIONS, TrainConfig, TrainError
 
@@ -387,6 +387,7 @@ def train(
     seqs = [s[: config.max_length] for s in whole]
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(run_dir)  # left by a killed run
         if not (run_dir / "run.json").exists():
             atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
         if cut["texts_cut"]:
