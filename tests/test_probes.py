@@ -20,7 +20,8 @@ def _reference_logprob(model, tokenizer, prompt: str, answer: str) -> float:
     prompt_ids = tokenizer(prompt)["input_ids"]
     answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0]
+        ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
+        logits = model(input_ids=ids).logits[0]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return sum(float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(answer_ids))
 
@@ -61,7 +62,7 @@ def test_a_model_overfit_on_a_fact_ranks_it_first(tiny_model_dir):
 
     before = measure()
     fact = f"{item.cloze} {item.answers[0]}."
-    ids = torch.tensor([tok(fact)["input_ids"]])
+    ids = torch.tensor([tok(fact)["input_ids"]], device=model.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(60):
