@@ -39,6 +39,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .io import file_sha256
 from .options import DTYPE_NAMES
 from .specs import PACKS, ModelSpecError, OfflinePack, check_model_spec, check_placement
 
@@ -388,7 +389,7 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path, *, source: dict | None =
         for path in tmp.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; the cache is shared
         files = {
-            p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
@@ -401,14 +402,6 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path, *, source: dict | None =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(16 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- tiny models

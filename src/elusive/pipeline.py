@@ -18,7 +18,6 @@ config fixed after a failure, or edited, resumes the folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -28,14 +27,10 @@ from pathlib import Path
 from .bios import generate_bios
 from .config import ConfigError, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
-from .io import atomic_write_text, write_jsonl
+from .io import atomic_write_text, file_sha256, write_jsonl
 from .runs import STAGES, Run, eval_dirs, grid
 
 # --------------------------------------------------------------------------- stages
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def stage_corpus(run: Run) -> str:
@@ -57,8 +52,8 @@ def stage_corpus(run: Run) -> str:
         split = {"validation": sorted(sources[:n_val]), "test": sorted(sources[n_val:])}
         atomic_write_text(split_path, json.dumps(split, indent=1) + "\n")
     run.manifest["inputs"] = {
-        "corpus_sha256": _sha256_file(corpus_path),
-        "qa_sha256": _sha256_file(qa_path),
+        "corpus_sha256": file_sha256(corpus_path),
+        "qa_sha256": file_sha256(qa_path),
     }
     split = json.loads(split_path.read_text("utf-8"))
     return (

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
-from .io import atomic_write_text, remove_temp_files
+from .io import atomic_write_text, file_sha256, remove_temp_files
 from .options import EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
@@ -242,7 +242,7 @@ def _digest(*parts: Any) -> str:
 def _content(path: Path) -> str | None:
     """The SHA-256 of a file, of every file under a folder (with their names), or None."""
     if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return _digest([(str(p.relative_to(path)), _content(p)) for p in files])
