@@ -536,7 +536,8 @@ def _model_scores(
     config: AttentionConfig,
     progress: bool,
     queries: Sequence[int] | None = None,
-    placement: dict[str, Any] | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> _Scored:
     """s_j of every token of each item (with `queries`: the attention row of token
     ``queries[n]`` of item n), computing only what the cache lacks.
@@ -546,14 +547,16 @@ def _model_scores(
     `accelerate launch` every process runs its share of those batches (`elusive.parallel`,
     balanced by padded tokens) and writes them to the cache, where the others read them: each
     score is computed in the batch one process would compute it in, so the scores do not depend
-    on the number of processes. A collective: every process must call it alike. `placement`
-    holds `load_model`'s device_map and max_memory.
+    on the number of processes. A collective: every process must call it alike. `device_map`
+    and `max_memory` dispatch the model over several devices (`elusive.models.load_model`),
+    checked here before any work, also where the cache holds everything.
     """
     from tqdm.auto import tqdm
 
-    from .models import DTYPES, cache_root, load_model, model_fingerprint
+    from .models import DTYPES, cache_root, check_placement, load_model, model_fingerprint
     from .parallel import my_share, process_state
 
+    check_placement(device_map, max_memory)
     state = process_state()
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
     cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")
@@ -575,7 +578,11 @@ def _model_scores(
     done = sum(len(ns) for _, ns in mine)
     if mine:
         model, _ = load_model(
-            spec, DTYPES[config.dtype], cache_dir=config.cache_dir, **(placement or {})
+            spec,
+            DTYPES[config.dtype],
+            cache_dir=config.cache_dir,
+            device_map=device_map,
+            max_memory=max_memory,
         )
         with tqdm(
             total=len(items) - len(missing) + done,
@@ -669,13 +676,11 @@ def score_records(
     launched with several: see `_model_scores`), the texts and tokens it scored over all roles.
     A collective: under `accelerate launch` every process must call it alike. `device_map` and
     `max_memory` dispatch each model over several devices (`elusive.models.load_model`)."""
-    from .models import check_placement, load_tokenizer
+    from .models import load_tokenizer
     from .parallel import gather, process_state
 
     config = config or AttentionConfig()
     config.validate()
-    check_placement(device_map, max_memory)
-    placement = {"device_map": device_map, "max_memory": max_memory}
     if sorted(specs) not in (sorted(ROLES), ["model"]):
         raise AttentionError(f"give a large and a small model, or one model; got {sorted(specs)}")
     trained = config.trained if "model" not in specs else "model"
@@ -689,7 +694,9 @@ def score_records(
         for n, record in enumerate(records):
             _check_same_tokens(record, items["large"][n], items["small"][n])
     scored = {
-        role: _model_scores(spec, role, texts, items[role], config, progress, placement=placement)
+        role: _model_scores(
+            spec, role, texts, items[role], config, progress, None, device_map, max_memory
+        )
         for role, spec in specs.items()
     }
     raw = {role: s.scores for role, s in scored.items()}
@@ -749,7 +756,7 @@ def query_attentions(
     ``queries[n]`` (an index among the output tokens) of text n. Batched, cached and shared
     among launched processes as `score_records` is (a collective too); `config` gives the
     prefix, dtype, batch size and cache; `device_map` and `max_memory` as in `score_records`."""
-    from .models import check_placement, load_tokenizer
+    from .models import load_tokenizer
 
     config = config or AttentionConfig()
     config.validate()
@@ -761,10 +768,9 @@ def query_attentions(
                 f"text {n}: query_token {query} out of range 0..{len(item.kept) - 1}"
             )
     positions = [item.kept[q] for item, q in zip(items, queries, strict=True)]
-    check_placement(device_map, max_memory)
-    placement = {"device_map": device_map, "max_memory": max_memory}
-    rows = _model_scores(spec, "query rows", texts, items, config, progress, positions, placement)
-    rows = rows.scores
+    rows = _model_scores(
+        spec, "query rows", texts, items, config, progress, positions, device_map, max_memory
+    ).scores
     return [_query_result(i, r, q) for i, r, q in zip(items, rows, queries, strict=True)]
 
 
