@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Without a GPU the fused attention kernel (elusive.kernels) runs under Triton's CPU interpreter,
+# which must be chosen before triton compiles anything, i.e. before elusive is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])

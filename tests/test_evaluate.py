@@ -207,10 +207,10 @@ def test_generation_autocasts_to_bf16_only_where_native(
 
     monkeypatch.setattr(elusive.models, "native_bf16", lambda device: native)
     model, tok = load_model(tiny_model_dir)
-    forward, seen = model.forward, []
+    forward, seen, device = model.forward, [], model.device.type  # the GPU where there is one
 
     def recording(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        seen.append(torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording)

@@ -13,12 +13,15 @@ Memory stays bounded: a custom attention function (registered with transformers 
 ``"elusive"``) computes each layer's attention in blocks of queries and folds every block of
 probabilities into a ``[batch, T]`` running sum before the next one, so no T x T map of any
 layer is ever held whole. The same machinery gives one query's attention row
-(:func:`query_attention`), the analysis behind the paper's Figures 2 and 3.
+(:func:`query_attention`), the analysis behind the paper's Figures 2 and 3. On a GPU the column
+sums come from a fused kernel instead (`elusive.kernels`: flash attention, then the
+probabilities rebuilt on chip from its logsumexp), where the layer allows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -35,6 +38,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from . import kernels
 from .corpus import Record, read_corpus
 from .io import atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
 from .options import ROLES, AttentionConfig, AttentionError
@@ -43,6 +47,9 @@ ATTN_IMPLEMENTATION = "elusive"
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
 """Attention probabilities per query block (float32), whatever the text length: 16 MiB on the
 CPU (stays in cache), 512 MiB on a GPU (few blocks: kernel launches dominate small ones)."""
+KERNEL_DEVICES = ("cuda",)
+"""Device types whose column sums come from the fused kernel (`elusive.kernels`) where a layer
+allows it; the tests add "cpu", where the kernel runs under Triton's interpreter."""
 
 
 # --------------------------------------------------------------------------- reductions
@@ -56,12 +63,23 @@ class _Reduction:
     A model dispatched over several devices runs each layer on its own: a block is reduced on
     its layer's device and only the ``[batch, k1]`` result moves to the total's device."""
 
+    fused = False
+    """Also takes a whole layer at once from the fused kernel (`fold`)."""
+
     def __init__(self, valid: torch.Tensor) -> None:
         self.valid = valid  # [batch, T] bool: real tokens, not padding
         self.total = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
         self.maps = 0  # layers x heads folded in so far
 
+    @functools.cached_property
+    def right_padded(self) -> bool:
+        """Every sequence's real tokens come before its padding (if any)."""
+        return bool((self.valid[:, 1:].int() <= self.valid[:, :-1].int()).all())
+
     def update(self, probs: torch.Tensor, q0: int) -> None:
+        raise NotImplementedError
+
+    def fold(self, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float):
         raise NotImplementedError
 
     def add(self, summed: torch.Tensor) -> None:
@@ -72,11 +90,19 @@ class _Reduction:
 class _ColumnSum(_Reduction):
     """Sum of each key's column over all real queries."""
 
+    fused = True
+
     def update(self, probs: torch.Tensor, q0: int) -> None:
         self.maps += probs.shape[1] if q0 == 0 else 0
         weights = self.valid[:, q0 : q0 + probs.shape[2]].to(probs.device, torch.float32)
         per_query = probs.sum(dim=1)  # [batch, block, k1]: heads first, no copy of probs
         self.add(torch.bmm(weights[:, None], per_query)[:, 0])
+
+    def fold(self, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float):
+        """A whole layer from its queries, keys and row logsumexps ``[batch, heads, T]``."""
+        self.maps += query.shape[1]
+        weights = self.valid.to(query.device, torch.float32)
+        self.add(kernels.column_sums(query, key, lse, weights, scale))
 
 
 class _QueryRow(_Reduction):
@@ -124,6 +150,10 @@ def _attention(
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
     scaling = head_dim**-0.5 if scaling is None else scaling
+    if _kernel_fits(reduction, query, key, sliding_window, softcap):
+        out, lse = kernels.attention_with_lse(query, key, value, scaling)
+        reduction.fold(query, key, lse, scaling)
+        return out.transpose(1, 2).contiguous(), None
     budget = BLOCK_ELEMENTS.get(query.device.type, BLOCK_ELEMENTS["cpu"])
     block = max(1, budget // (batch * heads * k_len))
     out = torch.empty_like(query)  # [batch, heads, q, head_dim]
@@ -139,6 +169,26 @@ def _attention(
         reduction.update(probs, q0)
         out[:, :, q0:q1] = torch.matmul(probs.to(value.dtype), value[:, :, :k1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _kernel_fits(
+    reduction: _Reduction,
+    query: torch.Tensor,  # [batch, heads, q, head_dim]
+    key: torch.Tensor,  # [batch, heads, k, head_dim]
+    sliding_window: int | None,
+    softcap: float | None,
+) -> bool:
+    """Whether this layer can go through the fused kernel: a reduction that takes it, on one of
+    `KERNEL_DEVICES`, a plain causal layer (no sliding window or softcap) whose padding the
+    causal mask alone hides from every real query (real tokens first), and on a GPU the half
+    precision and head size of PyTorch's flash attention."""
+    device = query.device
+    if not reduction.fused or device.type not in KERNEL_DEVICES or not kernels.available(device):
+        return False
+    if sliding_window is not None or softcap is not None or query.shape[2] != key.shape[2]:
+        return False
+    flash = query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256
+    return (device.type != "cuda" or flash) and reduction.right_padded
 
 
 def _mask_block(
