@@ -125,7 +125,8 @@ signature |= {name: "i32" for name in ints}
 for config in _tuned().configs:
     for capability in (80, 90):
         constexprs = {"D": 128, "D_PAD": 128, "UPCAST": False, **config.kwargs}
-        source = ASTSource(_column_sums, signature | dict.fromkeys(constexprs, "constexpr"), constexprs)
+        kinds = signature | dict.fromkeys(constexprs, "constexpr")
+        source = ASTSource(_column_sums, kinds, constexprs)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
         assert kernel.asm["cubin"], (capability, config)

@@ -323,6 +323,17 @@ def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
     assert json.loads(run.manifest_path.read_text()) == manifest
 
 
+def test_options_added_since_leave_the_study_folder_hash_as_it_was_recorded():
+    """The hash that configs/cpu-study.yaml's run folder recorded (made before fingerprints, at
+    stop 11): an option added to the schema since must hash as before at its default, or that
+    folder, with two hours of training in it, is refused."""
+    from elusive.runs import _fixed_hash
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "cpu-study.yaml")
+    recorded = "7f4a31493a66aa27cccf300505a024666c17c081a8064b80f514f2cd237dadce"
+    assert _fixed_hash(config) == recorded
+
+
 def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):
     """scores.jsonl is written first, manifest.json last: a crash between them leaves a folder
     that the stage scores again instead of skipping it; no progress bar when progress=False."""

@@ -389,6 +389,7 @@ def table1_command(
     from rich.console import Console
 
     from .evaluate import scores_table
+    from .parallel import process_state
     from .table1 import run_table1
 
     config = TrainConfig(
@@ -396,6 +397,8 @@ def table1_command(
         mixed_precision=mixed_precision,
     )  # fmt: skip
     result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
+    if not process_state().is_main_process:  # under `accelerate launch`: one process prints
+        return
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
     typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -358,5 +359,6 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
 
 
 def to_dict(config: Any) -> Any:
-    """A plain-data copy of a config (for the run manifest)."""
-    return dataclasses.asdict(config)
+    """A plain-data copy of a config (for the run manifest), as JSON gives it back: tuples
+    become lists, so a reopened folder's recorded config compares equal to the same config."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

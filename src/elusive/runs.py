@@ -261,6 +261,13 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     return changed
 
 
+_ADDED_LATER = {
+    "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
+    "models": {"device_map": None, "max_memory": None},
+}
+"""Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
+
+
 def _fixed_hash(config: RunConfig) -> str:
     """What folders made before fingerprints recorded of their config (`Run._adopt_legacy`):
     the config without the grid lists, with options added since hashing as they did."""
@@ -275,12 +282,13 @@ def _fixed_hash(config: RunConfig) -> str:
         data["train"].pop(key)
     # Options added to the schema after run folders were made hash as before, so those folders
     # still open: evaluate (then the mapping as written) as its options that differ from the
-    # defaults, train's lora_dropout and weight_decay left out at their default.
+    # defaults, the others in _ADDED_LATER left out at their default.
     defaults = to_dict(EvalConfig())
     data["evaluate"] = {k: v for k, v in data["evaluate"].items() if defaults[k] != v}
-    for key in ("lora_dropout", "weight_decay"):
-        if data["train"][key] == 0.0:
-            data["train"].pop(key)
+    for section, added in _ADDED_LATER.items():
+        for key, default in added.items():
+            if data[section][key] == default:
+                data[section].pop(key)
     # Each training run records its resolved mixed precision and resumes with it when "auto"
     # (elusive.train), so "auto" hashes as "no", the default before "auto": folders made then
     # still open.

@@ -26,15 +26,22 @@ def run_table1(
     Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
     predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
     """
+    from .parallel import process_state
+
+    state = process_state()  # under `accelerate launch`, one process writes the shared files
     out = Path(out_dir)
-    people, qa = write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
+    people, qa = out / "data" / "people.jsonl", out / "data" / "qa.jsonl"
+    if state.is_main_process:
+        write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
+    state.wait_for_everyone()
     records = read_corpus(people)
     last = train(config, records, out / "run", progress=progress)
     spec, adapter = (str(last), None) if config.full else (config.model, last)
     result = evaluate_model(
         spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
     )
-    distances = field_token_distances(records, load_tokenizer(spec))
-    label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
-    plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
+    if state.is_main_process:
+        distances = field_token_distances(records, load_tokenizer(spec))
+        label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
+        plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
     return result
