@@ -52,6 +52,13 @@ def test_attention_with_lse_is_causal_sdpa_and_its_logsumexp(device):
     torch.testing.assert_close(lse, reference(q, k, torch.ones(2, 33, device=device), 0.3)[1])
 
 
+@pytest.mark.parametrize("capability,expected", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_the_kernel_runs_on_ampere_or_newer(monkeypatch, capability, expected):
+    """Older GPUs have no flash attention in PyTorch: their layers take the blocked path."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert kernels.available(torch.device("cuda", 0)) is expected
+
+
 def _spy(monkeypatch, device):
     """Route `device` through the kernel; the list records each layer that went through it."""
     calls = []

@@ -37,9 +37,14 @@ in float32 (its bfloat16 dot gives wrong numbers)."""
 
 
 def available(device: torch.device) -> bool:
-    """Whether the kernel can run on `device`: triton is installed, and the device is a GPU (or
-    the CPU under the interpreter)."""
-    return triton is not None and (device.type == "cuda" or (device.type == "cpu" and INTERPRETED))
+    """Whether the kernel can run on `device`: triton is installed, and the device is a GPU of
+    the Ampere generation or newer (PyTorch's flash attention), or the CPU under the
+    interpreter."""
+    if triton is None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and INTERPRETED
 
 
 def attention_with_lse(
