@@ -19,3 +19,24 @@ def tiny_model_dir(request, tmp_path_factory):
     from elusive.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp(f"tiny-{request.param}"), arch=request.param)
+
+
+@pytest.fixture
+def sliding_window_model():
+    """A fresh tiny Qwen2 whose second layer attends through a 5-token sliding window."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=1,
+    )
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()

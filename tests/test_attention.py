@@ -91,23 +91,8 @@ def test_blockwise_scores_match_naive_reference(tiny, monkeypatch):
     assert model.config._attn_implementation == "sdpa"  # restored after scoring
 
 
-def test_sliding_window_layers_match_naive_reference():
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    config = Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        use_sliding_window=True,
-        sliding_window=5,
-        max_window_layers=1,
-    )
-    assert config.layer_types == ["full_attention", "sliding_attention"]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+def test_sliding_window_layers_match_naive_reference(sliding_window_model):
+    model = sliding_window_model
     ids = torch.randint(0, 64, (1, 17))
     torch.testing.assert_close(
         attention_received(model, ids)[0], naive_scores(model, ids), atol=1e-5, rtol=0

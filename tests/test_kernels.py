@@ -92,23 +92,11 @@ def test_fused_scores_equal_blocked_scores_on_a_padded_batch(tiny_model_dir, dev
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_left_padding_and_sliding_windows_take_the_blocked_path(device, monkeypatch):
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    config = Qwen2Config(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        use_sliding_window=True,
-        sliding_window=5,
-        max_window_layers=1,
-    )
-    torch.manual_seed(0)
+def test_left_padding_and_sliding_windows_take_the_blocked_path(
+    device, monkeypatch, sliding_window_model
+):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_config(config).eval().to(device, dtype)
+    model = sliding_window_model.to(device, dtype)
     right, left = _batch(model, [17, 12]), _batch(model, [17, 12], side="left")
     blocked = [attention_received(model, *batch) for batch in (right, left)]
     calls = _spy(monkeypatch, device)
