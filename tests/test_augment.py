@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -158,6 +159,50 @@ def test_protected_tokens_never_drop(bios, scores, policy):
             assert keep[:, np.array(row.eligible)].sum(axis=1).max() <= (policy != "random")
 
 
+def protected_row(record, row, span):
+    """`row` with the tokens that overlap `record.spans[span]` made ineligible, by a loop."""
+    lo, hi = record.spans[span]
+    eligible = [
+        e and not (a < hi and b > lo) for e, (a, b) in zip(row.eligible, row.offsets, strict=True)
+    ]
+    return dataclasses.replace(row, eligible=eligible)
+
+
+@pytest.mark.parametrize("policy", ["contrast", "attention", "position"])
+def test_protected_spans_leave_the_ranking(bios, scores, policy):
+    config = AugmentConfig(policy, alpha=0.65, beta=0.07, protect=("name",))
+    got = drop_probabilities(scores[:10], config, bios[:10])
+    rows = [protected_row(r, row, "name") for r, row in zip(bios[:10], scores[:10], strict=True)]
+    expected = [p for row in rows for p in reference_drop(row, policy, 0.65, 0.07)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    plain = drop_probabilities(scores[:10], AugmentConfig(policy, alpha=0.65, beta=0.07))
+    assert not np.allclose(got, plain)  # the name's tokens held ranks before
+    with pytest.raises(AugmentError, match="protect needs the records"):
+        drop_probabilities(scores[:10], config)
+
+
+@pytest.mark.parametrize("policy", ["random", "contrast", "shuffled"])
+def test_every_copy_keeps_the_protected_name(bios, scores, policy):
+    config = AugmentConfig(policy, alpha=1.0, beta=50.0, copies=20, protect=("name",))
+    rows = augment(bios[:5], scores[:5], config)
+    for record in bios[:5]:
+        name = record.text[slice(*record.spans["name"])]
+        texts = [r["text"] for r in rows if r["source_id"] == record.id]
+        assert all(t.startswith(name) for t in texts)
+        assert len({t for t in texts[1:]}) <= 2  # alpha 1: the rest goes, bar rank 0
+        assert all(len(t) < len(record.text) / 2 for t in texts[1:])
+
+
+def test_protecting_a_span_a_record_lacks_is_one_error(bios, scores):
+    bare = [dataclasses.replace(bios[0], spans={})]
+    with pytest.raises(
+        AugmentError, match=r"text 'p00' has no span 'name' to protect \(its spans: none\)"
+    ):
+        augment(bare, scores[:1], AugmentConfig(protect=("name",)))
+    with pytest.raises(AugmentError, match="--protect names an empty span"):
+        augment(bios[:1], scores[:1], AugmentConfig(protect=("name", "")))
+
+
 def reference_text(text, offsets, keep, replacement):
     """Slow reference: walk the tokens; a dropped token takes the whitespace-only gap before
     it; a shared character belongs to the first token; a dropped token of at least one
@@ -298,6 +343,14 @@ def test_cli_augment_end_to_end_same_seed_same_bytes(tmp_path, bios, scores):
         assert result.exit_code == 0, result.output
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0] != outs[2]
+    out = tmp_path / "kept.jsonl"
+    args = ["augment", "--scores", str(sdir), "--out", str(out), "--alpha", "1", "--beta", "9"]
+    result = runner.invoke(app, [*args, "--protect", "name,company"])
+    assert result.exit_code == 0, result.output
+    for row in map(json.loads, out.read_text().splitlines()):
+        record = next(r for r in bios if r.id == row["source_id"])
+        for span in ("name", "company"):
+            assert record.text[slice(*record.spans[span])] in row["text"]
     rows = [json.loads(line) for line in outs[0].decode().splitlines()]
     assert len(rows) == 30 * 6 and rows[0]["text"] == bios[0].text
     assert set(rows[0]) == {"id", "source_id", "policy", "copy", "text", "keep"}

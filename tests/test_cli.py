@@ -113,10 +113,10 @@ def _config_options():
 
 
 def test_option_defaults_are_the_config_defaults():
-    from elusive.cli import parse_field_order, parse_template
+    from elusive.cli import parse_names, parse_template
 
     # options the command line spells differently from the field
-    parse = {"field_order": parse_field_order, "template": parse_template}
+    parse = {"field_order": parse_names, "protect": parse_names, "template": parse_template}
     checked = list(_config_options())
     for path, name, default, cls, field in checked:
         if default is None and name == "model":  # required on the command line

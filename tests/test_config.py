@@ -66,6 +66,8 @@ def write(tmp_path, **sections):
         ({"augment": {"beta": [0.1, -1]}}, "augment.beta[1]: must be a finite number >= 0"),
         ({"augment": {"copies": -1}}, "augment.copies: must be >= 0, got -1"),
         ({"augment": {"policies": ["none", "magic"]}}, "augment.policies[1]: must be one of"),
+        ({"augment": {"protect": "nmae"}}, "augment.protect: biographies have no span ['nmae']"),
+        ({"augment": {"protect": ["name", ""]}}, "augment.protect: names an empty span"),
         ({"attention": {"batch_size": 0}}, "attention.batch_size: must be at least 1, got 0"),
         ({"attention": {"dtype": "float16"}}, "attention.dtype: must be one of float32"),
         ({"corpus": {"bios": {"n": 0}}}, "corpus.bios.n: must be at least 1, got 0"),

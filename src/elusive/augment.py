@@ -17,7 +17,8 @@ Every policy turns one text into ``copies + 1`` sequences: copy 0 is the origina
   eligible token has rank 0); they tell whether the contrast ranking itself matters.
 
 Ranks are computed from the scores (ties broken by position), not read from the ``rank`` field.
-Ineligible tokens (BOS, special, punctuation- or whitespace-only) are never dropped.
+Ineligible tokens (BOS, special, punctuation- or whitespace-only, and with ``protect`` those
+that overlap the named spans of their record, e.g. the person's name) are never dropped.
 
 Dropping removes the token's characters from the text. A whitespace-only gap between two tokens
 (tokenizers whose offsets leave out the leading space) belongs to the following token, so
@@ -86,6 +87,10 @@ class AugmentConfig:
     """The authors' variant: a dropped token becomes one space instead of nothing."""
     score_of: str | None = None
     """Role ranked by the `attention` policy; None: "small", or the only role scored."""
+    protect: tuple[str, ...] = ()
+    """Spans of each record (its `spans`, e.g. ``name`` in the biographies) whose tokens are never
+    dropped: like punctuation, they leave the ranking, so the other tokens share the same p(r).
+    A record without one of them is an error."""
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise AugmentError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
@@ -101,6 +106,8 @@ class AugmentConfig:
             raise AugmentError(f"{name('copies')} must be >= 0, got {self.copies}")
         if self.seed < 0:
             raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
+        if any(not span for span in self.protect):
+            raise AugmentError(f"{name('protect')} names an empty span: {self.protect!r}")
 
 
 # --------------------------------------------------------------------------- randomness
@@ -280,10 +287,13 @@ def _drop(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np
     return rank_drop_probability(_ranks(rows, tok, config), config.alpha, config.beta)
 
 
-def drop_probabilities(rows: Sequence[TextScores], config: AugmentConfig) -> np.ndarray:
-    """Drop probability of every token of `rows`, laid end to end, under `config.policy`."""
+def drop_probabilities(
+    rows: Sequence[TextScores], config: AugmentConfig, records: Sequence[Record] = ()
+) -> np.ndarray:
+    """Drop probability of every token of `rows`, laid end to end, under `config.policy`;
+    `records` (the texts of `rows`) are needed when `config.protect` names spans."""
     config.validate()
-    return _drop(rows, _tokens(rows), config)  # [tokens]
+    return _drop(rows, _prepare(records, rows, config)[0], config)  # [tokens]
 
 
 # --------------------------------------------------------------------------- text
@@ -316,6 +326,36 @@ def _offsets(records: Sequence[Record], rows: Sequence[TextScores], tok: _Tokens
             f"[{start[t]}, {end[t]}], outside the text or out of order"
         )
     return offsets
+
+
+def _protect(records: Sequence[Record], tok: _Tokens, offsets: np.ndarray, spans: Sequence[str]):
+    """Make the tokens that overlap the records' `spans` ineligible, in place."""
+    begin, end = offsets[:, 0], offsets[:, 1]  # [tokens]
+    for i, record in enumerate(records):
+        a, b = tok.start[i], tok.start[i + 1]
+        for span in spans:
+            if span not in record.spans:
+                known = ", ".join(record.spans) or "none"
+                raise AugmentError(
+                    f"text {record.id!r} has no span {span!r} to protect (its spans: {known})"
+                )
+            lo, hi = record.spans[span]
+            tok.eligible[a:b] &= ~((begin[a:b] < hi) & (end[a:b] > lo))
+
+
+def _prepare(
+    records: Sequence[Record], rows: Sequence[TextScores], config: AugmentConfig
+) -> tuple[_Tokens, np.ndarray | None]:
+    """The tokens of `rows` with `config.protect` applied, and their checked offsets ([tokens, 2];
+    None without `records`)."""
+    tok = _tokens(rows)
+    if not records:
+        if config.protect:
+            raise AugmentError("protect needs the records whose spans it names")
+        return tok, None
+    offsets = _offsets(records, rows, tok)
+    _protect(records, tok, offsets, config.protect)
+    return tok, offsets
 
 
 def _chars(records: Sequence[Record], offsets: np.ndarray, tok: _Tokens) -> _Chars:
@@ -398,8 +438,8 @@ def augment(
     chunks = []
     for a in range(0, len(records), CHUNK):
         part, part_rows = records[a : a + CHUNK], rows[a : a + CHUNK]
-        tok = _tokens(part_rows)
-        chunks.append((part, tok, _drop(part_rows, tok, config), _offsets(part, part_rows, tok)))
+        tok, offsets = _prepare(part, part_rows, config)
+        chunks.append((part, tok, _drop(part_rows, tok, config), offsets))
     draws = np.arange(1, config.copies + 1)
     out: list[dict[str, Any]] = []
     bar = tqdm(
@@ -482,11 +522,11 @@ def token_views(record: Record, row: TextScores | None, config: AugmentConfig) -
     probability 1 - p, and the characters no token owns (never dropped)."""
     config.validate()
     rows = [_check(record, row)]
-    tok = _tokens(rows)
+    tok, offsets = _prepare([record], rows, config)
     none = np.full(len(tok.eligible), -1)
     rank = _ranks(rows, tok, config) if config.policy in RANKED else none  # [tokens]
     p = _drop(rows, tok, config)  # [tokens]
-    owner = _chars([record], _offsets([record], rows, tok), tok).owner  # [chars]
+    owner = _chars([record], offsets, tok).owner  # [chars]
     cuts = [0, *(np.flatnonzero(np.diff(owner) != 0) + 1).tolist(), len(owner)]
     views = []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
@@ -502,11 +542,15 @@ def token_views(record: Record, row: TextScores | None, config: AugmentConfig) -
 def caption(config: AugmentConfig) -> str:
     """One line saying how `config.policy` drops tokens (Figure 4's legend)."""
     if config.policy in UNRANKED:
-        return UNRANKED[config.policy].caption(config)
-    return (
-        f"policy {config.policy}: drop p(r) = {config.alpha:g} (1 - exp(-{config.beta:g} r)), "
-        "r = rank"
-    )
+        line = UNRANKED[config.policy].caption(config)
+    else:
+        line = (
+            f"policy {config.policy}: drop p(r) = {config.alpha:g} "
+            f"(1 - exp(-{config.beta:g} r)), r = rank"
+        )
+    if config.protect and config.policy != "none":
+        line += f"; {', '.join(config.protect)} never dropped"
+    return line
 
 
 def show(

@@ -108,9 +108,9 @@ def config_option(config: type, name: str, shown: Callable[[Any], Any] = lambda 
     return typer.Option(shown(field_default(config, name)), help=field_help(config, name))
 
 
-def parse_field_order(text: str) -> tuple[str, ...]:
-    """--field-order "date,city,..." as `BiosConfig.field_order`."""
-    return tuple(f.strip() for f in text.split(","))
+def parse_names(text: str) -> tuple[str, ...]:
+    """A comma-separated option ("date,city,...") as a tuple of names; "" is none."""
+    return tuple(f.strip() for f in text.split(",")) if text.strip() else ()
 
 
 def parse_template(text: str) -> str:
@@ -167,7 +167,7 @@ def bios_generate(
         n=n,
         seed=seed,
         templates=templates,
-        field_order=parse_field_order(field_order),
+        field_order=parse_names(field_order),
         shuffle_sentences=shuffle_sentences,
     )
     people, qa = write_bios(config, out)
@@ -252,11 +252,14 @@ def augment_command(
     seed: int = config_option(AugmentConfig, "seed"),
     replace_with_spaces: bool = config_option(AugmentConfig, "replace_with_spaces"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
+    protect: str = config_option(AugmentConfig, "protect", ",".join),
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
     from .augment import augment_file
 
-    config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces, score_of)
+    config = AugmentConfig(
+        policy, alpha, beta, copies, seed, replace_with_spaces, score_of, parse_names(protect)
+    )
     n = augment_file(scores, out, config, corpus=corpus, progress=True)
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
 
@@ -272,11 +275,14 @@ def show_command(
     beta: float = config_option(AugmentConfig, "beta"),
     seed: int = config_option(AugmentConfig, "seed"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
+    protect: str = config_option(AugmentConfig, "protect", ",".join),
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
     from .augment import show
 
-    config = AugmentConfig(policy, alpha, beta, seed=seed, score_of=score_of)
+    config = AugmentConfig(
+        policy, alpha, beta, seed=seed, score_of=score_of, protect=parse_names(protect)
+    )
     html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
     typer.echo(f"wrote {html_path} and {png_path}")
 

@@ -210,6 +210,10 @@ class RunConfig:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:
                 fail(f"report.select_on: unknown field {sorted(unknown)}")
+            spans = ("name", *FIELDS)
+            unknown = {span for span in self.augment.protect if span} - set(spans)
+            if unknown:
+                fail(f"augment.protect: biographies have no span {sorted(unknown)} ({spans})")
         try:
             self._validate_modules()
         except ElusiveError as exc:

@@ -264,6 +264,7 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 _ADDED_LATER = {
     "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
     "models": {"device_map": None, "max_memory": None},
+    "augment": {"protect": []},
 }
 """Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
 
