@@ -82,6 +82,11 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     text = (report / "report.md").read_text()
     assert "## Table 2" in text and "## Knowledge probes" in text
     assert "Paired differences against none" in text
+    drops = summary["drops"]  # where each policy drops, by span of the biographies
+    assert set(drops) == {f"small {p}" for p in policies}
+    assert set(drops["small none"].values()) == {0.0}
+    assert drops["small random"]["university"] > 0.5  # alpha 0.7, words eligible
+    assert "## Where each policy drops tokens" in text
     manifest = json.loads(run.path("run.json").read_text())
     assert set(manifest["stages"]) == set(STAGES)
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")

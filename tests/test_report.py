@@ -40,3 +40,47 @@ def test_figures_colour_every_token_category_in_the_report_order():
     from elusive.report import CATEGORIES
 
     assert tuple(COLOURS) == CATEGORIES
+
+
+def test_drop_by_span_against_a_loop():
+    import math
+    import re
+
+    from elusive.attention import TextScores
+    from elusive.augment import AugmentConfig
+    from elusive.report import drop_by_span
+
+    records, _ = generate_bios(BiosConfig(n=4, seed=2))
+    rows = []
+    for record in records:  # words and punctuation marks as tokens
+        offsets = [m.span() for m in re.finditer(r"\w+|[^\w\s]", record.text)]
+        tokens = [record.text[a:b] for a, b in offsets]
+        eligible = [t[0].isalnum() for t in tokens]
+        scores = {"large": [0.0] * len(tokens), "small": [0.0] * len(tokens)}
+        rows.append(TextScores(record.id, record.sha256, tokens, offsets, eligible, scores))
+    alpha, beta = 0.5, 0.2
+    config = AugmentConfig("position", alpha, beta, protect=("name",))
+    got = drop_by_span(records, rows, [config])
+
+    sums: dict[str, list[float]] = {}
+    for record, row in zip(records, rows, strict=True):
+        rank = 0
+        for (a, b), eligible in zip(row.offsets, row.eligible, strict=True):
+            if not eligible:  # punctuation: never dropped, not counted
+                continue
+            where = "other"
+            for span, (lo, hi) in record.spans.items():
+                if a < hi and b > lo:
+                    where = span
+            if where == "name":
+                p = 0.0  # protected: out of the ranking
+            else:
+                p, rank = alpha * (1 - math.exp(-beta * rank)), rank + 1
+            sums.setdefault(where, []).append(p)
+    expected = {k: sum(v) / len(v) for k, v in sums.items()}
+    assert got.keys() == expected.keys() and got["name"] == 0.0
+    for key, value in expected.items():
+        assert math.isclose(got[key], value, rel_tol=1e-12), key
+    assert got["company"] > got["date"] > 0  # later tokens are dropped more under position
+    none = drop_by_span(records, rows, [AugmentConfig("none")])
+    assert set(none.values()) == {0.0}

@@ -25,7 +25,8 @@ from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
 
 if TYPE_CHECKING:
-    from .attention import AttentionConfig
+    from .attention import AttentionConfig, TextScores
+    from .augment import AugmentConfig
 
 
 def _token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -223,21 +224,50 @@ CATEGORIES = ("name", *FIELDS, "relation", "other")
 relation words, e.g. "had a professional role at"), or anything else."""
 
 
+def span_categories(record: Record, offsets: Sequence[tuple[int, int]]) -> list[str | None]:
+    """The span of a biography (name or a field) that each token overlaps, or None."""
+    out: list[str | None] = []
+    for start, end in offsets:
+        spans = (record.spans.get(name) for name in ("name", *FIELDS))
+        hits = (
+            n
+            for n, s in zip(("name", *FIELDS), spans, strict=True)
+            if s and start < s[1] and end > s[0]
+        )
+        out.append(next(hits, None))
+    return out
+
+
 def token_categories(record: Record, offsets: Sequence[tuple[int, int]], query: int) -> list[str]:
     """The category of each token of a biography, for a query token in the company sentence."""
     sentence_start = record.text.rfind(". ", 0, offsets[query][0]) + 1
-    out = []
-    for start, end in offsets:
-        category = "other"
-        for name in ("name", *FIELDS):
-            span = record.spans.get(name)
-            if span and start < span[1] and end > span[0]:
-                category = name
-                break
-        else:
-            if start >= sentence_start and end <= offsets[query][1]:
-                category = "relation"
-        out.append(category)
+    end_of_query = offsets[query][1]
+    return [
+        span or ("relation" if start >= sentence_start and end <= end_of_query else "other")
+        for span, (start, end) in zip(span_categories(record, offsets), offsets, strict=True)
+    ]
+
+
+def drop_by_span(
+    records: Sequence[Record], rows: Sequence[TextScores], configs: Sequence[AugmentConfig]
+) -> dict[str, float]:
+    """Mean drop probability of the word tokens (those the scores mark eligible: no punctuation
+    or special token, protected ones included) of each biography span (name, each field) and of
+    the other words, averaged over `configs` (one policy's seeds: only the shuffled ranking
+    depends on the seed)."""
+    from .augment import drop_probabilities
+
+    categories = [
+        (span or "other") if eligible else None
+        for record, row in zip(records, rows, strict=True)
+        for span, eligible in zip(span_categories(record, row.offsets), row.eligible, strict=True)
+    ]  # [tokens]
+    p = sum(drop_probabilities(rows, c, records) for c in configs) / len(configs)  # [tokens]
+    out = {}
+    for category in ("name", *FIELDS, "other"):
+        values = [x for x, c in zip(p.tolist(), categories, strict=True) if c == category]
+        if values:
+            out[category] = sum(values) / len(values)
     return out
 
 
@@ -360,6 +390,48 @@ def _analysis(run) -> dict[str, list[dict]]:
     return rows
 
 
+def _drops(run, records: Sequence[Record], rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """`drop_by_span` of every (trained role, policy) of the summary at its chosen setting."""
+    from .attention import read_scores
+    from .augment import AugmentConfig
+
+    scores = {row.id: row for row in read_scores(run.path("scores"))}
+    texts = [scores[record.id] for record in records]
+    out = {}
+    for r in rows:
+        configs = [
+            AugmentConfig(
+                r["policy"],
+                r["alpha"] or 0.0,
+                r["beta"] or 0.0,
+                seed=seed,
+                score_of=r["role"],
+                protect=run.config.augment.protect,
+            )
+            for seed in r["seeds"]
+        ]
+        out[f"{r['role']} {r['policy']}"] = drop_by_span(records, texts, configs)
+    return out
+
+
+def _drops_markdown(drops: dict[str, dict[str, float]], protect: Sequence[str]) -> str:
+    columns = list(next(iter(drops.values())))
+    lines = [
+        "## Where each policy drops tokens",
+        "",
+        "Mean drop probability of the words (tokens but punctuation) of each span of the "
+        "training biographies, per policy at its chosen setting, over its seeds"
+        + (f"; protected: {', '.join(protect)}" if protect else "")
+        + ".",
+        "",
+        "| model, policy | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for label, row in drops.items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    return "\n".join([*lines, ""])
+
+
 PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 """The metrics of the paired-difference figure (report.json has every metric)."""
 
@@ -417,6 +489,8 @@ def write_report(run) -> list[Path]:
                 {"large - small (contrast)": counts["large - small"]}, out / "fig3.png"
             )
         )
+        summary["drops"] = _drops(run, records, summary["rows"])
+        lines += [_drops_markdown(summary["drops"], config.augment.protect)]
         n = len(analysis["large"])
         figures += [
             "- fig1.png: test QA EM (and cloze EM) per field against the field's mean token "
