@@ -328,7 +328,9 @@ def _offsets(records: Sequence[Record], rows: Sequence[TextScores], tok: _Tokens
     return offsets
 
 
-def _protect(records: Sequence[Record], tok: _Tokens, offsets: np.ndarray, spans: Sequence[str]):
+def _protect(
+    records: Sequence[Record], tok: _Tokens, offsets: np.ndarray, spans: Sequence[str]
+) -> None:
     """Make the tokens that overlap the records' `spans` ineligible, in place."""
     begin, end = offsets[:, 0], offsets[:, 1]  # [tokens]
     for i, record in enumerate(records):

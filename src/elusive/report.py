@@ -226,16 +226,11 @@ relation words, e.g. "had a professional role at"), or anything else."""
 
 def span_categories(record: Record, offsets: Sequence[tuple[int, int]]) -> list[str | None]:
     """The span of a biography (name or a field) that each token overlaps, or None."""
-    out: list[str | None] = []
-    for start, end in offsets:
-        spans = (record.spans.get(name) for name in ("name", *FIELDS))
-        hits = (
-            n
-            for n, s in zip(("name", *FIELDS), spans, strict=True)
-            if s and start < s[1] and end > s[0]
-        )
-        out.append(next(hits, None))
-    return out
+    spans = {n: record.spans[n] for n in ("name", *FIELDS) if n in record.spans}
+    return [
+        next((n for n, (lo, hi) in spans.items() if start < hi and end > lo), None)
+        for start, end in offsets
+    ]
 
 
 def token_categories(record: Record, offsets: Sequence[tuple[int, int]], query: int) -> list[str]:
