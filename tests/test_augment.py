@@ -411,6 +411,12 @@ def test_cli_show_writes_html_and_png(tmp_path, bios, scores):
     text = re.sub(r"<[^>]+>", "", page.split('<div class="text">')[1].split("</div>")[0])
     assert text == bios[3].text.replace("'", "&#x27;")
     assert (tmp_path / "fig" / "p03.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = ["show", "p03", "--scores", str(sdir), "--out", str(prefix), "--protect", "name"]
+    assert runner.invoke(app, args).exit_code == 0  # the name's words are never dropped now
+    kept = (tmp_path / "fig" / "p03.html").read_text()
+    name_words = len(bios[3].text[slice(*bios[3].spans["name"])].split())
+    assert kept.count('class="tok"') == sum(scores[3].eligible) - name_words
+    assert "name never dropped" in kept
     missing = runner.invoke(app, ["show", "nobody", "--scores", str(sdir), "--out", str(prefix)])
     assert missing.exit_code != 0 and "text 'nobody' is not in the corpus" in missing.output
 
