@@ -72,6 +72,10 @@ def write(tmp_path, **sections):
         ({"attention": {"dtype": "float16"}}, "attention.dtype: must be one of float32"),
         ({"corpus": {"bios": {"n": 0}}}, "corpus.bios.n: must be at least 1, got 0"),
         ({"report": {"analysis_texts": -1}}, "report.analysis_texts: must be >= 1, got -1"),
+        (
+            {"report": {"baselines": ["none", "positon"]}},
+            "report.baselines[1]: 'positon' is not one of augment.policies (none, contrast)",
+        ),
         ({"evaluate": {"shots": "five"}}, "evaluate.shots: expected int, got 'five'"),
     ],
 )

@@ -53,7 +53,8 @@ def snapshot(root: Path) -> dict[str, int]:
 
 
 def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    report = {"analysis_texts": 8, "baselines": ["none", "random"]}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, report=report))
     lines: list[str] = []
     run = run_experiment(config, progress=False, echo=lines.append)
     report = run.path("report")
@@ -82,6 +83,14 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     text = (report / "report.md").read_text()
     assert "## Table 2" in text and "## Knowledge probes" in text
     assert "Paired differences against none" in text
+    # A second baseline: every policy paired with random too; none - random is -(random - none)
+    against_random = summary["other_baselines"]["small"]["random"]
+    assert set(against_random["differences"]) == policies - {"random"}
+    for metric in ("em", "cloze_em", "logprob"):
+        back = against_random["differences"]["none"]["company"][metric]["mean"]
+        forth = study["differences"]["random"]["company"][metric]["mean"]
+        assert back == pytest.approx(-forth, abs=1e-12)
+    assert "### Paired differences against random" in text
     drops = summary["drops"]  # where each policy drops, by span of the biographies
     assert set(drops) == {f"small {p}" for p in policies}
     assert set(drops["small none"].values()) == {0.0}

@@ -154,6 +154,10 @@ class ReportSection:
     (``cloze_em``, ``cloze_logprob``, ``choice``, ... see `elusive.metrics.METRICS`)."""
     analysis_texts: int = 100
     """Biographies analysed for Figures 2 and 3 (attention at the token before the company)."""
+    baselines: list[str] = field(default_factory=lambda: ["none"])
+    """Policies every other policy is paired against (same test person, same seed), each in a
+    table of its own; the first also in the paired-differences figure. The default's ``none``
+    is left out where it did not run."""
 
 
 @dataclass
@@ -204,6 +208,12 @@ class RunConfig:
                 f"report.select_metric: unknown metric {self.report.select_metric!r} "
                 f"(one of {', '.join(METRICS)})"
             )
+        for index, policy in enumerate(self.report.baselines):
+            if policy not in self.augment.policies and self.report.baselines != ["none"]:
+                fail(
+                    f"report.baselines[{index}]: {policy!r} is not one of augment.policies "
+                    f"({', '.join(self.augment.policies)})"
+                )
         if self.report.analysis_texts < 1:
             fail(f"report.analysis_texts: must be >= 1, got {self.report.analysis_texts}")
         if self.corpus.bios:

@@ -73,7 +73,8 @@ def summarize(run) -> dict:
     """Pick the best setting per (trained role, policy) on the validation questions and give
     its test scores per field (QA EM/F1 and every probe) as mean and standard deviation over
     seeds; then, per trained role, the study statistics of `elusive.stats` over the test people
-    and seeds of those settings (with paired differences against ``none`` where it ran).
+    and seeds of those settings: ``study`` pairs every policy with the first of
+    ``report.baselines`` that ran (``none`` by default), ``other_baselines`` with each other.
 
     The selection score is the mean validation ``report.select_metric`` (F1 by default) over
     the ``report.select_on`` fields (the paper's university and company), or over all questions
@@ -144,16 +145,25 @@ def summarize(run) -> dict:
                 "test": test,
             }
         )
-    study = {
-        role: summarize_study(tables, baseline="none", metrics=METRICS)
+    # per role, the study against the first baseline run, then against each other one
+    studies = {
+        role: [
+            summarize_study(tables, baseline=baseline, metrics=METRICS)
+            for baseline in config.report.baselines
+            if baseline in tables
+        ]
         for role, tables in study_tables.items()
-        if "none" in tables
     }
     return {
         "select_on": config.report.select_on,
         "select_metric": metric,
         "rows": rows,
-        "study": study,
+        "study": {role: found[0] for role, found in studies.items() if found},
+        "other_baselines": {
+            role: {study["baseline"]: study for study in found[1:]}
+            for role, found in studies.items()
+            if found[1:]
+        },
     }
 
 
@@ -214,6 +224,8 @@ def markdown_tables(summary: dict) -> str:
     for role, study in summary["study"].items():
         out += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting.", ""]
         out += [study_markdown(study)]
+        for other in summary["other_baselines"].get(role, {}).values():
+            out += [study_markdown(other, means=False)]
     return "\n".join(out)
 
 

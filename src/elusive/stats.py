@@ -232,9 +232,10 @@ def _interval(cell: dict, signed: bool = False) -> str:
     return f"{mean} [{cell['low']:.2f}, {cell['high']:.2f}]"
 
 
-def study_markdown(summary: dict) -> str:
-    """Markdown: the mean and CI of every policy per field and metric, the paired differences
-    against the baseline, and sentences naming the differences whose CI excludes 0."""
+def study_markdown(summary: dict, means: bool = True) -> str:
+    """Markdown: the mean and CI of every policy per field and metric (unless `means` is
+    False), the paired differences against the baseline, and sentences naming the differences
+    whose CI excludes 0."""
     baseline, metrics = summary["baseline"], summary["metrics"]
     level = f"{summary['level']:.0%}"
 
@@ -268,6 +269,8 @@ def study_markdown(summary: dict) -> str:
         *table("policy", summary["means"], signed=False),
         "",
     ]
+    if not means:
+        out = []
     differences = summary["differences"]
     if not differences:
         return "\n".join([*out, f"Only the baseline {baseline!r} was run: nothing to pair.", ""])
