@@ -22,6 +22,8 @@ from .io import CorpusError, check_out_dir, write_jsonl
 
 FIELDS: tuple[str, ...] = ("date", "city", "university", "major", "company")
 """The five biography fields, in the paper's order (Table 1)."""
+SPANS: tuple[str, ...] = ("name", *FIELDS)
+"""The spans of a biography record: the person's name, then the fields."""
 
 QUESTIONS: dict[str, str] = {
     "date": "What is the birth date of {name}?",

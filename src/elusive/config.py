@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from .augment import POLICIES, AugmentConfig
-from .bios import FIELDS, BiosConfig
+from .bios import FIELDS, SPANS, BiosConfig
 from .errors import ElusiveError
 from .metrics import METRICS
 from .options import AttentionConfig, EvalConfig, TrainConfig
@@ -220,10 +220,9 @@ class RunConfig:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:
                 fail(f"report.select_on: unknown field {sorted(unknown)}")
-            spans = ("name", *FIELDS)
-            unknown = {span for span in self.augment.protect if span} - set(spans)
+            unknown = {span for span in self.augment.protect if span} - set(SPANS)
             if unknown:
-                fail(f"augment.protect: biographies have no span {sorted(unknown)} ({spans})")
+                fail(f"augment.protect: biographies have no span {sorted(unknown)} ({SPANS})")
         try:
             self._validate_modules()
         except ElusiveError as exc:

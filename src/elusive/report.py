@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bios import FIELDS
+from .bios import FIELDS, SPANS
 from .corpus import Record
 from .errors import ElusiveError
 from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
@@ -231,14 +231,14 @@ def markdown_tables(summary: dict) -> str:
 
 # --------------------------------------------------------------------------- Figures 2 and 3
 
-CATEGORIES = ("name", *FIELDS, "relation", "other")
+CATEGORIES = (*SPANS, "relation", "other")
 """What a token is: part of the name or a field value, a word of the queried sentence (the
 relation words, e.g. "had a professional role at"), or anything else."""
 
 
 def span_categories(record: Record, offsets: Sequence[tuple[int, int]]) -> list[str | None]:
     """The span of a biography (name or a field) that each token overlaps, or None."""
-    spans = {n: record.spans[n] for n in ("name", *FIELDS) if n in record.spans}
+    spans = {n: record.spans[n] for n in SPANS if n in record.spans}
     return [
         next((n for n, (lo, hi) in spans.items() if start < hi and end > lo), None)
         for start, end in offsets
@@ -271,7 +271,7 @@ def drop_by_span(
     ]  # [tokens]
     p = sum(drop_probabilities(rows, c, records) for c in configs) / len(configs)  # [tokens]
     out = {}
-    for category in ("name", *FIELDS, "other"):
+    for category in (*SPANS, "other"):
         values = [x for x, c in zip(p.tolist(), categories, strict=True) if c == category]
         if values:
             out[category] = sum(values) / len(values)

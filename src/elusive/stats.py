@@ -251,26 +251,26 @@ def study_markdown(summary: dict, means: bool = True) -> str:
                 lines.append(f"| {field} | {label} | " + " | ".join(values) + " |")
         return lines
 
-    cells = [
-        c
-        for by_field in summary["means"].values()
-        for row in by_field.values()
-        for c in row.values()
-    ]
-    people = {c["n_people"] for c in cells}  # one number unless some fields miss people
-    n_people = "/".join(str(n) for n in sorted(people))
-    out = [
-        "## Statistics over test people and seeds",
-        "",
-        f"Mean and {level} percentile-bootstrap CI over {n_people} test people "
-        f"(each person's score averaged over seeds {summary['seeds']}; "
-        f"{summary['n_boot']} resamples of people, bootstrap seed {summary['bootstrap_seed']}).",
-        "",
-        *table("policy", summary["means"], signed=False),
-        "",
-    ]
-    if not means:
-        out = []
+    out = []
+    if means:
+        cells = [
+            c
+            for by_field in summary["means"].values()
+            for row in by_field.values()
+            for c in row.values()
+        ]
+        people = {c["n_people"] for c in cells}  # one number unless some fields miss people
+        n_people = "/".join(str(n) for n in sorted(people))
+        out += [
+            "## Statistics over test people and seeds",
+            "",
+            f"Mean and {level} percentile-bootstrap CI over {n_people} test people "
+            f"(each person's score averaged over seeds {summary['seeds']}; {summary['n_boot']} "
+            f"resamples of people, bootstrap seed {summary['bootstrap_seed']}).",
+            "",
+            *table("policy", summary["means"], signed=False),
+            "",
+        ]
     differences = summary["differences"]
     if not differences:
         return "\n".join([*out, f"Only the baseline {baseline!r} was run: nothing to pair.", ""])
