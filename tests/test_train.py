@@ -633,3 +633,35 @@ def test_fsdp_training_equals_one_gpu_and_resumes_exactly(tmp_path):
     for key, value in adapters["plain"].items():
         torch.testing.assert_close(adapters["fsdp"][key], value, atol=1e-4, rtol=0)
         torch.testing.assert_close(adapters["resumed"][key], adapters["fsdp"][key])
+
+
+class _PlantedCode:
+    """Unpickled by a full unpickler, it calls Path.touch(marker): code run from a run folder."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_crafted_trainer_state_without_running_it(
+    tiny_model_dir, records, tmp_path
+):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    train(_config(tiny_model_dir, epochs=2), records, run_dir, progress=False)
+    shutil.rmtree(run_dir / "epoch-2")  # as if stopped after epoch 1, whose state is planted
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _PlantedCode(marker)}, run_dir / "epoch-1" / STATE_FILE)
+    write_bios(BiosConfig(n=12, seed=3), tmp_path / "bios")
+    corpus = tmp_path / "bios" / "people.jsonl"
+    args = ["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(run_dir)]
+    args += ["--epochs", "2", "--lr", "1e-2", "--batch-size", "4", "--warmup", "0"]
+    result = CliRunner().invoke(app, [*args, "--mixed-precision", "no"])
+    assert not marker.exists()
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and STATE_FILE in errors[0] and "Traceback" not in result.output
+    assert last_epoch(run_dir) == 1 and not (run_dir / "epoch-2").exists()

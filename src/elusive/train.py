@@ -309,6 +309,28 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
     accelerator.wait_for_everyone()
 
 
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state `_save_epoch` wrote. It is read with `weights_only=True`: tensors,
+    numbers, strings and plain containers only, so a run folder handed over by someone else
+    cannot run code when it is resumed (a full unpickler calls whatever a crafted file names).
+    A file that is no such state, crafted or damaged, is a TrainError naming it."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TrainError(
+            f"{path}: holds objects other than tensors, numbers and plain containers, so it is "
+            "no trainer state elusive wrote; refusing to resume from it (delete that epoch "
+            "folder to train it again)"
+        ) from None
+    except (EOFError, RuntimeError, OSError) as exc:
+        raise TrainError(f"{path}: unreadable trainer state ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= state.keys():
+        raise TrainError(f"{path}: not a trainer state elusive wrote (its keys are missing)")
+    return state
+
+
 def _optimizer_state(accelerator, model, optimizer) -> dict[str, Any]:
     """The optimizer's state for trainer_state.pt, whole on the main process. Under FSDP each
     process holds a shard of it: every process must call this, to gather them."""
@@ -407,7 +429,7 @@ def train(
 
     log: dict[str, Any] = {"steps": [], "epochs": []}
     if start:
-        state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(resume_dir / STATE_FILE)
         _load_optimizer_state(accelerator, model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
