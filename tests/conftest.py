@@ -13,6 +13,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """Every test's caches (attention scores, converted models) go to a folder of the
+    session's own, never the user's ~/.cache/elusive."""
+    before = os.environ.get("ELUSIVE_CACHE")
+    os.environ["ELUSIVE_CACHE"] = str(tmp_path_factory.mktemp("elusive-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ELUSIVE_CACHE")
+    else:
+        os.environ["ELUSIVE_CACHE"] = before
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_model_dir(request, tmp_path_factory):
     """A saved tiny model folder of each architecture (llama adds BOS, qwen2 does not)."""
