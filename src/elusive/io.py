@@ -283,7 +283,8 @@ def _take_lock(folder: Path, lock: Path) -> int:
             os.close(fd)
             continue
         holder = {} if made else _holder(fd)
-        if holder and holder != me and _alive(holder, me["host"]):
+        mine = (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"])
+        if holder and not mine and _alive(holder, me["host"]):  # mine: a former life's pid
             os.close(fd)
             raise OutputError(_in_use(folder, lock, holder))
         os.ftruncate(fd, 0)

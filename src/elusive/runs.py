@@ -159,14 +159,16 @@ class Run:
     def refresh(self, stage: str, echo: Callable[[str], None] = print) -> None:
         """Before `stage` runs: remove each of its outputs made from other inputs than its
         fingerprint says now, say which, and record the fingerprints. Only what the manifest
-        records is removed: a path there that it does not record (or a link) is not elusive's,
-        and is refused. Outputs are complete once they exist (atomic files, resumable training
-        runs), so a recorded fingerprint with no output just means the work is still to do."""
+        records is removed: a path there that it does not record is not elusive's, nor is a
+        link (elusive makes none), and either is refused rather than removed. Outputs are
+        complete once they exist (atomic files, resumable training runs), so a recorded
+        fingerprint with no output just means the work is still to do."""
         recorded = self.manifest.setdefault("outputs", {})
         made = fingerprints(self, stage)
-        for rel in made:
+        for rel, fingerprint in made.items():
             path = self.path(rel)
-            if path.is_symlink() or (rel not in recorded and path.exists()):
+            link = path.is_symlink() and recorded.get(rel) != fingerprint
+            if link or (rel not in recorded and path.exists()):
                 raise OutputError(
                     f"{path}: exists but was not written by elusive (no record in "
                     f"{self.manifest_path}); move it or choose another --out"
