@@ -442,3 +442,56 @@ def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
     assert set(RANKED) == set(RANK_BY) and not set(UNRANKED) & set(RANK_BY)
     captions = {caption(AugmentConfig(policy=p, alpha=0.5)) for p in POLICIES}
     assert len(captions) == len(POLICIES)
+
+
+def test_augment_refuses_an_out_that_is_one_of_its_inputs(tmp_path, bios, scores):
+    """--out equal to the corpus (given, or the one the scores' manifest names) or to a file of
+    the scores folder is refused in one line, and the input is left as it was."""
+    from elusive.augment import augment_file
+    from elusive.io import OutputError
+
+    corpus, sdir = write_fixture(tmp_path, bios, scores)
+    config = AugmentConfig(policy="random", alpha=0.5)
+    for out, given in [
+        (corpus, None),
+        (tmp_path / "." / corpus.name, corpus),  # the same file, spelt another way
+        (sdir / "scores.jsonl", None),
+    ]:
+        before = out.read_bytes()
+        with pytest.raises(OutputError, match=r"is also the input --(corpus|scores)"):
+            augment_file(sdir, out, config, corpus=given)
+        assert out.read_bytes() == before
+    result = runner.invoke(app, ["augment", "--scores", str(sdir), "--out", str(corpus)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {corpus}: is also the input --corpus")
+
+
+def test_a_rerun_of_augment_removes_what_a_sigkilled_one_left(tmp_path, bios, scores):
+    """SIGKILL right before the rename: the temp file stays (no cleanup runs). Rerun, the same
+    command removes it, and only it: a user's look-alike and another output's temp stay."""
+    import os
+    import subprocess
+    import sys
+
+    from elusive.io import _new_file_beside
+
+    _, sdir = write_fixture(tmp_path, bios, scores)
+    out = tmp_path / "aug" / "random.jsonl"
+    killed = (
+        "import os, signal, sys\n"
+        "from elusive.augment import AugmentConfig, augment_file\n"
+        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "augment_file(sys.argv[1], sys.argv[2], AugmentConfig(policy='random', alpha=0.5))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", killed, str(sdir), str(out)], env=env)
+    assert done.returncode == -9
+    (left,) = out.parent.iterdir()
+    assert left.name.startswith(".random.jsonl.") and left.stat().st_size > 0
+    users = out.parent / ".random.jsonl.0123456789ab.tmp"
+    users.write_text("mine")
+    other = _new_file_beside(out.parent / "other.jsonl", ".tmp")  # another writer's, live
+    args = ["augment", "--scores", str(sdir), "--out", str(out), "--policy", "random"]
+    result = runner.invoke(app, [*args, "--alpha", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert sorted(out.parent.iterdir()) == sorted([out, users, other])

@@ -141,3 +141,68 @@ def test_option_help_is_the_field_docstring():
     assert helps["augment", "copies"] == "Augmented copies per text, besides the original (copy 0)."
     text = runner.invoke(app, ["train", "--help"]).output
     assert "Peak learning rate." in text
+
+
+@pytest.mark.parametrize(
+    ("command", "out", "message"),
+    [
+        (["attention", "--model", "nope", "--corpus", "DIR/scores.jsonl"], "DIR", "is also the"),
+        (["train", "--model", "nope", "--corpus", "DIR/c.jsonl"], "DIR", "lies inside the output"),
+        (["train", "--model", "nope", "--corpus", "DIR"], "DIR/run", "inside the input folder"),
+        (["evaluate", "--model", "nope", "--qa", "DIR/metrics.json"], "DIR", "is also the input"),
+        (["squad", "convert", "DIR/qa.jsonl"], "DIR", "is also the input FILE"),
+    ],
+)
+def test_an_output_that_is_an_input_is_refused_first(tmp_path, command, out, message):
+    """A stage command whose --out would overwrite its input, or hold it in a folder it owns,
+    refuses in one line before reading anything, and the input stays as it was."""
+    folder = tmp_path / "DIR"
+    folder.mkdir()
+    for name in ("scores.jsonl", "c.jsonl", "metrics.json", "qa.jsonl"):
+        (folder / name).write_text('{"text": "mine"}\n')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = [arg.replace("DIR", str(folder)) for arg in command]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert message in result.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_special_file_or_link_at_an_output_is_refused_not_replaced(tmp_path, kind):
+    """bios generate's people.jsonl, augment's --out: a FIFO (as a device would be) or a link
+    there is refused in one line and stays; the link's target is not written."""
+    import os
+    import stat
+
+    target = tmp_path / "user.jsonl"
+    target.write_text("keep me\n")
+    outs = [tmp_path / "bios" / "people.jsonl", tmp_path / "aug.jsonl"]
+    outs[0].parent.mkdir()
+    for out in outs:
+        os.mkfifo(out) if kind == "fifo" else out.symlink_to(target)
+    commands = [["bios", "generate", "--out", str(outs[0].parent)]]
+    commands.append(["augment", "--scores", str(tmp_path / "none"), "--out", str(outs[1])])
+    for out, command in zip(outs, commands, strict=True):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"error: {out}: is a ")
+        assert stat.S_ISFIFO(out.lstat().st_mode) if kind == "fifo" else out.is_symlink()
+    assert target.read_text() == "keep me\n"
+    assert sorted(p.name for p in outs[0].parent.iterdir()) == ["people.jsonl"]
+
+
+def test_train_refuses_an_out_folder_another_live_process_holds(tmp_path):
+    import json
+    import os
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = {"pid": os.getppid(), "host": socket.gethostname()}  # alive, not this process
+    (out / ".elusive.lock").write_text(json.dumps(holder))
+    args = ["train", "--model", "nope", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: {out} is in use by process {os.getppid()}; ")

@@ -47,3 +47,91 @@ def test_remove_temp_files_takes_what_a_killed_writer_left_and_nothing_else(tmp_
     assert remove_temp_files(tmp_path) == 1 and left[1].exists()
     assert remove_temp_files(tmp_path, recursive=True) == 1
     assert not any(p.exists() for p in left) and all(p.exists() for p in keep)
+
+
+def test_only_files_with_elusive_s_marker_count_as_temp_files(tmp_path):
+    """A user's file named like a temp file (12 hex digits and all) is kept; what elusive's
+    writers leave (a temp file, a temp folder as training saves an epoch to) goes."""
+    from elusive.io import _new_file_beside, remove_temp_files
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    users = [docs / ".thesis.0123456789ab.tex", tmp_path / ".log.json.0123456789ab.tmp"]
+    for path in users:
+        path.write_text("mine")
+    left = _new_file_beside(docs / "fig.png", ".png")
+    assert remove_temp_files(tmp_path, recursive=True) == 1
+    assert not left.exists() and all(path.read_text() == "mine" for path in users)
+
+    from elusive.io import TEMP_MARK, temp_beside
+
+    folder = temp_beside(tmp_path / "epoch-1")
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "adapter.bin").write_text("half")
+    assert TEMP_MARK in left.name and TEMP_MARK in folder.name
+    assert remove_temp_files(tmp_path) == 1 and not folder.exists()
+    assert all(path.read_text() == "mine" for path in users)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_an_output_path_that_is_no_regular_file_is_refused_and_kept(tmp_path, kind):
+    """A FIFO (a special file, as a device is) or a symbolic link where an output goes: every
+    output check and the atomic write refuse it in one line, and it stays as it was."""
+    from elusive.io import OutputError, check_out_dir, check_out_file
+
+    target = tmp_path / "user.txt"
+    target.write_text("keep me\n")
+    out = tmp_path / "out.jsonl"
+    if kind == "fifo":
+        os.mkfifo(out)
+        message = "is a special file"
+    else:
+        out.symlink_to(target)
+        message = "is a symbolic link"
+    for write in (
+        lambda: check_out_file(out),
+        lambda: check_out_dir(tmp_path, ("out.jsonl",)),
+        lambda: atomic_write_text(out, "new\n"),
+    ):
+        with pytest.raises(OutputError, match=f"^{out}: {message}"):
+            write()
+    assert stat.S_ISFIFO(out.lstat().st_mode) if kind == "fifo" else out.is_symlink()
+    assert target.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "user.txt"]
+
+
+def test_a_folder_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from elusive.io import LOCK_FILE, OutputError, folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(out):
+        holder = json.loads((out / LOCK_FILE).read_text())
+        assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
+        with pytest.raises(OutputError, match=f"^{out} is in use by process {os.getpid()}; "):
+            with folder_lock(out):
+                pass
+        assert (out / LOCK_FILE).exists()  # the refused one took nothing away
+    assert not out.exists()  # released, and the folder it made is empty: gone too
+
+    out.mkdir()
+    (out / "kept").write_text("x")
+    with pytest.raises(RuntimeError), folder_lock(out):
+        raise RuntimeError
+    assert [p.name for p in out.iterdir()] == ["kept"]  # released on errors too
+
+    live = {"pid": os.getppid(), "host": socket.gethostname()}  # alive, not this process
+    (out / LOCK_FILE).write_text(json.dumps(live))
+    with pytest.raises(OutputError, match=f"in use by process {os.getppid()}; .* remove "):
+        with folder_lock(out):
+            pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({**live, "pid": dead.pid}))
+    with folder_lock(out):
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_FILE).exists()

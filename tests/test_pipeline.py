@@ -426,3 +426,112 @@ def test_a_run_killed_mid_training_resumes_to_identical_bytes(tmp_path, tiny_pai
         for key, slots in a["optimizer"]["state"].items():
             for name, value in slots.items():
                 assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
+
+
+def skip_stages(monkeypatch) -> None:
+    """Every stage a no-op: these tests are about what the run folder refuses or removes."""
+    import elusive.pipeline as pipeline
+
+    for name in STAGES:
+        monkeypatch.setattr(pipeline, f"stage_{name}", lambda *a, **k: "skipped")
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_users_folder_as_out_is_refused_and_nothing_in_it_removed(
+    tmp_path, tiny_pair, monkeypatch
+):
+    """`elusive run cfg.yaml --out .` in a project folder: its scores/grades.csv and a file
+    named like a temp file stay; the run refuses in one line before any work."""
+    from elusive.io import OutputError
+
+    skip_stages(monkeypatch)
+    project = tmp_path / "proj"
+    (project / "scores").mkdir(parents=True)
+    (project / "scores" / "grades.csv").write_text("name,grade\n")
+    (project / "docs").mkdir()
+    (project / "docs" / ".thesis.0123456789ab.tex").write_text("\\chapter{One}\n")
+    before = files(project)
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    with pytest.raises(OutputError, match=rf"^{project}: is not empty and is no elusive run"):
+        run_experiment(config, project, progress=False, echo=lambda _: None)
+    assert files(project) == before
+
+
+def test_an_output_path_the_manifest_does_not_record_is_refused_not_removed(
+    tmp_path, tiny_pair, monkeypatch
+):
+    """An elusive run folder (run.json there) holding the user's own corpus/ where the corpus
+    stage writes, unrecorded: refused, naming it and run.json, and kept."""
+    from elusive.io import OutputError
+    from elusive.runs import Run
+
+    skip_stages(monkeypatch)
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    out = tmp_path / "run"
+    Run(config, out).open()
+    (out / "corpus").mkdir()
+    (out / "corpus" / "mine.txt").write_text("my texts\n")
+    before = files(out / "corpus")
+    message = rf"^{out / 'corpus'}: exists but was not written by elusive \(no record in .*run.json"
+    with pytest.raises(OutputError, match=message):
+        run_experiment(config, out, progress=False, echo=lambda _: None)
+    assert files(out / "corpus") == before
+
+
+def test_a_corpus_inside_the_run_folder_is_refused(tmp_path, tiny_pair, monkeypatch):
+    """corpus.path and corpus.qa inside the run folder (where its refresh removes outputs):
+    refused in one line naming the key and both paths, the input kept."""
+    from elusive.bios import BiosConfig, write_bios
+    from elusive.io import OutputError
+    from elusive.runs import Run
+
+    skip_stages(monkeypatch)
+    out = tmp_path / "run"
+    Run(load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID)), out).open()
+    people, qa = write_bios(BiosConfig(n=4), out / "corpus")
+    before = files(out / "corpus")
+    corpus = {"path": str(people), "qa": str(qa)}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID, corpus=corpus))
+    message = rf"^corpus.path {people}: lies inside the output folder {out}, which elusive writes"
+    with pytest.raises(OutputError, match=message):
+        run_experiment(config, out, progress=False, echo=lambda _: None)
+    assert files(out / "corpus") == before
+
+
+def test_a_run_folder_is_locked_while_a_run_writes_it(tmp_path, tiny_pair, monkeypatch):
+    """A lock naming a live process refuses the run; one naming a dead process is taken over,
+    held through the stages and released at the end."""
+    import socket
+    import subprocess
+    import sys
+
+    import elusive.pipeline as pipeline
+    from elusive.io import OutputError
+
+    LOCK_FILE = ".elusive.lock"
+    skip_stages(monkeypatch)
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    out = tmp_path / "run"
+    out.mkdir()
+    live = {"pid": os.getppid(), "host": socket.gethostname()}  # alive, not this process
+    (out / LOCK_FILE).write_text(json.dumps(live))
+    with pytest.raises(OutputError, match=rf"^{out} is in use by process {os.getppid()}; "):
+        run_experiment(config, out, progress=False, echo=lambda _: None)
+    assert not (out / "run.json").exists()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({**live, "pid": dead.pid}))
+    holders = []
+
+    def train(run, *args):
+        holders.append(json.loads((run.root / LOCK_FILE).read_text())["pid"])
+        return "skipped"
+
+    monkeypatch.setattr(pipeline, "stage_train", train)
+    run_experiment(config, out, progress=False, echo=lambda _: None)
+    assert holders == [os.getpid()] and not (out / LOCK_FILE).exists()
+    assert (out / "run.json").exists()

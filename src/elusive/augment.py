@@ -50,7 +50,7 @@ import numpy as np
 from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
 from .figures import TokenView, render_html, render_png
-from .io import atomic_write_text, check_out_file, write_jsonl
+from .io import atomic_write_text, check_apart, check_out_file, remove_temps_of, write_jsonl
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -507,11 +507,19 @@ def augment_file(
     corpus: str | Path | None = None,
     progress: bool = False,
 ) -> int:
-    """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows."""
+    """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows.
+    `out` must be none of the inputs; the temp files a killed earlier run left for it go."""
+    from .attention import read_manifest
+
     config.validate()
     check_out_file(out)
     records, rows, config = load_inputs(scores_dir, corpus, config)
+    if corpus is None:  # the manifest's, which load_inputs has read and found
+        corpus = Path(scores_dir) / read_manifest(scores_dir)["corpus"]
+    scores = {f"--scores {n}": Path(scores_dir, n) for n in ("scores.jsonl", "manifest.json")}
+    check_apart([out], {"--corpus": corpus, **scores})
     augmented = augment(records, rows, config, progress=progress)
+    remove_temps_of(out)
     write_jsonl(out, augmented)
     return len(augmented)
 

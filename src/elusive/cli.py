@@ -9,6 +9,7 @@ torch (the model stages' live in `elusive.options`).
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -26,6 +27,7 @@ from .augment import AugmentConfig
 from .bios import BiosConfig
 from .config import ModelsSection, load_config
 from .errors import ElusiveError
+from .io import check_apart, folder_lock
 from .options import AttentionConfig, EvalConfig, TrainConfig
 from .squad import SquadConfig
 
@@ -224,6 +226,7 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
+    check_apart([out / "scores.jsonl", out / "manifest.json"], {"--corpus": corpus})
     rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
@@ -321,7 +324,11 @@ def train_command(
         schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
         dtype=dtype, mixed_precision=mixed_precision, quantize=quantize,
     )  # fmt: skip
-    last = train(config, corpus, out)
+    from .parallel import process_state
+
+    check_apart([out], {"--corpus": corpus})
+    with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
+        last = train(config, corpus, out)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
 
 
@@ -370,6 +377,8 @@ def evaluate_command(
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     placement = parse_placement(device_map, max_memory)
+    outputs = [out / "metrics.json", out / "predictions.jsonl"]
+    check_apart(outputs, {"--qa": qa, "--shots-from": shots_from})
     result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
@@ -439,6 +448,7 @@ def squad_convert(
         seed=seed,
         require_answer_in_context=require_answer_in_context,
     )
+    check_apart([out / "corpus.jsonl", out / "qa.jsonl"], {"FILE": file})
     records, questions = read_squad(file, config)
     corpus, qa = write_corpus_and_qa(records, questions, out)
     typer.echo(

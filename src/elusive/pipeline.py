@@ -9,6 +9,7 @@ Stages, each writing into the run folder and skipped when its outputs are alread
     eval/       metrics.json + predictions.jsonl per (train run, epoch)
     report/     report.md, report.json and the figures
     run.json    the manifest: config, versions, input hashes, stage timings
+    .elusive.lock  held by the process writing the folder (its pid and host)
 
 Every file is written atomically and training resumes from its last epoch, so an interrupted
 run picks up where it stopped and gives the numbers an uninterrupted run gives. A stage redoes
@@ -22,12 +23,13 @@ import json
 import math
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from .bios import generate_bios
 from .config import ConfigError, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
-from .io import atomic_write_text, file_sha256, write_jsonl
+from .io import atomic_write_text, file_sha256, folder_lock, write_jsonl
 from .runs import STAGES, Run, eval_dirs, grid
 
 # --------------------------------------------------------------------------- stages
@@ -205,27 +207,31 @@ def run_experiment(
     Under `accelerate launch` every process scores its share of the texts, trains (data
     parallel), evaluates its share of the checkpoints and questions and scores its share of the
     report's analysis texts; the main process alone runs the other stages while the rest wait.
+    The main process holds the run folder's lock throughout (`elusive.io.folder_lock`), so a
+    second run on the same folder refuses instead of removing this one's outputs.
     """
     from .parallel import process_state
 
     state = process_state()
     run = Run(config, out, is_main=state.is_main_process)
-    with state.main_process_first():
-        run.open(echo)
-    rank, world = state.process_index, state.num_processes
-    stages: dict[str, Callable[[], str]] = {
-        "corpus": lambda: stage_corpus(run),
-        "attention": lambda: stage_attention(run, progress),
-        "augment": lambda: stage_augment(run, progress),
-        "train": lambda: stage_train(run, progress and run.is_main, echo),
-        "evaluate": lambda: stage_evaluate(run, progress and run.is_main, rank, world),
-        "report": lambda: stage_report(run),
-    }
-    for name in STAGES:
-        if run.is_main:
-            run.refresh(name, echo)
-        state.wait_for_everyone()
-        if run.is_main or name not in ("corpus", "augment"):
-            run.stage(name, stages[name], echo)
-        state.wait_for_everyone()
+    run.check()  # before the lock file: a folder that is refused gets nothing written into it
+    with folder_lock(run.root) if run.is_main else nullcontext():
+        with state.main_process_first():
+            run.open(echo)
+        rank, world = state.process_index, state.num_processes
+        stages: dict[str, Callable[[], str]] = {
+            "corpus": lambda: stage_corpus(run),
+            "attention": lambda: stage_attention(run, progress),
+            "augment": lambda: stage_augment(run, progress),
+            "train": lambda: stage_train(run, progress and run.is_main, echo),
+            "evaluate": lambda: stage_evaluate(run, progress and run.is_main, rank, world),
+            "report": lambda: stage_report(run),
+        }
+        for name in STAGES:
+            if run.is_main:
+                run.refresh(name, echo)
+            state.wait_for_everyone()
+            if run.is_main or name not in ("corpus", "augment"):
+                run.stage(name, stages[name], echo)
+            state.wait_for_everyone()
     return run

@@ -9,7 +9,9 @@ evaluation) is recorded in the manifest with the fingerprint of what it is made 
 stage runs, `Run.refresh` removes the outputs whose fingerprint changed, so a run folder
 whose config was fixed or edited redoes only what the change reaches, and says which. Inputs
 are hashed by content where they are files, so a change that leaves a file identical (a
-scoring batch size) stops there.
+scoring batch size) stops there. Nothing else is ever removed: a path the manifest does not
+record as an output is refused, and so are a folder elusive did not make and a corpus inside
+the run folder (`Run.check`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, to_dict
-from .io import atomic_write_text, file_sha256, remove_temp_files
+from .io import (
+    OutputError,
+    atomic_write_text,
+    check_apart,
+    check_out_dir,
+    file_sha256,
+    foreign_entries,
+    remove_temp_files,
+)
 from .options import EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
@@ -97,9 +107,25 @@ class Run:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
+    def check(self) -> None:
+        """Refuse, before anything is written, a folder elusive cannot own: a file, a folder
+        that holds other things but no run.json (not a run folder: a refresh would remove the
+        user's files), and a corpus input inside the folder or holding it."""
+        check_out_dir(self.root, ("run.json",))
+        if not self.manifest_path.exists() and (foreign := foreign_entries(self.root)):
+            raise OutputError(
+                f"{self.root}: is not empty and is no elusive run folder (no run.json; it holds "
+                f"{foreign[0].name}): choose a new or empty --out"
+            )
+        corpus = self.config.corpus
+        inputs = {f"corpus.{key}": getattr(corpus, key) for key in ("path", "qa", "squad")}
+        check_apart([self.root], inputs)
+
     def open(self, echo: Callable[[str], None] = print) -> None:
-        """Create or reopen the folder; a reopened folder says which config keys changed
-        (`refresh` then redoes what they reach)."""
+        """Create or reopen the folder (after `check`); a reopened folder says which config keys
+        changed (`refresh` then redoes what they reach). The writing process holds the folder's
+        lock meanwhile (`elusive.io.folder_lock`, taken by `run_experiment`)."""
+        self.check()
         if self.is_main:  # what a killed process was writing (the others wait for this one)
             remove_temp_files(self.root, recursive=True)
         if self.manifest_path.exists():
@@ -132,12 +158,23 @@ class Run:
 
     def refresh(self, stage: str, echo: Callable[[str], None] = print) -> None:
         """Before `stage` runs: remove each of its outputs made from other inputs than its
-        fingerprint says now (or of unknown origin), say which, and record the fingerprints.
-        Outputs are complete once they exist (atomic files, resumable training runs), so a
-        recorded fingerprint with no output just means the work is still to do."""
+        fingerprint says now, say which, and record the fingerprints. Only what the manifest
+        records is removed: a path there that it does not record is not elusive's, nor is a
+        link (elusive makes none), and either is refused rather than removed. Outputs are
+        complete once they exist (atomic files, resumable training runs), so a recorded
+        fingerprint with no output just means the work is still to do."""
         recorded = self.manifest.setdefault("outputs", {})
+        made = fingerprints(self, stage)
+        for rel, fingerprint in made.items():
+            path = self.path(rel)
+            link = path.is_symlink() and recorded.get(rel) != fingerprint
+            if link or (rel not in recorded and path.exists()):
+                raise OutputError(
+                    f"{path}: exists but was not written by elusive (no record in "
+                    f"{self.manifest_path}); move it or choose another --out"
+                )
         stale = []
-        for rel, fingerprint in fingerprints(self, stage).items():
+        for rel, fingerprint in made.items():
             path = self.path(rel)
             if recorded.get(rel) != fingerprint and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

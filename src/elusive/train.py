@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import Record, read_corpus
-from .io import DroppedDataWarning, atomic_write_text, check_out_dir, remove_temp_files
+from .io import DroppedDataWarning, atomic_write_text, check_out_dir, remove_temp_files, temp_beside
 from .models import DTYPES, resolve_mixed_precision
 from .options import MIXED_PRECISIONS, TrainConfig, TrainError
 
@@ -295,8 +295,9 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
     process calls it: under FSDP the weights are gathered from all of them."""
     weights = accelerator.get_state_dict(model)  # whole on the main process
     if accelerator.is_main_process:
-        final, tmp = run_dir / f"epoch-{epoch}", run_dir / f".epoch-{epoch}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        # a fresh marked name: what a killed run left there is removed on rerun (train)
+        final = run_dir / f"epoch-{epoch}"
+        tmp = temp_beside(final)
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
         if config.full:
             tokenizer.save_pretrained(tmp)
