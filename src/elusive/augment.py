@@ -51,6 +51,7 @@ from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
 from .figures import TokenView, render_html, render_png
 from .io import atomic_write_text, check_out_file, write_jsonl
+from .options import check_finite, shorten
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -94,9 +95,10 @@ class AugmentConfig:
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise AugmentError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        check_finite(self, name, AugmentError)
         if self.policy not in POLICIES:
             raise AugmentError(
-                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {shorten(self.policy)}"
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise AugmentError(f"{name('alpha')} must be in [0, 1], got {self.alpha}")
@@ -107,7 +109,7 @@ class AugmentConfig:
         if self.seed < 0:
             raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
         if any(not span for span in self.protect):
-            raise AugmentError(f"{name('protect')} names an empty span: {self.protect!r}")
+            raise AugmentError(f"{name('protect')} names an empty span: {shorten(self.protect)}")
 
 
 # --------------------------------------------------------------------------- randomness
