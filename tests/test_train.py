@@ -633,3 +633,19 @@ def test_fsdp_training_equals_one_gpu_and_resumes_exactly(tmp_path):
     for key, value in adapters["plain"].items():
         torch.testing.assert_close(adapters["fsdp"][key], value, atol=1e-4, rtol=0)
         torch.testing.assert_close(adapters["resumed"][key], adapters["fsdp"][key])
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_saves_no_epoch(
+    tiny_model_dir, records, tmp_path
+):
+    """A learning rate far too high sends the weights to infinity after one step: training
+    stops there, in one line, and no epoch is saved from the broken weights."""
+    config = _config(tiny_model_dir, epochs=2, lr=1e30)
+    with pytest.raises(TrainError) as err:
+        train(config, records, tmp_path / "run", progress=False)
+    assert str(err.value) == (
+        f"{tmp_path / 'run'}: loss is nan at step 2 (epoch 1): lower the learning rate "
+        "(--lr, now 1e+30); epochs saved before are kept"
+    )
+    assert last_epoch(tmp_path / "run") == 0
+    assert not list((tmp_path / "run").glob("*epoch-*"))
