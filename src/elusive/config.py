@@ -219,10 +219,13 @@ class RunConfig:
         if self.corpus.bios:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:
-                fail(f"report.select_on: unknown field {sorted(unknown)}")
+                fail(f"report.select_on: unknown field {shorten(sorted(unknown))}")
             unknown = {span for span in self.augment.protect if span} - set(SPANS)
             if unknown:
-                fail(f"augment.protect: biographies have no span {sorted(unknown)} ({SPANS})")
+                fail(
+                    f"augment.protect: biographies have no span {shorten(sorted(unknown))} "
+                    f"({SPANS})"
+                )
         try:
             self._validate_modules()
         except ElusiveError as exc:
@@ -431,7 +434,7 @@ def _set(data: dict[str, Any], item: str, where: str) -> None:
     """Apply one ``KEY=VALUE`` override to the raw config mapping `data`."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        raise ConfigError(f"--set {shorten(item)}: expected KEY=VALUE, e.g. train.lr=3e-4")
     try:
         value = safe_yaml(text)
     except yaml.YAMLError:
