@@ -306,7 +306,8 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
     """Read a YAML or JSON config file (JSON is YAML) into a validated RunConfig.
 
     Each of `sets` is ``KEY=VALUE`` (``train.lr=3e-4``, ``evaluate.shots=5``): VALUE, parsed as
-    YAML, replaces the key (``elusive run --set``)."""
+    YAML, replaces the key (``elusive run --set``). The YAML is read by `safe_yaml`: a key given
+    twice, or aliases that expand past `MAX_YAML_NODES` values, are errors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
