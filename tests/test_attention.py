@@ -376,3 +376,28 @@ def test_manifest_corpus_is_found_from_another_folder(tiny_dirs, tmp_path, monke
     (work / "c.jsonl").rename(work / "moved.jsonl")
     with pytest.raises(AugmentError, match=r"c.jsonl: no such file .*the corpus .*manifest.json"):
         augment_file(work / "scores", tmp_path / "aug2.jsonl", config)
+
+
+def test_a_huge_text_fails_before_it_is_tokenised_naming_file_text_and_lengths(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    """A megabyte line cannot fit 2048 positions of tokens of at most 15 characters: it is
+    refused from its length, never tokenised, and no model weights load."""
+    spec = str(tiny_dirs["llama"])
+    longest = max(map(len, load_model(spec)[1].get_vocab()))
+    corpus = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": "fits", "text": TEXT}, {"id": "huge", "text": "Ava Smith " * 100_000}],
+    )
+    tokenised, loaded = [], []
+    real = attention.tokenize
+    monkeypatch.setattr(attention, "tokenize", lambda tok, text, prefix="": (
+        tokenised.append(len(text)), real(tok, text, prefix))[1])  # fmt: skip
+    monkeypatch.setattr("elusive.models.load_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(AttentionError) as err:
+        score_corpus({"model": spec}, corpus, tmp_path / "s", AttentionConfig(cache_dir=tmp_path))
+    assert str(err.value) == (
+        f"{corpus}: text 'huge' is 1000000 characters long, more than the 2048 positions of "
+        f"model {spec!r} hold (at most {longest} characters a token): split it"
+    )
+    assert tokenised == [] and loaded == [] and not (tmp_path / "s").exists()

@@ -495,3 +495,21 @@ def test_a_rerun_of_augment_removes_what_a_sigkilled_one_left(tmp_path, bios, sc
     result = runner.invoke(app, [*args, "--alpha", "0.5"])
     assert result.exit_code == 0, result.output
     assert sorted(out.parent.iterdir()) == sorted([out, users, other])
+
+
+def test_a_copy_that_loses_every_token_is_not_written_and_is_counted(tmp_path):
+    """alpha 1 drops every eligible token: a text of words alone would be left empty (or, with
+    replace_with_spaces, blank); such copies are left out and warned about, the rest kept."""
+    from elusive.io import DroppedDataWarning
+
+    records = [Record("words", "Ava Mia Smith"), Record("sentence", "Ava was born.")]
+    rows = [fake_scores(r) for r in records]
+    for spaces in (False, True):
+        config = AugmentConfig("random", alpha=1.0, copies=3, replace_with_spaces=spaces)
+        with pytest.warns(DroppedDataWarning, match=r"^3 of 6 augmented copies lost every token"):
+            out = augment(records, rows, config)
+        assert [r["id"] for r in out] == ["words#0", "sentence#0", "sentence#1", "sentence#2",
+                                          "sentence#3"]  # fmt: skip
+        assert all(r["text"].strip() for r in out)
+        write_rows(tmp_path / "aug.jsonl", out)
+        assert len(read_corpus(tmp_path / "aug.jsonl")) == 5  # what training reads

@@ -235,3 +235,215 @@ def test_a_model_spec_that_cannot_resolve_fails_at_load(tmp_path, spec, message)
     with pytest.raises(ConfigError, match=r"models\.large: .*no config.json"):
         load_config(write(tmp_path, models={"large": str(tmp_path / "folder")}))
     assert not (tmp_path / "run").exists()
+
+
+def write_text(tmp_path, text: str) -> Path:
+    """A config file of `text` as written, for YAML that `yaml.safe_dump` cannot produce."""
+    base = yaml.safe_load(write(tmp_path).read_text())
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base) + text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("seeds: [.inf]\n", "seeds[0]: expected int, got inf"),
+        ("seeds: [-.inf]\n", "seeds[0]: expected int, got -inf"),
+    ],
+)
+def test_non_finite_numbers_fail_at_load_in_one_line(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    config = {k: v for k, v in yaml.safe_load(write(tmp_path).read_text()).items()}
+    config.pop("seeds", None)
+    path.write_text(yaml.safe_dump(config) + text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"train": {"lr": [1e-3, float("inf")]}}, "train.lr[1]: must be a finite number, got inf"),
+        ({"train": {"weight_decay": float("inf")}}, "train.weight_decay: must be a finite number"),
+    ],
+)
+def test_infinite_options_fail_at_load_naming_the_key(tmp_path, sections, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, **sections))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_option_refuses_infinity_and_nan(value):
+    """The check of each module config, shared by its command-line flags and config keys."""
+    for config in (TrainConfig(model="m"), AugmentConfig(), EvalConfig(), AttentionConfig()):
+        for option in dataclasses.fields(config):
+            if isinstance(getattr(config, option.name), float):
+                bad = dataclasses.replace(config, **{option.name: value})
+                flag = elusive.errors.flag(option.name)
+                with pytest.raises(
+                    elusive.errors.ElusiveError,
+                    match=f"^{flag} must be a finite number, got {value}$",
+                ):
+                    bad.validate()
+    with pytest.raises(elusive.errors.ElusiveError, match="--lr must be a finite number, got inf"):
+        TrainConfig(model="m", lr=float("inf")).validate()
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("Q: {question} {x}\nA:", "has '{x}' in"),
+        ("Q: {question}\nA: {}", "has '{}' in"),
+        ('Return {"answer": 1} for {question}', "has '{\"answer\": 1}' in"),
+        ("Q: {question} }", "has a lone { or } in"),
+        ("Q: {question!r}", "has '{question!r}' in"),
+    ],
+)
+def test_a_template_with_unknown_fields_or_lone_braces_fails_at_load(tmp_path, template, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, evaluate={"template": template}))
+    assert str(err.value).startswith(f"{write(tmp_path)}: evaluate.template: {message}")
+    assert "\n" not in str(err.value)
+
+
+def test_a_template_takes_literal_braces_escaped_only(tmp_path):
+    from elusive.corpus import QAItem
+    from elusive.evaluate import build_prompts
+
+    with pytest.raises(ConfigError, match="has '{json}' in"):
+        load_config(write(tmp_path, evaluate={"template": "{json} {question}"}))
+    config = load_config(write(tmp_path, evaluate={"template": "{{json}} {question}"}))
+    item = QAItem("q", "p", "Who?", ("Ava",))
+    assert build_prompts([item], config.evaluate) == ["{json} Who?"]
+
+
+def test_duplicate_keys_fail_naming_the_file_key_and_lines(tmp_path):
+    path = write_text(tmp_path, "train: {lr: [0.1]}\n")
+    line = path.read_text().splitlines().index("train:") + 1
+    last = len(path.read_text().splitlines())
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}:{last}: duplicate key 'train' (first at line {line}); give each key once"
+    )
+    path.write_text("evaluate: {shots: 1, shots: 2}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: duplicate key 'shots'"):
+        load_config(path)
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path):
+    """A duplicate key is refused, but not a key that overrides one merged in with ``<<``."""
+    text = write(tmp_path).read_text()
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "evaluate: {batch_size: 4, batch_size: 2}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'batch_size'"):
+        load_config(path)
+    path.write_text(text + "attention: &a {batch_size: 4, prefix: 'T: '}\n"
+                    "evaluate: {<<: *a, batch_size: 2}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="evaluate.prefix: unknown key"):
+        load_config(path)  # the merged keys are read
+    path.write_text(text + "attention: &a {batch_size: 4}\nevaluate: {<<: *a, batch_size: 2}\n")
+    loaded = load_config(path)
+    assert (loaded.attention.batch_size, loaded.evaluate.batch_size) == (4, 2)
+
+
+BOMB = """\
+a: &a [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+seeds: [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_an_alias_bomb_fails_at_once_in_one_short_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BOMB)
+    began = time.perf_counter()
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert time.perf_counter() - began < 2.0
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path}:5: more than 100000 values once aliases")
+    assert result.output.count("\n") == 1 and len(result.output) < 200
+    path.write_text("seeds: &s [0, *s]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: an alias refers to a node holding it"):
+        load_config(path)
+
+
+def test_a_bad_value_is_shown_cut_short(tmp_path):
+    path = write(tmp_path, train={"schedule": "x" * 100_000})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: train.schedule: must be one of")
+    assert str(err.value).endswith("xxx'") and len(str(err.value)) < 300
+    path.write_text(f"seeds: [[{', '.join(['1'] * 20000)}]]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: seeds[0]: expected int, got [1, 1, 1")
+    assert len(str(err.value)) < 200
+
+
+def test_a_folder_or_a_non_utf8_file_as_the_config_fails_in_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(tmp_path)])
+    assert (result.exit_code, result.output) == (
+        2,
+        f"error: {tmp_path}: is a folder; give a config file (YAML or JSON)\n",
+    )
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seeds: [0]\nout: caf\xe9\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert (result.exit_code, result.output) == (
+        2,
+        f"error: {path}: not UTF-8 text (invalid continuation byte at byte 19)\n",
+    )
+    path.write_text("[" * 10000 + "]" * 10000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"seeds": [0, 0]}, "seeds[1]: 0 is given twice (also seeds[0])"),
+        ({"train": {"lr": [1e-3, 0.001]}}, "train.lr[1]: 0.001 is given twice (also train.lr[0])"),
+        ({"train": {"epochs": [1, 2, 1]}}, "train.epochs[2]: 1 is given twice"),
+        ({"augment": {"policies": ["none", "none"]}}, "augment.policies[1]: 'none' is given"),
+        ({"models": {"trained": ["small", "small"]}}, "models.trained[1]: 'small' is given"),
+        (
+            {"augment": {"alpha": [0.7, 0.7000001]}},
+            "augment.alpha[0] 0.7 and augment.alpha[1] 0.7000001 name the same run folder (0.7)",
+        ),
+        ({"augment": {"beta": [0.03, 0.0300000001]}}, "augment.beta[0] 0.03 and augment.beta[1]"),
+        ({"train": {"lr": [1e-3, 1.0000001e-3]}}, "train.lr[0] 0.001 and train.lr[1] 0.0010000001"),
+    ],
+)
+def test_duplicate_grid_values_fail_at_load(tmp_path, sections, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, **sections))
+
+
+def test_grid_values_refused_as_one_are_those_whose_run_folders_collide():
+    from elusive.runs import Cell
+
+    def folder(alpha, beta, lr):
+        return Cell("small", "contrast", alpha, beta, lr, 0).train_tag
+
+    assert folder(0.7, 0.03, 1e-3) == folder(0.7000001, 0.0300000001, 1.0000001e-3)
+    assert folder(0.7, 0.03, 1e-3) != folder(0.70001, 0.03001, 1.0001e-3)
+    config = RunConfig(
+        corpus=dataclasses.replace(RunConfig().corpus),
+        models=dataclasses.replace(RunConfig().models, large="org/a", small="org/b"),
+        augment=AugmentSection(alpha=[0.7, 0.70001], beta=[0.03, 0.03001]),
+        train=TrainSection(lr=[1e-3, 1.0001e-3]),
+    )
+    config.validate()  # distinct folders: accepted
+    config.augment.alpha[1] = 0.7000001
+    with pytest.raises(ConfigError, match=r"augment\.alpha\[0\] 0\.7 and augment\.alpha\[1\]"):
+        config.validate()

@@ -193,3 +193,17 @@ def test_utf8_bom_is_stripped_from_txt_and_jsonl(tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(bom + '{"question": "Q?", "answer": "A"}\n', encoding="utf-8")
     assert read_qa(qa)[0].question == "Q?"
+
+
+def test_read_qa_with_sources_refuses_a_question_about_another_text(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    lines = [
+        {"person_id": "p1", "question": "Q?", "answer": "A"},
+        {"question": "Q2?", "answer": "B"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert len(read_qa(path)) == 2  # without sources: any questions, as for `elusive evaluate`
+    with pytest.raises(CorpusError, match=r"qa.jsonl:1: source_id 'p1' is not the id of any"):
+        read_qa(path, sources={"p0"})
+    with pytest.raises(CorpusError, match=r"qa.jsonl:2: missing field 'source_id'"):
+        read_qa(path, sources={"p1"})

@@ -535,3 +535,43 @@ def test_a_run_folder_is_locked_while_a_run_writes_it(tmp_path, tiny_pair, monke
     run_experiment(config, out, progress=False, echo=lambda _: None)
     assert holders == [os.getpid()] and not (out / LOCK_FILE).exists()
     assert (out / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    "question, message",
+    [
+        ({"source_id": "c"}, "qa.jsonl:2: source_id 'c' is not the id of any corpus text"),
+        ({}, "qa.jsonl:2: missing field 'source_id' (or 'person_id')"),
+    ],
+)
+def test_questions_about_texts_not_in_the_corpus_fail_before_anything_is_written(
+    tmp_path, tiny_pair, question, message
+):
+    from elusive.io import CorpusError, write_jsonl
+
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl", [{"id": i, "text": f"{i} was born."} for i in "ab"]
+    )
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"source_id": "a", "question": "Who?", "answer": "a"},
+            {"question": "Who else?", "answer": "c", **question},
+        ],
+    )
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus={"path": str(corpus), "qa": str(qa)})
+    with pytest.raises(CorpusError) as err:
+        run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    assert str(err.value).startswith(f"{qa.parent}/{message}")
+    assert not list((tmp_path / "run").glob("corpus/*"))
+
+
+def test_a_split_without_test_questions_fails_before_the_corpus_is_written(tmp_path, tiny_pair):
+    from elusive.io import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": "a", "text": "Ava was born."}])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"source_id": "a", "question": "Who?", "answer": "a"}])
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus={"path": str(corpus), "qa": str(qa)})
+    with pytest.raises(ConfigError, match=r"leaves no test questions \(1 sources\)"):
+        run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    assert not list((tmp_path / "run").glob("corpus/*"))

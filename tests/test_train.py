@@ -665,3 +665,19 @@ def test_resume_refuses_a_crafted_trainer_state_without_running_it(
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and STATE_FILE in errors[0] and "Traceback" not in result.output
     assert last_epoch(run_dir) == 1 and not (run_dir / "epoch-2").exists()
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_saves_no_epoch(
+    tiny_model_dir, records, tmp_path
+):
+    """A learning rate far too high sends the weights to infinity after one step: training
+    stops there, in one line, and no epoch is saved from the broken weights."""
+    config = _config(tiny_model_dir, epochs=2, lr=1e30)
+    with pytest.raises(TrainError) as err:
+        train(config, records, tmp_path / "run", progress=False)
+    assert str(err.value) == (
+        f"{tmp_path / 'run'}: loss is nan at step 2 (epoch 1): lower the learning rate "
+        "(--lr, now 1e+30); epochs saved before are kept"
+    )
+    assert last_epoch(tmp_path / "run") == 0
+    assert not list((tmp_path / "run").glob("*epoch-*"))

@@ -693,20 +693,48 @@ def _project(
     return out
 
 
-def _check_lengths(
-    records: Sequence[Record], items: Sequence[Tokenized], spec: str, cache_dir: Path | None
-) -> None:
-    """Refuse, before scoring, a text longer than the model's positions: its attention past
-    them says nothing the model learnt."""
+class TextTooLong(AttentionError):
+    """A text longer than a scoring model's positions."""
+
+
+def _positions(spec: str, cache_dir: Path | None) -> int | None:
+    """The positions of model `spec` (``max_position_embeddings``), read from its config alone,
+    before any weights load; None where the config gives none."""
     from transformers import AutoConfig
 
     from .models import resolve_model
 
     model_config = AutoConfig.from_pretrained(resolve_model(spec, cache_dir=cache_dir))
-    limit = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    return getattr(model_config.get_text_config(), "max_position_embeddings", None)
+
+
+def _check_chars(records: Sequence[Record], tokenizer, limit: int | None, spec: str) -> None:
+    """Refuse, before tokenising, a text too long in characters for the model's positions: no
+    token covers more characters than the vocabulary's longest string (byte-level and
+    sentencepiece BPE cover every character of a text), so a text of more than ``limit *
+    longest`` characters has more than `limit` tokens. Tokenising a huge text (megabytes on one
+    line) takes minutes and gigabytes; this takes a pass over the lengths, and over the
+    vocabulary only where a text is longer than `limit` characters."""
+    if limit is None or max((len(r.text) for r in records), default=0) <= limit:
+        return
+    longest = max(map(len, tokenizer.get_vocab()))
+    for record in records:
+        if len(record.text) > limit * longest:
+            raise TextTooLong(
+                f"text {record.id!r} is {len(record.text)} characters long, more than the "
+                f"{limit} positions of model {spec!r} hold (at most {longest} characters a "
+                "token): split it"
+            )
+
+
+def _check_lengths(
+    records: Sequence[Record], items: Sequence[Tokenized], limit: int | None, spec: str
+) -> None:
+    """Refuse, before scoring, a text longer than the model's positions: its attention past
+    them says nothing the model learnt."""
     for record, item in zip(records, items, strict=True):
         if limit is not None and len(item.ids) > limit:
-            raise AttentionError(
+            raise TextTooLong(
                 f"text {record.id!r} is {len(item.ids)} tokens long (prefix and special tokens "
                 f"included), more than the {limit} positions of model {spec!r}: split it"
             )
@@ -738,8 +766,10 @@ def score_records(
     items = {}
     for role, spec in specs.items():
         tokenizer = load_tokenizer(spec, cache_dir=config.cache_dir)
+        limit = _positions(spec, config.cache_dir)
+        _check_chars(records, tokenizer, limit, spec)
         items[role] = [tokenize(tokenizer, t, config.prefix) for t in texts]
-        _check_lengths(records, items[role], spec, config.cache_dir)
+        _check_lengths(records, items[role], limit, spec)
     if len(specs) == 2 and config.align == "tokens":
         for n, record in enumerate(records):
             _check_same_tokens(record, items["large"][n], items["small"][n])
@@ -846,9 +876,12 @@ def score_corpus(
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     records = read_corpus(corpus)
-    rows, fingerprints, processes = score_records(
-        records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory
-    )
+    try:
+        rows, fingerprints, processes = score_records(
+            records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory
+        )
+    except TextTooLong as exc:
+        raise TextTooLong(f"{corpus}: {exc}") from None
     manifest = {
         "models": {r: {"spec": str(s), "fingerprint": fingerprints[r]} for r, s in specs.items()},
         "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),

@@ -2,7 +2,8 @@
 Contrasting Attention", Figure 4).
 
 Every policy turns one text into ``copies + 1`` sequences: copy 0 is the original, copies
-1..K drop tokens of the trained model's tokenization (the tokens of the scores file). Policies:
+1..K drop tokens of the trained model's tokenization (the tokens of the scores file); a copy
+left with no text is not written (see `augment`). Policies:
 
 - ``none``: plain finetuning; every copy is the original, so all policies train on the same
   number of sequences.
@@ -39,6 +40,7 @@ sorts the uniforms of draw 0, which no copy uses.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
@@ -50,7 +52,15 @@ import numpy as np
 from .corpus import Record, read_corpus
 from .errors import ElusiveError, flag
 from .figures import TokenView, render_html, render_png
-from .io import atomic_write_text, check_apart, check_out_file, remove_temps_of, write_jsonl
+from .io import (
+    DroppedDataWarning,
+    atomic_write_text,
+    check_apart,
+    check_out_file,
+    remove_temps_of,
+    write_jsonl,
+)
+from .options import check_finite, shorten
 
 if TYPE_CHECKING:
     from .attention import TextScores
@@ -94,9 +104,10 @@ class AugmentConfig:
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise AugmentError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        check_finite(self, name, AugmentError)
         if self.policy not in POLICIES:
             raise AugmentError(
-                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+                f"{name('policy')} must be one of {', '.join(POLICIES)}, got {shorten(self.policy)}"
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise AugmentError(f"{name('alpha')} must be in [0, 1], got {self.alpha}")
@@ -107,7 +118,7 @@ class AugmentConfig:
         if self.seed < 0:
             raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
         if any(not span for span in self.protect):
-            raise AugmentError(f"{name('protect')} names an empty span: {self.protect!r}")
+            raise AugmentError(f"{name('protect')} names an empty span: {shorten(self.protect)}")
 
 
 # --------------------------------------------------------------------------- randomness
@@ -429,8 +440,11 @@ def augment(
     """Augmented rows for every record, ordered by record then copy (0 = the original).
 
     Each row is {"id": "<source>#<copy>", "source_id", "policy", "copy", "text", "keep"}, with
-    `keep` one 0/1 per token of the scores. Raises AugmentError on bad options or on scores
-    that do not belong to `records`, before any sampling.
+    `keep` one 0/1 per token of the scores. A copy whose drops leave no text (or only
+    whitespace: alpha near 1 on a text with no punctuation) is left out, and a
+    DroppedDataWarning counts those; the other copies keep their numbers, so the rows written
+    depend on the seed alone. Raises AugmentError on bad options or on scores that do not
+    belong to `records`, before any sampling.
     """
     from tqdm import tqdm
 
@@ -444,6 +458,7 @@ def augment(
         chunks.append((part, tok, _drop(part_rows, tok, config), offsets))
     draws = np.arange(1, config.copies + 1)
     out: list[dict[str, Any]] = []
+    emptied = 0
     bar = tqdm(
         total=len(records), desc=f"augment {config.policy}", unit="text", disable=not progress
     )
@@ -454,6 +469,8 @@ def augment(
         masks = keep.astype(np.uint8)
         for i, record in enumerate(part):
             kept = masks[:, tok.start[i] : tok.start[i + 1]].tolist()
+            copies = list(enumerate(zip(texts[i], kept, strict=True)))
+            emptied += sum(1 for _, (text, _) in copies if not text.strip())
             out.extend(
                 {
                     "id": f"{record.id}#{copy}",
@@ -463,10 +480,18 @@ def augment(
                     "text": text,
                     "keep": mask,
                 }
-                for copy, (text, mask) in enumerate(zip(texts[i], kept, strict=True))
+                for copy, (text, mask) in copies
+                if text.strip()  # copy 0, the corpus text, is never empty
             )
         bar.update(len(part))
     bar.close()
+    if emptied:
+        warnings.warn(
+            f"{emptied} of {len(records) * config.copies} augmented copies lost every token "
+            f"(policy {config.policy}, alpha {config.alpha:g}) and are not written",
+            DroppedDataWarning,
+            stacklevel=2,
+        )
     return out
 
 

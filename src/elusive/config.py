@@ -31,7 +31,7 @@ import difflib
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from .augment import POLICIES, AugmentConfig
 from .bios import FIELDS, SPANS, BiosConfig
 from .errors import ElusiveError
 from .metrics import METRICS
-from .options import AttentionConfig, EvalConfig, TrainConfig
+from .options import AttentionConfig, EvalConfig, TrainConfig, shorten
 from .specs import check_model_spec, check_placement
 from .squad import SquadConfig
 
@@ -191,7 +191,7 @@ class RunConfig:
             fail("seeds is empty")
         for role in self.models.trained:
             if role not in ("large", "small"):
-                fail(f"models.trained: unknown role {role!r}")
+                fail(f"models.trained: unknown role {shorten(role)}")
         for role in ("large", "small"):
             try:
                 check_model_spec(getattr(self.models, role))
@@ -205,13 +205,13 @@ class RunConfig:
             fail(str(exc))
         if self.report.select_metric not in METRICS:
             fail(
-                f"report.select_metric: unknown metric {self.report.select_metric!r} "
+                f"report.select_metric: unknown metric {shorten(self.report.select_metric)} "
                 f"(one of {', '.join(METRICS)})"
             )
         for index, policy in enumerate(self.report.baselines):
             if policy not in self.augment.policies and self.report.baselines != ["none"]:
                 fail(
-                    f"report.baselines[{index}]: {policy!r} is not one of augment.policies "
+                    f"report.baselines[{index}]: {shorten(policy)} is not one of augment.policies "
                     f"({', '.join(self.augment.policies)})"
                 )
         if self.report.analysis_texts < 1:
@@ -219,14 +219,44 @@ class RunConfig:
         if self.corpus.bios:
             unknown = set(self.report.select_on) - set(FIELDS)
             if unknown:
-                fail(f"report.select_on: unknown field {sorted(unknown)}")
+                fail(f"report.select_on: unknown field {shorten(sorted(unknown))}")
             unknown = {span for span in self.augment.protect if span} - set(SPANS)
             if unknown:
-                fail(f"augment.protect: biographies have no span {sorted(unknown)} ({SPANS})")
+                fail(
+                    f"augment.protect: biographies have no span {shorten(sorted(unknown))} "
+                    f"({SPANS})"
+                )
         try:
             self._validate_modules()
         except ElusiveError as exc:
             fail(str(exc))
+        self._validate_grid_values(fail)
+
+    def _validate_grid_values(self, fail: Callable[[str], None]) -> None:
+        """Refuse a grid list that gives a value twice, or two numbers that name the same run
+        folder: `elusive.runs.Cell` writes ``alpha``, ``beta`` and ``lr`` with `grid_tag` (0.7 and
+        0.7000001 are both ``0.7``), so their runs would share, and overwrite, one folder."""
+        lists: dict[str, tuple[list[Any], Callable[[Any], str] | None]] = {
+            "seeds": (self.seeds, None),
+            "models.trained": (self.models.trained, None),
+            "augment.policies": (self.augment.policies, None),
+            "augment.alpha": (self.augment.alpha, grid_tag),
+            "augment.beta": (self.augment.beta, grid_tag),
+            "train.lr": (self.train.lr, grid_tag),
+            "train.epochs": (self.train.epochs, None),
+        }
+        for key, (values, tag) in lists.items():
+            first: dict[Any, int] = {}
+            for index, value in enumerate(values):
+                j = first.setdefault(tag(value) if tag else value, index)
+                if j != index and values[j] == value:
+                    fail(f"{key}[{index}]: {shorten(value)} is given twice (also {key}[{j}])")
+                if j != index:
+                    fail(
+                        f"{key}[{j}] {values[j]!r} and {key}[{index}] {value!r} name the same "
+                        f"run folder ({grid_tag(value)}): give values that differ in their "
+                        "first 6 significant digits"
+                    )
 
     def _validate_modules(self) -> None:
         """Run each module config's own checks on the options it will get, naming config keys."""
@@ -245,6 +275,12 @@ class RunConfig:
         _validate_grid("augment", self.augment, {})
         _validate_grid("train", self.train, {"model": self.models.small})
         self.evaluate.validate(lambda f: f"evaluate.{f}:")
+
+
+def grid_tag(value: float) -> str:
+    """How a grid number (alpha, beta, lr) is written in run folder names (`elusive.runs.Cell`):
+    6 significant digits."""
+    return f"{value:g}"
 
 
 def _validate_grid(key: str, section: Any, fixed: dict[str, Any]) -> None:
@@ -270,14 +306,27 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
     """Read a YAML or JSON config file (JSON is YAML) into a validated RunConfig.
 
     Each of `sets` is ``KEY=VALUE`` (``train.lr=3e-4``, ``evaluate.shots=5``): VALUE, parsed as
-    YAML, replaces the key (``elusive run --set``)."""
+    YAML, replaces the key (``elusive run --set``). The YAML is read by `safe_yaml`: a key given
+    twice, or aliases that expand past `MAX_YAML_NODES` values, are errors."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give a config file (YAML or JSON)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = safe_yaml(text) or {}
+    except YamlRefused as exc:
+        raise ConfigError(f"{path}:{exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:  # PyYAML composes nested collections by recursion
+        raise ConfigError(f"{path}: nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in sets:
@@ -287,26 +336,110 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
     return config
 
 
+MAX_YAML_NODES = 100_000
+"""The most nodes a YAML document may hold once its aliases are expanded. A config holds a few
+hundred; the bound refuses an alias bomb (anchors that nest aliases of each other, a few lines
+that expand to billions of values) before anything walks the expansion."""
+
+
+class YamlRefused(yaml.YAMLError):
+    """YAML that parses but is refused: a key given twice, or aliases that expand too far.
+    Its message is ``LINE: what``, to follow a file name."""
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data, no arbitrary tags) that also refuses a key given twice
+    in one mapping, where PyYAML keeps the last silently, and a document whose aliases expand
+    beyond `MAX_YAML_NODES` nodes or into themselves."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: keys may override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error names it
+                    continue
+                if seen is not key_node:
+                    raise YamlRefused(
+                        f"{key_node.start_mark.line + 1}: duplicate key {shorten(key)} (first at "
+                        f"line {seen.start_mark.line + 1}); give each key once"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node | None) -> None:
+    """Refuse a node graph whose expansion (every alias replaced by what it names) holds more
+    than `MAX_YAML_NODES` nodes, or an alias inside the node it names. Counts each shared node
+    once, without expanding anything, and without recursion."""
+    size: dict[int, int] = {}  # id(node) -> nodes of its expansion
+    open_nodes: set[int] = set()  # the nodes whose expansion is being counted: the ancestors
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    while stack:
+        node, counted = stack.pop()
+        children = _children(node)
+        if counted:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise YamlRefused(
+                    f"{node.start_mark.line + 1}: more than {MAX_YAML_NODES} values once "
+                    "aliases are expanded; a config holds a few hundred"
+                )
+        elif id(node) in open_nodes:
+            raise YamlRefused(f"{node.start_mark.line + 1}: an alias refers to a node holding it")
+        elif id(node) not in size:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def safe_yaml(text: str) -> Any:
+    """`text` read as YAML by `yaml.safe_load`'s rules, refusing duplicate keys and alias bombs
+    (`YamlRefused`)."""
+    loader = _SafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def yaml_value(flag: str, text: str | None) -> Any:
     """A command-line option's value read as YAML, as the config file would hold it
     (``--max-memory "{0: 70GiB, cpu: 200GiB}"``); None stays None."""
     if text is None:
         return None
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text)
     except yaml.YAMLError:
-        raise ConfigError(f"{flag} {text!r}: not valid YAML") from None
+        raise ConfigError(f"{flag} {shorten(text)}: not valid YAML") from None
 
 
 def _set(data: dict[str, Any], item: str, where: str) -> None:
     """Apply one ``KEY=VALUE`` override to the raw config mapping `data`."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        raise ConfigError(f"--set {shorten(item)}: expected KEY=VALUE, e.g. train.lr=3e-4")
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml(text)
     except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        raise ConfigError(f"--set {shorten(item)}: the value is not valid YAML") from None
     *parents, last = key.split(".")
     node = data
     for depth, part in enumerate(parents):
@@ -329,8 +462,13 @@ def from_dict(cls: type, data: Any, where: str, key: str = "") -> Any:
         if name not in names:
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"
-            raise ConfigError(f"{where}: {prefix}{name}: unknown key ({hint})")
+            raise ConfigError(f"{where}: {prefix}{_cut(str(name))}: unknown key ({hint})")
     return cls(**{k: _coerce(v, hints[k], where, prefix + k) for k, v in data.items()})
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """`text` cut to about `limit` characters, for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
@@ -354,19 +492,21 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected true or false, got {shorten(value)}")
         return value
     if hint in (int, float):
         try:
             number = hint(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
+            if hint is int and number is not None and float(value) != number:
+                number = None  # 1.5 is no int
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(.inf)
             number = None
-        if number is None or (hint is int and float(value) != number):
-            raise ConfigError(f"{where}: {key}: expected {hint.__name__}, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: {key}: expected {hint.__name__}, got {shorten(value)}")
         return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected a string, got {shorten(value)}")
         return value
     return value
 

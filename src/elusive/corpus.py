@@ -7,7 +7,7 @@ JSON in `elusive.squad`, the JSONL and atomic-write helpers in `elusive.io`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from .io import (
     text_sha256,
     write_jsonl,
 )
+from .options import shorten
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,12 @@ def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
     return Record(id=str(rid), text=text, spans=spans, meta=meta)
 
 
-def read_qa(path: str | Path) -> list[QAItem]:
+def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QAItem]:
     """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
-    text is ``person_id`` or ``source_id``; optional ``id``, ``field`` and ``cloze``."""
+    text is ``person_id`` or ``source_id``; optional ``id``, ``field`` and ``cloze``.
+
+    With `sources` (the ids of the corpus trained on), every question must name one of them: a
+    question about a text never trained on would measure nothing."""
     path = Path(path)
     items = []
     seen: set[str] = set()
@@ -209,6 +213,15 @@ def read_qa(path: str | Path) -> list[QAItem]:
         if cloze is not None and (not isinstance(cloze, str) or not cloze.strip()):
             raise CorpusError(f"{where}: field 'cloze' must be a non-empty string")
         source = obj.get("source_id", obj.get("person_id", ""))
+        if sources is not None and str(source) not in sources:
+            if source == "":
+                raise CorpusError(
+                    f"{where}: missing field 'source_id' (or 'person_id'): the id of the corpus "
+                    "text the question is about"
+                )
+            raise CorpusError(
+                f"{where}: source_id {shorten(str(source))} is not the id of any corpus text"
+            )
         items.append(
             QAItem(
                 id=qid,

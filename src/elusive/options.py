@@ -11,7 +11,11 @@ names here (`DTYPE_NAMES`, `MIXED_PRECISIONS`); the torch objects live beside to
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
+import reprlib
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +69,19 @@ class AttentionConfig:
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
+        check_finite(self, name, AttentionError)
         if self.align not in ALIGNS:
             raise AttentionError(
-                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {self.align!r}"
+                f"{name('align')} must be one of {', '.join(ALIGNS)}, got {shorten(self.align)}"
             )
         if self.trained not in ROLES:
-            raise AttentionError(f"{name('trained')} must be large or small, got {self.trained!r}")
+            raise AttentionError(
+                f"{name('trained')} must be large or small, got {shorten(self.trained)}"
+            )
         if self.dtype not in SCORE_DTYPES:
             raise AttentionError(
-                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, got {self.dtype!r}"
+                f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, "
+                f"got {shorten(self.dtype)}"
             )
         if self.batch_size < 1:
             raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
@@ -127,6 +135,7 @@ class TrainConfig:
         """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
         if not self.model:
             raise TrainError(f"no model spec given ({name('model')})")
+        check_finite(self, name, TrainError)
         checks = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
@@ -149,7 +158,7 @@ class TrainConfig:
         for field_name, ok, message in checks:
             if not ok:
                 value = getattr(self, field_name)
-                raise TrainError(f"{name(field_name)} {message}, got {value!r}")
+                raise TrainError(f"{name(field_name)} {message}, got {shorten(value)}")
         if self.quantize == "4bit":
             if self.full:
                 raise TrainError(
@@ -190,10 +199,8 @@ class EvalConfig:
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise ElusiveError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
-        if "{question}" not in self.template:
-            raise ElusiveError(
-                f"{name('template')} must contain {{question}}, got {self.template!r}"
-            )
+        check_finite(self, name, ElusiveError)
+        check_template(self.template, name("template"))
         for field_name, least in (
             ("max_new_tokens", 1),
             ("batch_size", 1),
@@ -206,5 +213,57 @@ class EvalConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ElusiveError(
                 f"{name('mixed_precision')} must be auto or one of {MIXED_PRECISIONS[1:]}, "
-                f"got {self.mixed_precision!r}"
+                f"got {shorten(self.mixed_precision)}"
             )
+
+
+def check_finite(config: object, name: Callable[[str], str], error: type[ElusiveError]) -> None:
+    """Raise `error` if a float option of dataclass `config` is infinite or NaN (YAML's ``.inf``,
+    ``--lr inf``): range checks such as ``lr > 0`` let infinity through, and NaN or infinity
+    poisons whatever is computed from it."""
+    for option in dataclasses.fields(config):
+        value = getattr(config, option.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise error(f"{name(option.name)} must be a finite number, got {value}")
+
+
+TEMPLATE_FIELDS = ("question",)
+"""The fields `elusive.evaluate.build_prompts` fills into `EvalConfig.template`."""
+
+
+def check_template(template: str, where: str) -> None:
+    """Refuse a prompt template that `str.format` cannot fill with `TEMPLATE_FIELDS` alone: a
+    field other than ``{question}``, a conversion or format spec, a lone brace (a literal brace
+    is written ``{{`` or ``}}``), or no ``{question}`` at all."""
+    shown = shorten(template)
+    try:
+        fields = [
+            (field, conversion, spec)
+            for _, field, spec, conversion in string.Formatter().parse(template)
+            if field is not None
+        ]
+    except ValueError:
+        raise ElusiveError(
+            f"{where} has a lone {{ or }} in {shown}: write a literal brace as {{{{ or }}}}"
+        ) from None
+    for field, conversion, spec in fields:
+        if field not in TEMPLATE_FIELDS or conversion or spec:
+            written = (
+                f"{{{field}{'!' * bool(conversion)}{conversion or ''}{':' * bool(spec)}{spec}}}"
+            )
+            raise ElusiveError(
+                f"{where} has {shorten(written)} in {shown}: only {{question}} is filled in "
+                "(no conversion or format spec); write a literal brace as {{ or }}"
+            )
+    if not fields:
+        raise ElusiveError(f"{where} must contain {{question}}, got {shown}")
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """The repr of `value` for an error message, cut to about `limit` characters: a message is
+    one line, and a huge value (a YAML alias expansion, a megabyte string) is never printed
+    whole, nor repr'd whole on the way (`reprlib` stops at a few items a level)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

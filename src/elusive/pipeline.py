@@ -41,17 +41,17 @@ def stage_corpus(run: Run) -> str:
     split_path = run.path("corpus", "split.json")
     if not split_path.exists():
         records, questions = _load_source(run.config)
-        write_jsonl(corpus_path, (record_to_json(r) for r in records))
-        write_jsonl(qa_path, (qa_to_json(q) for q in questions))
         sources = sorted({q.source_id for q in questions})
         random.Random(run.config.corpus.seed).shuffle(sources)
         n_val = max(1, math.ceil(run.config.validation * len(sources)))
-        if n_val >= len(sources):
+        if n_val >= len(sources):  # checked before anything is written
             raise ConfigError(
                 f"validation {run.config.validation} leaves no test questions "
                 f"({len(sources)} sources)"
             )
         split = {"validation": sorted(sources[:n_val]), "test": sorted(sources[n_val:])}
+        write_jsonl(corpus_path, (record_to_json(r) for r in records))
+        write_jsonl(qa_path, (qa_to_json(q) for q in questions))
         atomic_write_text(split_path, json.dumps(split, indent=1) + "\n")
     run.manifest["inputs"] = {
         "corpus_sha256": file_sha256(corpus_path),
@@ -80,7 +80,8 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
                 seed=section.seed,
             ),
         )
-    return read_corpus(section.path), read_qa(section.qa)
+    records = read_corpus(section.path)
+    return records, read_qa(section.qa, sources={r.id for r in records})
 
 
 def stage_attention(run: Run, progress: bool) -> str:

@@ -376,7 +376,9 @@ def train(
 
     Resumes after the last saved epoch; a finished run returns at once. run.json is written
     only once the model has loaded, so a bad model spec leaves nothing that refuses the fixed
-    command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json.
+    command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json. A
+    loss that is NaN or infinite stops training with a TrainError naming the step, before the
+    epoch is saved.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -461,6 +463,12 @@ def train(
                 scheduler.step()  # once per optimizer step
                 step += 1
                 mean = sum(window) / len(window)
+                if not math.isfinite(mean):  # every later step, and the saved weights, are NaN
+                    bar.close()
+                    raise TrainError(
+                        f"{run_dir}: loss is {mean} at step {step} (epoch {epoch}): lower the "
+                        f"learning rate (--lr, now {config.lr:g}); epochs saved before are kept"
+                    )
                 lr = scheduler.get_last_lr()[0]
                 log["steps"].append({"step": step, "epoch": epoch, "loss": mean, "lr": lr})
                 epoch_losses.append(mean)
