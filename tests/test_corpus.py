@@ -193,3 +193,16 @@ def test_utf8_bom_is_stripped_from_txt_and_jsonl(tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(bom + '{"question": "Q?", "answer": "A"}\n', encoding="utf-8")
     assert read_qa(qa)[0].question == "Q?"
+
+
+def test_read_qa_refuses_a_field_named_overall(tmp_path):
+    """``overall`` names the scores over every field: a field of that name would merge in."""
+    path = tmp_path / "qa.jsonl"
+    lines = [{"question": "Q?", "answer": "A", "field": "city"}]
+    lines.append({"question": "R?", "answer": "B", "field": "overall"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(CorpusError, match=r"qa.jsonl:2: field 'field' is 'overall'") as caught:
+        read_qa(path)
+    assert "\n" not in str(caught.value)
+    path.write_text(json.dumps({"question": "Q?", "answer": "A", "field": "Overall"}) + "\n")
+    assert read_qa(path)[0].field == "Overall"  # only the exact name is taken
