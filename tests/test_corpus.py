@@ -207,3 +207,16 @@ def test_read_qa_with_sources_refuses_a_question_about_another_text(tmp_path):
         read_qa(path, sources={"p0"})
     with pytest.raises(CorpusError, match=r"qa.jsonl:2: missing field 'source_id'"):
         read_qa(path, sources={"p1"})
+
+
+def test_read_qa_refuses_a_field_named_overall(tmp_path):
+    """``overall`` names the scores over every field: a field of that name would merge in."""
+    path = tmp_path / "qa.jsonl"
+    lines = [{"question": "Q?", "answer": "A", "field": "city"}]
+    lines.append({"question": "R?", "answer": "B", "field": "overall"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(CorpusError, match=r"qa.jsonl:2: field 'field' is 'overall'") as caught:
+        read_qa(path)
+    assert "\n" not in str(caught.value)
+    path.write_text(json.dumps({"question": "Q?", "answer": "A", "field": "Overall"}) + "\n")
+    assert read_qa(path)[0].field == "Overall"  # only the exact name is taken

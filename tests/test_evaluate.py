@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -219,3 +220,89 @@ def test_generation_autocasts_to_bf16_only_where_native(
     assert seen and set(seen) == {torch.bfloat16 if native else False}
     with pytest.raises(ValueError, match="--mixed-precision must be auto or one of"):
         EvalConfig(mixed_precision="bf17").validate()
+
+
+def test_a_metric_no_question_has_is_named_not_dropped(tiny_model_dir, tmp_path, monkeypatch):
+    """Answers that all normalise to empty leave no distractor, so no ``choice``: the CLI says
+    which scores lack it and why, and metrics.json lists it, instead of dropping it quietly."""
+    from typer.testing import CliRunner
+
+    import elusive.evaluate as ev
+    from elusive.cli import app
+    from elusive.io import DroppedDataWarning
+    from elusive.probes import CandidateScore
+
+    qa = tmp_path / "qa.jsonl"
+    lines = [
+        {"id": f"q{i}", "source_id": f"p{i}", "field": "date", "question": "When?",
+         "answer": answer, "cloze": f"Person {i} was born on"}
+        for i, answer in enumerate(["—", "...", "?!"])
+    ]  # fmt: skip
+    qa.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ["evaluate", "--model", str(tiny_model_dir), "--qa", str(qa), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "eval"), "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    why = "no question there has a distractor (no other distinct answer in its field)"
+    for metric in ("choice", "cloze_choice"):
+        assert f"warning: {metric} is left out of the scores of date, overall: {why}\n" in (
+            result.output
+        )
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    missing = {key: {"choice": why, "cloze_choice": why} for key in ("date", "overall")}
+    assert saved["warnings"]["missing_metrics"] == missing
+    assert "choice" not in saved["scores"]["overall"] and "logprob" in saved["scores"]["overall"]
+
+    # One field without distractors: only its scores lack choice, overall has it.
+    def canned(model, tokenizer, prompts, config, progress, cands, shared):
+        gold_first = [CandidateScore(-0.5, 1), *[CandidateScore(-1.0, 1)] * 9]
+        return [""] * len(prompts), [gold_first[: len(c)] for c in cands]
+
+    monkeypatch.setattr(ev, "answer_and_score", canned)
+    items = [QAItem(f"c{i}", f"p{i}", "Where?", (city,), "city") for i, city in enumerate("xy")]
+    items.append(QAItem("d", "p0", "When?", ("—",), "date"))
+    with pytest.warns(DroppedDataWarning, match="choice is left out of the scores of date: no"):
+        mixed = evaluate_qa(None, None, items, EvalConfig(choices=1), progress=False)
+    assert mixed.warnings["missing_metrics"] == {"date": {"choice": why}}
+    assert mixed.scores["overall"].choice == 1.0 and mixed.scores["date"].choice is None
+
+
+def test_questions_longer_than_the_context_are_counted_and_recorded(
+    tiny_model_dir, bios_qa, tmp_path
+):
+    """A prompt (shots included) that with its answer tokens needs more positions than the
+    model has is still answered, but counted in a warning and in metrics.json."""
+    from elusive.io import DroppedDataWarning
+    from elusive.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    long = QAItem("long", "p-long", "Who " + "really " * 40 + "was it?", ("Ann",), "date")
+    items = [*bios_qa[:4], long]  # one person's questions: each is the other's only shot
+    zero_shot = EvalConfig(max_new_tokens=3, choices=2, batch_size=8)
+
+    def need(text):
+        return len(tok(text)["input_ids"]) + zero_shot.max_new_tokens
+
+    *short, longest = (need(p) for p in build_prompts(items, zero_shot))
+    model.config.max_position_embeddings = limit = max(*short, *(need(q.cloze) for q in bios_qa))
+    with pytest.warns(DroppedDataWarning) as caught:
+        result = evaluate_qa(model, tok, items, zero_shot, progress=False)
+    lines = [str(w.message) for w in caught if "positions" in str(w.message)]
+    assert lines == [
+        f"1 of 5 questions need more than the model's {limit} positions (prompt, shots "
+        f"included, plus the answer's new tokens; the longest {longest}): their answers come "
+        "from positions it never learnt"
+    ]
+    want = {"context": limit, "longest": longest, "fields": {"date": 1, "overall": 1}}
+    assert result.warnings["over_context"] == want
+    assert result.scores["overall"].n == 5  # answered all the same
+    metrics, _ = write_eval(tmp_path, result, {})
+    assert json.loads(metrics.read_text())["warnings"]["over_context"] == want
+
+    # every prompt holds the long question; without probes, no warning about distractors
+    one_shot = dataclasses.replace(zero_shot, shots=1, probes=False)
+    with pytest.warns(DroppedDataWarning, match="5 of 5 questions need more than"):
+        shot = evaluate_qa(model, tok, items, one_shot, progress=False)
+    fields = {"date": 2, "city": 1, "university": 1, "major": 1, "overall": 5}
+    assert shot.warnings["over_context"]["fields"] == fields
+    model.config.max_position_embeddings = shot.warnings["over_context"]["longest"]
+    assert "over_context" not in evaluate_qa(model, tok, items, one_shot, progress=False).warnings

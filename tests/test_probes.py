@@ -161,3 +161,58 @@ def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir
     for got, want in zip(scores, fresh, strict=True):
         assert [s.tokens for s in got] == [s.tokens for s in want]
         assert [s.total for s in got] == pytest.approx([s.total for s in want], abs=1e-4)
+
+
+def _canned_answers(model, tokenizer, prompts, config, progress, cands, shared):
+    """`answer_and_score` without a model: empty answers, every candidate scored alike."""
+    from elusive.probes import CandidateScore
+
+    return [""] * len(prompts), [[CandidateScore(-1.0, 1)] * len(c) for c in cands]
+
+
+def test_fewer_distractors_than_asked_are_warned_once_and_recorded(monkeypatch, tmp_path):
+    """A field with too few other answers gives its questions fewer than `choices` distractors
+    (chance above 1/(choices+1)): one warning counts them, metrics.json records where."""
+    import json
+    import warnings
+
+    import elusive.evaluate as ev
+    from elusive.evaluate import write_eval
+    from elusive.io import DroppedDataWarning
+    from elusive.probes import distractor_shortage
+
+    items = [QAItem(f"d{i}", f"p{i}", "When?", (f"day {i}",), "date") for i in range(12)]
+    items += [QAItem(f"c{i}", f"p{i}", "Where?", (city,), "city") for i, city in enumerate("xyz")]
+    items.append(QAItem("c3", "p3", "Where?", ("Z.",), "city"))  # the same city as z
+    draws = pick_distractors(items, k=9)
+    assert [len(d) for d in draws] == [9] * 12 + [2] * 4
+    short = {"city": {"questions": 4, "fewest": 2}, "overall": {"questions": 4, "fewest": 2}}
+    assert distractor_shortage(items, draws, 9) == short
+    assert distractor_shortage(items, draws, 2) == {}
+    draws[0] = draws[0][:1]  # one date question with a single distractor
+    assert distractor_shortage(items, draws, 9) == {
+        "date": {"questions": 1, "fewest": 1},
+        "city": {"questions": 4, "fewest": 2},
+        "overall": {"questions": 5, "fewest": 1},
+    }
+
+    monkeypatch.setattr(ev, "answer_and_score", _canned_answers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_qa(None, None, items, EvalConfig(choices=9), progress=False)
+    lines = [str(w.message) for w in caught if issubclass(w.category, DroppedDataWarning)]
+    assert lines == [
+        "4 of 16 questions get fewer distractors than the 9 asked (as few as 2; city 4): "
+        "their choice's chance is above 1/10"
+    ]
+    assert result.warnings == {"fewer_distractors": {"choices": 9, "fields": short}}
+    metrics, _ = write_eval(tmp_path, result, {"model": "m"})
+    saved = json.loads(metrics.read_text())
+    assert saved["warnings"]["fewer_distractors"] == {"choices": 9, "fields": short}
+    assert list(saved["scores"]) == ["date", "city", "overall"]  # the scores are as they were
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enough = evaluate_qa(None, None, items, EvalConfig(choices=2), progress=False)
+    assert enough.warnings == {} and not caught
+    assert json.loads(write_eval(tmp_path, enough, {})[0].read_text())["warnings"] == {}

@@ -177,7 +177,8 @@ def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
 
 def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QAItem]:
     """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
-    text is ``person_id`` or ``source_id``; optional ``id``, ``field`` and ``cloze``.
+    text is ``person_id`` or ``source_id``; optional ``id``, ``field`` (not ``overall``, the
+    name of the scores over every field) and ``cloze``.
 
     With `sources` (the ids of the corpus trained on), every question must name one of them: a
     question about a text never trained on would measure nothing."""
@@ -189,6 +190,11 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
         question = obj.get("question")
         if not isinstance(question, str) or not question.strip():
             raise CorpusError(f"{where}: missing or empty field 'question'")
+        if obj.get("field") == "overall":  # the scores' name for all fields together
+            raise CorpusError(
+                f"{where}: field 'field' is 'overall', the name reserved for the scores over "
+                "every field: rename it"
+            )
         if "answers" in obj:
             answers = obj["answers"]
             if (

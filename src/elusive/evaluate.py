@@ -12,6 +12,7 @@ import dataclasses
 import json
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ import torch
 
 from .corpus import QAItem
 from .errors import ElusiveError
-from .io import atomic_write_text, write_jsonl
-from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores
+from .io import DroppedDataWarning, atomic_write_text, write_jsonl
+from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores, unmeasured
 from .options import EvalConfig
 from .probes import CandidateScore
 
@@ -227,6 +228,9 @@ class EvalResult:
 
     scores: dict[str, FieldScore]
     predictions: list[dict]
+    warnings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What makes some scores less than they seem, by kind (see `evaluate_qa`); metrics.json
+    keeps it under ``warnings``."""
 
 
 def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> list[dict]:
@@ -265,25 +269,38 @@ def evaluate_qa(
     knowledge probes: ``choice`` and ``logprob`` after the QA prompt, and for items with a
     cloze prompt its greedy ``cloze_em``/``cloze_f1`` and ``cloze_choice``/``cloze_logprob``.
     Both choices use the same distractors. `shared`: the launched processes share the
-    questions (see `answer_and_score`)."""
-    from .probes import candidates, judge, pick_distractors
+    questions (see `answer_and_score`).
+
+    The result's `warnings` (each also a DroppedDataWarning, from the process that would write
+    it) record ``over_context``, questions whose prompt needs more than the model's context
+    (`context_overflow`); ``fewer_distractors``, questions with fewer than ``config.choices``
+    distractors (`elusive.probes.distractor_shortage`); and ``missing_metrics``, per field a
+    metric no question has a value for, which the scores leave out (`unmeasured`)."""
+    from .probes import candidates, distractor_shortage, judge, pick_distractors
 
     config = config or EvalConfig()
     prompts = build_prompts(items, config, pool)
+    asked = [i for i, item in enumerate(items) if item.cloze is not None]
+    found: dict[str, Any] = {}
+    clozes = {i: [items[i].cloze] for i in asked} if config.probes else {}
+    asks = [[prompt, *clozes.get(i, [])] for i, prompt in enumerate(prompts)]
+    if overflow := context_overflow(model, tokenizer, items, asks, config.max_new_tokens):
+        found["over_context"] = overflow
     cands = None  # without probes: the greedy answers alone
     if config.probes:
         distractors = pick_distractors(items, config.choices, config.probe_seed)
         cands = candidates(items, distractors)
+        if short := distractor_shortage(items, distractors, config.choices):
+            found["fewer_distractors"] = {"choices": config.choices, "fields": short}
     outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands, shared)
     rows = score_predictions(items, outputs)
     if not config.probes:
-        return EvalResult(aggregate(rows), rows)
+        return _result(rows, found, shared)
     for row, wrong, probed in zip(
         rows, distractors, judge(items, distractors, scores), strict=True
     ):
         row.update(probed, distractors=list(wrong))
 
-    asked = [i for i, item in enumerate(items) if item.cloze is not None]
     if asked:
         cloze_items = [items[i] for i in asked]
         wrong = [distractors[i] for i in asked]
@@ -303,7 +320,90 @@ def evaluate_qa(
                 cloze_f1=f1,
                 **{f"cloze_{name}": value for name, value in probe.items()},
             )
-    return EvalResult(aggregate(rows), rows)
+    return _result(rows, found, shared)
+
+
+# Why a metric can have no value for any question of a field (`unmeasured`).
+_NO_DISTRACTOR = "no question there has a distractor (no other distinct answer in its field)"
+_WHY_MISSING = {"choice": _NO_DISTRACTOR, "cloze_choice": _NO_DISTRACTOR}
+
+
+def context_overflow(
+    model, tokenizer, items: Sequence[QAItem], prompts: Sequence[Sequence[str]], new_tokens: int
+) -> dict[str, Any]:
+    """The questions some prompt of which (`prompts[i]` are item i's: QA with its shots, cloze)
+    needs, with `new_tokens` answer tokens, more positions than the model's context
+    (``max_position_embeddings``): ``context``, ``longest`` (tokens needed), and per field and
+    ``overall`` the number of such questions. Empty when all fit or the model names no context.
+
+    Counted, not refused: the context is known only once a model is loaded (in a run, after
+    training), and one long question should not cost every other question its score; the
+    count says how many answers came from positions the model never learnt."""
+    model_config = getattr(model, "config", None)
+    if model_config is None:
+        return {}
+    limit = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if limit is None:
+        return {}
+    flat = [prompt for asks in prompts for prompt in asks]
+    lengths = iter(len(ids) + new_tokens for ids in tokenizer(flat)["input_ids"])
+    needs = [max(next(lengths) for _ in asks) for asks in prompts]
+    fields: dict[str, int] = {}
+    for item, need in zip(items, needs, strict=True):
+        if need > limit:
+            fields[item.field] = fields.get(item.field, 0) + 1
+    if not fields:
+        return {}
+    fields["overall"] = sum(fields.values())
+    return {"context": limit, "longest": max(needs), "fields": fields}
+
+
+def _result(rows: list[dict], found: dict[str, Any], shared: bool) -> EvalResult:
+    """The scores of `rows` with the `found` warnings plus the metrics missing from them; each
+    warning is shown once, by the process that writes the result (all of them when not
+    `shared`)."""
+    scores = aggregate(rows)
+    if missing := unmeasured(rows):
+        found["missing_metrics"] = {
+            key: {m: _WHY_MISSING.get(m, "no question there has a value") for m in names}
+            for key, names in missing.items()
+        }
+    if found:
+        from .parallel import process_state
+
+        if not shared or process_state().is_main_process:
+            for line in _warning_lines(found, len(rows)):
+                warnings.warn(line, DroppedDataWarning, stacklevel=3)
+    return EvalResult(scores, rows, found)
+
+
+def _warning_lines(found: dict[str, Any], n: int) -> list[str]:
+    """One line per kind of `found` warning (one per metric for missing ones), counting
+    questions out of the `n` evaluated."""
+    lines = []
+    if over := found.get("over_context"):
+        fields = over["fields"]
+        lines.append(
+            f"{fields['overall']} of {n} questions need more than the model's {over['context']} "
+            f"positions (prompt, shots included, plus the answer's new tokens; the longest "
+            f"{over['longest']}): their answers come from positions it never learnt"
+        )
+    if short := found.get("fewer_distractors"):
+        fields, k = short["fields"], short["choices"]
+        per_field = ", ".join(f"{f} {v['questions']}" for f, v in fields.items() if f != "overall")
+        fewest = fields["overall"]["fewest"]
+        lines.append(
+            f"{fields['overall']['questions']} of {n} questions get fewer distractors than the "
+            f"{k} asked (as few as {fewest}; {per_field}): their choice's chance is above "
+            f"1/{k + 1}" + ("; those with none have no choice" if fewest == 0 else "")
+        )
+    by_metric: dict[tuple[str, str], list[str]] = {}
+    for key, reasons in found.get("missing_metrics", {}).items():
+        for metric, why in reasons.items():
+            by_metric.setdefault((metric, why), []).append(key)
+    for (metric, why), keys in by_metric.items():
+        lines.append(f"{metric} is left out of the scores of {', '.join(keys)}: {why}")
+    return lines
 
 
 def load_for_eval(
@@ -346,12 +446,12 @@ def load_for_eval(
 
 
 def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (meta + scores) and ``predictions.jsonl`` into `out_dir`."""
+    """Write ``metrics.json`` (meta, scores and the result's warnings, ``{}`` when none) and
+    ``predictions.jsonl`` into `out_dir`."""
     out = Path(out_dir)
     scores = {k: {**v.present(), "n": v.n} for k, v in result.scores.items()}
-    metrics = atomic_write_text(
-        out / "metrics.json", json.dumps({**meta, "scores": scores}, indent=2) + "\n"
-    )
+    body = {**meta, "scores": scores, "warnings": result.warnings}
+    metrics = atomic_write_text(out / "metrics.json", json.dumps(body, indent=2) + "\n")
     return metrics, write_jsonl(out / "predictions.jsonl", result.predictions)
 
 

@@ -123,3 +123,19 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, FieldScore]:
         key: FieldScore(n=counts[key], **{m: total / n for m, (total, n) in sums[key].items()})
         for key in order
     }
+
+
+def unmeasured(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per field and ``overall`` (keyed and ordered as by `aggregate`), the METRICS that rows
+    carry but none has a value for: `aggregate` leaves such a metric out of that field's
+    scores, and this names it. Fields missing nothing are left out."""
+    measured: dict[str, dict[str, bool]] = {}  # field -> metric carried -> any value
+    for row in rows:
+        for key in (row["field"], "overall"):
+            seen = measured.setdefault(key, {})
+            for metric in METRICS:
+                if metric in row:
+                    seen[metric] = seen.get(metric, False) or row[metric] is not None
+    order = [k for k in measured if k != "overall"] + (["overall"] if measured else [])
+    missing = {key: [m for m in METRICS if measured[key].get(m) is False] for key in order}
+    return {key: names for key, names in missing.items() if names}

@@ -65,6 +65,25 @@ def pick_distractors(items: Sequence[QAItem], k: int, seed: int = 0) -> list[tup
     return out
 
 
+def distractor_shortage(
+    items: Sequence[QAItem], distractors: Sequence[Sequence[str]], k: int
+) -> dict[str, dict[str, int]]:
+    """Where `pick_distractors` found fewer than `k`: per field (in first-seen order) and
+    ``overall``, the ``questions`` short of distractors and the ``fewest`` any of them got.
+    Fields with enough are left out; empty when every question got `k`. Such a question's
+    ``choice`` is out of fewer answers, so its chance is above 1/(k+1)."""
+    short: dict[str, dict[str, int]] = {}
+    for item, wrong in zip(items, distractors, strict=True):
+        if len(wrong) < k:
+            for key in (item.field, "overall"):
+                entry = short.setdefault(key, {"questions": 0, "fewest": len(wrong)})
+                entry["questions"] += 1
+                entry["fewest"] = min(entry["fewest"], len(wrong))
+    if "overall" in short:
+        short["overall"] = short.pop("overall")  # last, as in `elusive.metrics.aggregate`
+    return short
+
+
 def candidate_ids(tokenizer, candidates: Sequence[Sequence[str]]) -> list[list[list[int]]]:
     """Token ids of each candidate as it follows a prompt: the tokens of ``" " + answer``."""
     return [
