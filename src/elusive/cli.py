@@ -38,7 +38,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 class ElusiveTyper(typer.Typer):
     """A Typer whose every command reports a user mistake, an `ElusiveError` from any module,
-    as one ``error:`` line and exit code 2 (the one error handler of the CLI)."""
+    and what the machine or the input refuses (see `failure_message`) as one ``error:`` line
+    and exit code 2 (the one error handler of the CLI). With ``ELUSIVE_DEBUG=1`` in the
+    environment they propagate instead, with their traceback."""
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -50,10 +52,55 @@ def _reporting_errors(command: Callable) -> Callable:
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except ElusiveError as exc:
-            fail(str(exc))
+        except (ValueError, OSError, RecursionError, MemoryError) as exc:  # ElusiveError too
+            message = str(exc) if isinstance(exc, ElusiveError) else failure_message(exc)
+            if message is None or os.environ.get("ELUSIVE_DEBUG"):
+                raise
+            fail(message)
 
     return run
+
+
+# The standard library's ValueErrors that input causes, by their message: a NUL byte in a
+# path (from a config or manifest), an integer past Python's digit limit. Any other ValueError
+# is a bug, shown whole.
+_INPUT_VALUE_ERRORS = {
+    "embedded null": "a path holds a NUL byte",
+    "for integer string conversion": "an integer has too many digits",
+}
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """The one-line message of an error the machine or the input causes rather than a bug: an
+    OSError (disk full, read-only or forbidden path, named), a text Unicode cannot hold, input
+    nested past Python's recursion limit or too large for memory, a ValueError the standard
+    library raises on input; None for anything else."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        reason = reason[:1].lower() + reason[1:]
+        if exc.filename is None:
+            return reason
+        names = [_name(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {reason}"
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start : exc.end]
+        return f"text holds {bad!r}, which cannot be written as UTF-8 ({exc.reason})"
+    if isinstance(exc, UnicodeError):
+        return f"text is not valid Unicode ({exc})"
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to read (past Python's recursion limit)"
+    if isinstance(exc, MemoryError):
+        return "out of memory: an input is too large for this machine"
+    if isinstance(exc, ValueError):
+        for found, message in _INPUT_VALUE_ERRORS.items():
+            if found in str(exc):
+                return f"{message} ({str(exc).split(';')[0]})"  # not the advice to programmers
+    return None
+
+
+def _name(filename: str | bytes | int) -> str:
+    """An OSError's file name as text (a path, or the number of a file descriptor)."""
+    return os.fsdecode(filename) if isinstance(filename, bytes) else str(filename)
 
 
 app = ElusiveTyper(
