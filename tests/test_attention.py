@@ -26,7 +26,7 @@ from elusive.augment import AugmentConfig, AugmentError, augment_file
 from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
 from elusive.corpus import Record
-from elusive.io import write_jsonl
+from elusive.io import DroppedDataWarning, write_jsonl
 from elusive.models import load_model, make_tiny_model
 
 TEXT = (
@@ -376,3 +376,20 @@ def test_manifest_corpus_is_found_from_another_folder(tiny_dirs, tmp_path, monke
     (work / "c.jsonl").rename(work / "moved.jsonl")
     with pytest.raises(AugmentError, match=r"c.jsonl: no such file .*the corpus .*manifest.json"):
         augment_file(work / "scores", tmp_path / "aug2.jsonl", config)
+
+
+def test_unwritable_cache_warns_once_and_keeps_this_runs_scores(tiny_dirs, twin_dir, tmp_path):
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    records = _records()
+    (tmp_path / "afile").write_text("in the cache's way\n")
+    blocked = AttentionConfig(cache_dir=tmp_path / "afile", batch_size=2, chunk_size=2)
+    with pytest.warns(DroppedDataWarning) as caught:
+        rows, _, _ = score_records(records, specs, blocked, progress=False)
+    # one text for both models, which Python's warning filter shows once
+    assert {str(w.message) for w in caught} == {
+        f"{tmp_path}/afile/attention: cannot write the score cache (not a directory); this run "
+        "keeps its scores in memory, a rerun scores again"
+    }
+    cached = AttentionConfig(cache_dir=tmp_path / "cache", batch_size=2, chunk_size=2)
+    assert rows == score_records(records, specs, cached, progress=False)[0]
+    assert (tmp_path / "afile").read_text() == "in the cache's way\n"
