@@ -393,3 +393,15 @@ def test_unwritable_cache_warns_once_and_keeps_this_runs_scores(tiny_dirs, twin_
     cached = AttentionConfig(cache_dir=tmp_path / "cache", batch_size=2, chunk_size=2)
     assert rows == score_records(records, specs, cached, progress=False)[0]
     assert (tmp_path / "afile").read_text() == "in the cache's way\n"
+
+
+def test_shares_that_could_not_reach_the_cache_stop_in_one_error(tiny_dirs, tmp_path, monkeypatch):
+    import elusive.parallel
+
+    # This process scores no batch: as if the other launched processes scored them all and
+    # could not write them to the cache, where this one reads them.
+    monkeypatch.setattr(elusive.parallel, "my_share", lambda costs: [])
+    (tmp_path / "afile").write_text("in the cache's way\n")
+    config = AttentionConfig(cache_dir=tmp_path / "afile")
+    with pytest.raises(AttentionError, match="share their scores through the cache"):
+        score_records(_records(2), {"model": str(tiny_dirs["llama"])}, config, progress=False)

@@ -244,3 +244,20 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch, error):
     result = runner.invoke(app, ["bios", "generate", "--out", "o"])
     assert result.exit_code == 1 and result.exception is error
     assert "error:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace('"question": "', '"question": "\\ud800', 1), "lone surrogate"),
+        (lambda s: '{"x": ' + "[" * 100_000 + "]" * 100_000 + ', "data": []}', "nested too deeply"),
+    ],
+)
+def test_squad_json_that_python_cannot_hold_is_one_error_naming_it(tmp_path, edit, message):
+    squad = tmp_path / "squad.json"
+    squad.write_text(edit(json.dumps(json.loads(SQUAD.read_text()))))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["squad", "convert", str(squad), "--out", str(out)])
+    error = one_error_line(result)
+    assert error.startswith(f"{squad}: ") and message in error, error
+    assert not out.exists()

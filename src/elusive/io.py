@@ -158,21 +158,25 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        obj = parse_json(line, f"{path}:{number}")
+        try:
+            obj = parse_json(line, f"{path}:{number}")
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         yield number, obj
 
 
 def parse_json(text: str, where: str) -> Any:
-    """`text` parsed as JSON; invalid JSON, and valid JSON that Python cannot hold (nested past
+    """`text` parsed as JSON. Invalid JSON raises json's JSONDecodeError, for the caller to say
+    where (a line of a file, a position in it); valid JSON that Python cannot hold (nested past
     the recursion limit, an integer past the digit limit, too large for memory) or that holds
     no text (a lone surrogate such as ``"\\ud800"``, which no UTF-8 file can be written with)
-    are a CorpusError naming `where`."""
+    is a CorpusError naming `where`."""
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from None
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise CorpusError(f"{where}: JSON nested too deeply") from None
     except MemoryError:
