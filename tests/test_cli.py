@@ -226,7 +226,11 @@ def test_what_the_machine_or_input_refuses_is_one_error_line(monkeypatch, error,
 
     monkeypatch.setattr(elusive.bios, "write_bios", refuse)
     result = runner.invoke(app, ["bios", "generate", "--out", "o"])
-    assert message in one_error_line(result)
+    line = one_error_line(result)
+    assert message in line
+    # what names no file says how to find where it arose
+    named = getattr(error, "filename", None) is not None
+    assert line.endswith(" (ELUSIVE_DEBUG=1 shows where)") is not named
     monkeypatch.setenv("ELUSIVE_DEBUG", "1")  # the traceback, for whoever debugs it
     result = runner.invoke(app, ["bios", "generate", "--out", "o"])
     assert result.exit_code == 1 and result.exception is error

@@ -74,28 +74,34 @@ def failure_message(exc: BaseException) -> str | None:
     """The one-line message of an error the machine or the input causes rather than a bug: an
     OSError (disk full, read-only or forbidden path, named), a text Unicode cannot hold, input
     nested past Python's recursion limit or too large for memory, a ValueError the standard
-    library raises on input; None for anything else."""
-    if isinstance(exc, OSError):
-        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-        reason = reason[:1].lower() + reason[1:]
-        if exc.filename is None:
-            return reason
+    library raises on input; None for anything else. The readers name the file of the errors
+    they know of; a message that can name none says how to see where it arose."""
+    if isinstance(exc, OSError) and exc.filename is not None:
         names = [_name(n) for n in (exc.filename, exc.filename2) if n is not None]
-        return f"{' -> '.join(names)}: {reason}"
-    if isinstance(exc, UnicodeEncodeError):
+        return f"{' -> '.join(names)}: {_reason(exc)}"
+    if isinstance(exc, OSError):
+        message = _reason(exc)
+    elif isinstance(exc, UnicodeEncodeError):
         bad = exc.object[exc.start : exc.end]
-        return f"text holds {bad!r}, which cannot be written as UTF-8 ({exc.reason})"
-    if isinstance(exc, UnicodeError):
-        return f"text is not valid Unicode ({exc})"
-    if isinstance(exc, RecursionError):
-        return "input nested too deeply to read (past Python's recursion limit)"
-    if isinstance(exc, MemoryError):
-        return "out of memory: an input is too large for this machine"
-    if isinstance(exc, ValueError):
-        for found, message in _INPUT_VALUE_ERRORS.items():
-            if found in str(exc):
-                return f"{message} ({str(exc).split(';')[0]})"  # not the advice to programmers
-    return None
+        message = f"text holds {bad!r}, which cannot be written as UTF-8 ({exc.reason})"
+    elif isinstance(exc, UnicodeError):
+        message = f"text is not valid Unicode ({exc})"
+    elif isinstance(exc, RecursionError):
+        message = "input nested too deeply to read (past Python's recursion limit)"
+    elif isinstance(exc, MemoryError):
+        message = "out of memory: an input is too large for this machine"
+    else:
+        found = [m for text, m in _INPUT_VALUE_ERRORS.items() if text in str(exc)]
+        if not found:
+            return None
+        message = f"{found[0]} ({str(exc).split(';')[0]})"  # not the advice to programmers
+    return f"{message} (ELUSIVE_DEBUG=1 shows where)"
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason on one line, lower-case like the other messages."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
 
 
 def _name(filename: str | bytes | int) -> str:
