@@ -26,7 +26,7 @@ from elusive.augment import AugmentConfig, AugmentError, augment_file
 from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
 from elusive.corpus import Record
-from elusive.io import write_jsonl
+from elusive.io import DroppedDataWarning, write_jsonl
 from elusive.models import load_model, make_tiny_model
 
 TEXT = (
@@ -401,3 +401,32 @@ def test_a_huge_text_fails_before_it_is_tokenised_naming_file_text_and_lengths(
         f"model {spec!r} hold (at most {longest} characters a token): split it"
     )
     assert tokenised == [] and loaded == [] and not (tmp_path / "s").exists()
+
+
+def test_unwritable_cache_warns_once_and_keeps_this_runs_scores(tiny_dirs, twin_dir, tmp_path):
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    records = _records()
+    (tmp_path / "afile").write_text("in the cache's way\n")
+    blocked = AttentionConfig(cache_dir=tmp_path / "afile", batch_size=2, chunk_size=2)
+    with pytest.warns(DroppedDataWarning) as caught:
+        rows, _, _ = score_records(records, specs, blocked, progress=False)
+    # one text for both models, which Python's warning filter shows once
+    assert {str(w.message) for w in caught} == {
+        f"{tmp_path}/afile/attention: cannot write the score cache (not a directory); this run "
+        "keeps its scores in memory, a rerun scores again"
+    }
+    cached = AttentionConfig(cache_dir=tmp_path / "cache", batch_size=2, chunk_size=2)
+    assert rows == score_records(records, specs, cached, progress=False)[0]
+    assert (tmp_path / "afile").read_text() == "in the cache's way\n"
+
+
+def test_shares_that_could_not_reach_the_cache_stop_in_one_error(tiny_dirs, tmp_path, monkeypatch):
+    import elusive.parallel
+
+    # This process scores no batch: as if the other launched processes scored them all and
+    # could not write them to the cache, where this one reads them.
+    monkeypatch.setattr(elusive.parallel, "my_share", lambda costs: [])
+    (tmp_path / "afile").write_text("in the cache's way\n")
+    config = AttentionConfig(cache_dir=tmp_path / "afile")
+    with pytest.raises(AttentionError, match="share their scores through the cache"):
+        score_records(_records(2), {"model": str(tiny_dirs["llama"])}, config, progress=False)

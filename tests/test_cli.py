@@ -206,3 +206,127 @@ def test_train_refuses_an_out_folder_another_live_process_holds(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith(f"error: {out} is in use by process {os.getppid()}; ")
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, (result.exception, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0].removeprefix("error: ")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+        ('{"id": "a", "text": "lone \\ud800 half"}', "'\\ud800' is a lone surrogate, not text"),
+        ('{"id": ' + "7" * 5000 + ', "text": "t"}', "unreadable JSON (Exceeds the limit"),
+    ],
+)
+def test_unreadable_corpus_line_is_one_error_naming_it(tmp_path, line, message):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "fine"}\n' + line + "\n")
+    out = tmp_path / "scores"
+    result = runner.invoke(
+        app, ["attention", "--corpus", str(corpus), "--model", "m", "--out", str(out)]
+    )
+    error = one_error_line(result)
+    assert error.startswith(f"{corpus}:2: ") and message in error, error
+    assert "set_int_max_str_digits" not in error
+    assert not out.exists()
+
+
+def fake_model(folder: Path) -> Path:
+    """A folder the config check takes for a model (it is never loaded)."""
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_nul_in_a_config_path_is_one_error(tmp_path):
+    model = fake_model(tmp_path / "m")
+    config = tmp_path / "c.yaml"
+    config.write_text(f'out: "r\\0un"\nmodels: {{large: {model}, small: {model}}}\n')
+    result = runner.invoke(app, ["run", str(config)])
+    assert "NUL" in one_error_line(result)
+
+
+def test_run_out_a_file_is_one_error_naming_it(tmp_path):
+    (tmp_path / "afile").write_text("keep me\n")
+    model = fake_model(tmp_path / "m")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models: {{large: {model}, small: {model}}}\n")
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "afile")])
+    assert one_error_line(result).startswith(f"{tmp_path / 'afile'}: ")
+    assert (tmp_path / "afile").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (PermissionError(13, "Permission denied", "/x/y"), "/x/y: permission denied"),
+        (
+            OSError(30, "Read-only file system", "/r", None, "/r2"),
+            "/r -> /r2: read-only file system",
+        ),
+        (OSError(28, "No space left on device"), "no space left on device"),
+        (
+            OSError("Can't load the model.\nCheck the path."),
+            "can't load the model. Check the path.",
+        ),
+        (
+            UnicodeEncodeError("utf-8", "a\ud800", 1, 2, "surrogates not allowed"),
+            "text holds '\\ud800', which cannot be written as UTF-8 (surrogates not allowed)",
+        ),
+        (RecursionError("maximum recursion depth exceeded"), "input nested too deeply"),
+        (MemoryError(), "out of memory"),
+        (ValueError("embedded null byte"), "a path holds a NUL byte (embedded null byte)"),
+    ],
+)
+def test_what_the_machine_or_input_refuses_is_one_error_line(monkeypatch, error, message):
+    import elusive.bios
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(elusive.bios, "write_bios", refuse)
+    result = runner.invoke(app, ["bios", "generate", "--out", "o"])
+    line = one_error_line(result)
+    assert message in line
+    # what names no file says how to find where it arose
+    named = getattr(error, "filename", None) is not None
+    assert line.endswith(" (ELUSIVE_DEBUG=1 shows where)") is not named
+    monkeypatch.setenv("ELUSIVE_DEBUG", "1")  # the traceback, for whoever debugs it
+    result = runner.invoke(app, ["bios", "generate", "--out", "o"])
+    assert result.exit_code == 1 and result.exception is error
+    assert "error:" not in result.stderr
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("x"), TypeError("bug")])
+def test_a_programming_error_keeps_its_traceback(monkeypatch, error):
+    import elusive.bios
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(elusive.bios, "write_bios", broken)
+    result = runner.invoke(app, ["bios", "generate", "--out", "o"])
+    assert result.exit_code == 1 and result.exception is error
+    assert "error:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace('"question": "', '"question": "\\ud800', 1), "lone surrogate"),
+        (lambda s: '{"x": ' + "[" * 100_000 + "]" * 100_000 + ', "data": []}', "nested too deeply"),
+    ],
+)
+def test_squad_json_that_python_cannot_hold_is_one_error_naming_it(tmp_path, edit, message):
+    squad = tmp_path / "squad.json"
+    squad.write_text(edit(json.dumps(json.loads(SQUAD.read_text()))))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["squad", "convert", str(squad), "--out", str(out)])
+    error = one_error_line(result)
+    assert error.startswith(f"{squad}: ") and message in error, error
+    assert not out.exists()

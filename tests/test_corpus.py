@@ -220,3 +220,41 @@ def test_read_qa_refuses_a_field_named_overall(tmp_path):
     assert "\n" not in str(caught.value)
     path.write_text(json.dumps({"question": "Q?", "answer": "A", "field": "Overall"}) + "\n")
     assert read_qa(path)[0].field == "Overall"  # only the exact name is taken
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+        ('{"text": "q\\udfff?", "answer": "a"}', "'\\udfff' is a lone surrogate, not text"),
+        ('{"id": ' + "9" * 5000 + ', "text": "t"}', "unreadable JSON (Exceeds the limit"),
+    ],
+)
+@pytest.mark.parametrize("read", [read_corpus, read_qa])
+def test_json_that_python_cannot_hold_is_a_corpus_error_naming_the_line(
+    tmp_path, read, line, message
+):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "t", "question": "q", "answer": "a"}\n\n' + line + "\n")
+    with pytest.raises(CorpusError) as caught:
+        read(path)
+    assert str(caught.value).startswith(f"{path}:3: ") and message in str(caught.value)
+    assert "set_int_max_str_digits" not in str(caught.value)
+
+
+def test_escaped_surrogate_pairs_are_text(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "smile \\ud83d\\ude00 and \\u00e9"}\n')
+    assert read_corpus(path)[0].text == "smile \U0001f600 and \u00e9"
+
+
+def test_a_file_too_large_for_memory_is_a_corpus_error(tmp_path, monkeypatch):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "t"}\n')
+
+    def too_large(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(type(path), "read_text", too_large)
+    with pytest.raises(CorpusError, match=f"^{path}: too large to read into memory$"):
+        read_corpus(path)

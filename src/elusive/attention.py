@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from . import kernels
 from .corpus import Record, read_corpus
-from .io import atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
+from .io import DroppedDataWarning, atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
 from .options import ROLES, AttentionConfig, AttentionError
 
 ATTN_IMPLEMENTATION = "elusive"
@@ -527,12 +528,14 @@ def read_scores(scores_dir: str | Path) -> list[TextScores]:
 class ScoreCache:
     """Scores of one model (and dtype) keyed by text: JSON chunk files, each written atomically,
     so an interrupted run keeps every finished chunk. Processes scoring side by side write
-    chunks of their own texts and read each other's (`refresh`)."""
+    chunks of their own texts and read each other's (`refresh`). A cache that cannot be written
+    (read-only, full) keeps this process's scores in memory, with a DroppedDataWarning."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.entries: dict[str, dict[str, Any]] = {}
         self.read: set[str] = set()  # names of the chunk files in `entries`
+        self.unwritable = False  # a write failed: the scores of this run are in memory only
         self.refresh()
 
     def refresh(self) -> None:
@@ -558,9 +561,24 @@ class ScoreCache:
         return entry["scores"] if entry is not None and entry["ids"] == ids else None
 
     def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Add scores; written to a chunk file when the cache can be written."""
         name = f"chunk-{hashlib.sha256(''.join(sorted(entries)).encode()).hexdigest()[:16]}.json"
-        atomic_write_text(self.folder / name, json.dumps(entries))
         self.entries.update(entries)
+        try:
+            atomic_write_text(self.folder / name, json.dumps(entries))
+        except OSError as exc:
+            # Losing the cache costs a rerun time; losing the scores would cost this run.
+            if not self.unwritable:
+                reason = str(exc.strerror or exc)
+                warnings.warn(
+                    f"{self.folder.parent}: cannot write the score cache "
+                    f"({reason[:1].lower()}{reason[1:]}); this run keeps its scores in memory, "
+                    "a rerun scores again",
+                    DroppedDataWarning,
+                    stacklevel=2,
+                )
+            self.unwritable = True
+            return
         self.read.add(name)
 
 
@@ -651,9 +669,15 @@ def _model_scores(
                 cache.put(entries)
     state.wait_for_everyone()  # every share is in the cache
     cache.refresh()
+    scores = [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)]
+    if None in scores:  # another process's share, which it could not write to the cache
+        raise AttentionError(
+            f"{cache.folder}: launched processes share their scores through the cache, which "
+            "cannot be written; give a writable cache_dir (or $ELUSIVE_CACHE)"
+        )
     return _Scored(
         fingerprint,
-        [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)],
+        scores,
         texts=done,
         tokens=sum(len(items[n].ids) for _, ns in mine for n in ns),
     )

@@ -40,7 +40,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 class ElusiveTyper(typer.Typer):
     """A Typer whose every command reports a user mistake, an `ElusiveError` from any module,
-    as one ``error:`` line and exit code 2 (the one error handler of the CLI)."""
+    and what the machine or the input refuses (see `failure_message`) as one ``error:`` line
+    and exit code 2 (the one error handler of the CLI). With ``ELUSIVE_DEBUG=1`` in the
+    environment they propagate instead, with their traceback."""
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -52,10 +54,61 @@ def _reporting_errors(command: Callable) -> Callable:
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except ElusiveError as exc:
-            fail(str(exc))
+        except (ValueError, OSError, RecursionError, MemoryError) as exc:  # ElusiveError too
+            message = str(exc) if isinstance(exc, ElusiveError) else failure_message(exc)
+            if message is None or os.environ.get("ELUSIVE_DEBUG"):
+                raise
+            fail(message)
 
     return run
+
+
+# The standard library's ValueErrors that input causes, by their message: a NUL byte in a
+# path (from a config or manifest), an integer past Python's digit limit. Any other ValueError
+# is a bug, shown whole.
+_INPUT_VALUE_ERRORS = {
+    "embedded null": "a path holds a NUL byte",
+    "for integer string conversion": "an integer has too many digits",
+}
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """The one-line message of an error the machine or the input causes rather than a bug: an
+    OSError (disk full, read-only or forbidden path, named), a text Unicode cannot hold, input
+    nested past Python's recursion limit or too large for memory, a ValueError the standard
+    library raises on input; None for anything else. The readers name the file of the errors
+    they know of; a message that can name none says how to see where it arose."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        names = [_name(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {_reason(exc)}"
+    if isinstance(exc, OSError):
+        message = _reason(exc)
+    elif isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start : exc.end]
+        message = f"text holds {bad!r}, which cannot be written as UTF-8 ({exc.reason})"
+    elif isinstance(exc, UnicodeError):
+        message = f"text is not valid Unicode ({exc})"
+    elif isinstance(exc, RecursionError):
+        message = "input nested too deeply to read (past Python's recursion limit)"
+    elif isinstance(exc, MemoryError):
+        message = "out of memory: an input is too large for this machine"
+    else:
+        found = [m for text, m in _INPUT_VALUE_ERRORS.items() if text in str(exc)]
+        if not found:
+            return None
+        message = f"{found[0]} ({str(exc).split(';')[0]})"  # not the advice to programmers
+    return f"{message} (ELUSIVE_DEBUG=1 shows where)"
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason on one line, lower-case like the other messages."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def _name(filename: str | bytes | int) -> str:
+    """An OSError's file name as text (a path, or the number of a file descriptor)."""
+    return os.fsdecode(filename) if isinstance(filename, bytes) else str(filename)
 
 
 app = ElusiveTyper(

@@ -77,8 +77,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write (disk full) names no file: name the target
         raise
 
 
@@ -337,25 +339,54 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def read_text(path: Path) -> str:
     """The UTF-8 text of a file, without a leading byte-order mark (editors on Windows write
-    one); a missing or undecodable file is a CorpusError."""
+    one); a missing, undecodable or too large file is a CorpusError."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except MemoryError:
+        raise CorpusError(f"{path}: too large to read into memory") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON is a CorpusError."""
+    """Yield (line number, object) for each non-blank line; a line that is not a JSON object
+    of text (see `parse_json`) is a CorpusError."""
     path = Path(path)
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line, f"{path}:{number}")
         except json.JSONDecodeError as exc:
             raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         yield number, obj
+
+
+def parse_json(text: str, where: str) -> Any:
+    """`text` parsed as JSON. Invalid JSON raises json's JSONDecodeError, for the caller to say
+    where (a line of a file, a position in it); valid JSON that Python cannot hold (nested past
+    the recursion limit, an integer past the digit limit, too large for memory) or that holds
+    no text (a lone surrogate such as ``"\\ud800"``, which no UTF-8 file can be written with)
+    is a CorpusError naming `where`."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise CorpusError(f"{where}: JSON nested too deeply") from None
+    except MemoryError:
+        raise CorpusError(f"{where}: JSON too large to read into memory") from None
+    except ValueError as exc:  # from int(): Python's limit on the digits of an integer
+        detail = str(exc).split(";")[0]  # without the advice to raise the limit
+        raise CorpusError(f"{where}: unreadable JSON ({detail})") from None
+    if "\\u" in text:  # text read as UTF-8 holds no surrogate: only an escape makes one
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end]
+            raise CorpusError(f"{where}: {bad!r} is a lone surrogate, not text") from None
+    return obj

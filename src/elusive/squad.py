@@ -13,7 +13,7 @@ from typing import Any
 
 from .corpus import QAItem, Record
 from .errors import flag
-from .io import CorpusError, DroppedDataWarning, read_text
+from .io import CorpusError, DroppedDataWarning, parse_json, read_text
 
 # The paper's real-text experiment ("Real-World Dataset") trains on the Wikipedia paragraphs of
 # Du and Cardie (2018) and asks their questions closed-book. The data is laid out as SQuAD v1.1:
@@ -129,7 +129,7 @@ def _sample(items: list, limit: int | None, rng: random.Random) -> list:
 def _parse_squad(path: Path) -> list[tuple[Record, list[_SquadQuestion]]]:
     """Every paragraph of a SQuAD-format file (as a record without spans) with its questions."""
     try:
-        root = json.loads(read_text(path))
+        root = parse_json(read_text(path), str(path))
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
     articles = _field(root, "data", list, f"{path}: top level")

@@ -298,16 +298,50 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
         # a fresh marked name: what a killed run left there is removed on rerun (train)
         final = run_dir / f"epoch-{epoch}"
         tmp = temp_beside(final)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
-        if config.full:
-            tokenizer.save_pretrained(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
+        try:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
+            if config.full:
+                tokenizer.save_pretrained(tmp)
+            _save_state(state, tmp / STATE_FILE)
+            atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint is left
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = str(final)  # a failed write (disk full) names no file
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (run_dir / f"epoch-{epoch - 1}" / STATE_FILE).unlink(missing_ok=True)
         atomic_write_text(run_dir / LOG_FILE, json.dumps(log, indent=1) + "\n")
     accelerator.wait_for_everyone()
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """`torch.save` to `path` through a Python file, so that a failed write (disk full) raises
+    the OSError it is, not torch's RuntimeError about the archive's positions."""
+
+    class Sink:
+        def __init__(self, file) -> None:
+            self.file, self.error = file, None
+
+        def write(self, data) -> int:
+            try:
+                return self.file.write(data)
+            except OSError as exc:
+                self.error = exc  # torch reports it as a short write
+                raise
+
+        def flush(self) -> None:
+            self.file.flush()
+
+    with path.open("wb") as file:
+        sink = Sink(file)
+        try:
+            torch.save(state, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
