@@ -244,13 +244,14 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     folder = check_out_dir(folder)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
-    fd = _take_lock(folder, lock)
+    lock, fd = folder / LOCK_FILE, None
     try:
+        fd = _take_lock(folder, lock)
         yield folder
     finally:
-        lock.unlink(missing_ok=True)  # while still held: a waiting process finds it gone
-        os.close(fd)
+        if fd is not None:
+            lock.unlink(missing_ok=True)  # while still held: a waiting process finds it gone
+            os.close(fd)
         if made and not any(folder.iterdir()):
             with suppress(OSError):  # filled meanwhile by another process: it stays
                 folder.rmdir()
@@ -289,8 +290,14 @@ def _take_lock(folder: Path, lock: Path) -> int:
         if holder and not mine and _alive(holder, me["host"]):  # mine: a former life's pid
             os.close(fd)
             raise OutputError(_in_use(folder, lock, holder))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as exc:  # a full disk: the lock names no holder, so it must go
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+            exc.filename = exc.filename or str(lock)
+            raise
         return fd
 
 
