@@ -406,6 +406,10 @@ def test_a_folder_or_a_non_utf8_file_as_the_config_fails_in_one_line(tmp_path):
     path.write_text("[" * 10000 + "]" * 10000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+    path.write_text(f"seeds: [{'9' * 5000}]\n")  # past Python's int-string conversion limit
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path}: a value cannot")
+    assert len(result.output.splitlines()) == 1 and len(result.output) < 200
 
 
 @pytest.mark.parametrize(

@@ -327,6 +327,8 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except RecursionError:  # PyYAML composes nested collections by recursion
         raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:  # a number Python will not convert (an int of 5000 digits)
+        raise ConfigError(f"{path}: a value cannot be read ({shorten(str(exc))})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in sets:
