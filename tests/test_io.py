@@ -135,3 +135,19 @@ def test_a_folder_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_pat
     with folder_lock(out):
         assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b'{"stages": {}', "invalid JSON"), (b"\xff{}", "not UTF-8"), (b'{"a": "\\ud800"}', "")],
+)
+def test_a_damaged_run_manifest_is_one_error_naming_it(tmp_path, content, reason):
+    from elusive.config import RunConfig
+    from elusive.io import CorpusError
+    from elusive.runs import Run
+
+    (tmp_path / "run.json").write_bytes(content)
+    with pytest.raises(CorpusError, match=f"^{tmp_path / 'run.json'}: {reason}") as caught:
+        Run(RunConfig(), tmp_path).open(echo=lambda line: None)
+    assert len(str(caught.value).splitlines()) == 1
+    assert (tmp_path / "run.json").read_bytes() == content  # nothing rewritten

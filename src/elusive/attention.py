@@ -41,7 +41,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from . import kernels
 from .corpus import Record, read_corpus
-from .io import DroppedDataWarning, atomic_write_text, check_out_dir, iter_jsonl, write_jsonl
+from .io import (
+    DroppedDataWarning,
+    atomic_write_text,
+    check_out_dir,
+    iter_jsonl,
+    read_json,
+    write_jsonl,
+)
 from .options import ROLES, AttentionConfig, AttentionError
 
 ATTN_IMPLEMENTATION = "elusive"
@@ -501,7 +508,7 @@ def write_scores(out_dir: str | Path, manifest: dict[str, Any], rows: Iterable[T
 def read_manifest(scores_dir: str | Path) -> dict[str, Any]:
     path = Path(scores_dir) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text("utf-8"))
+        manifest = read_json(path)
     except FileNotFoundError:
         raise AttentionError(f"{path}: no such file (run `elusive attention` first)") from None
     except json.JSONDecodeError as exc:

@@ -373,6 +373,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, obj
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON of a file elusive reads back (a manifest, a split, a log): a missing,
+    undecodable or invalid file is a CorpusError naming it, never a traceback."""
+    path = Path(path)
+    try:
+        return parse_json(read_text(path), str(path))
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
 def parse_json(text: str, where: str) -> Any:
     """`text` parsed as JSON. Invalid JSON raises json's JSONDecodeError, for the caller to say
     where (a line of a file, a position in it); valid JSON that Python cannot hold (nested past

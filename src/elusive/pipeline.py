@@ -29,7 +29,7 @@ from pathlib import Path
 from .bios import generate_bios
 from .config import ConfigError, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
-from .io import atomic_write_text, file_sha256, folder_lock, write_jsonl
+from .io import atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
 from .runs import STAGES, Run, eval_dirs, grid
 
 # --------------------------------------------------------------------------- stages
@@ -57,7 +57,7 @@ def stage_corpus(run: Run) -> str:
         "corpus_sha256": file_sha256(corpus_path),
         "qa_sha256": file_sha256(qa_path),
     }
-    split = json.loads(split_path.read_text("utf-8"))
+    split = read_json(split_path)
     return (
         f"{sum(1 for _ in corpus_path.open())} texts, "
         f"{len(split['validation'])} validation / {len(split['test'])} test sources"

@@ -21,6 +21,7 @@ from .bios import FIELDS, SPANS
 from .corpus import Record
 from .errors import ElusiveError
 from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
+from .io import read_json
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
 
@@ -87,7 +88,7 @@ def summarize(run) -> dict:
 
     config = run.config
     metric = config.report.select_metric
-    split = json.loads(run.path("corpus", "split.json").read_text("utf-8"))
+    split = read_json(run.path("corpus", "split.json"))
     subsets = {name: set(split[name]) for name in ("validation", "test")}
     # (role, policy) -> (alpha, beta, lr, epoch) -> seed -> subset -> field -> FieldScore
     table: dict[tuple, dict[tuple, dict[int, dict]]] = {}
@@ -380,7 +381,7 @@ def _analysis(run) -> dict[str, list[dict]]:
     n = config.report.analysis_texts
     path = run.path("report", "analysis.json")
     if path.exists():
-        cached = json.loads(path.read_text("utf-8"))
+        cached = read_json(path)
         if cached["n"] == n:
             return cached["rows"]
     records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]

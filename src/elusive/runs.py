@@ -35,6 +35,7 @@ from .io import (
     check_out_dir,
     file_sha256,
     foreign_entries,
+    read_json,
     remove_temp_files,
 )
 from .options import EvalConfig
@@ -129,7 +130,7 @@ class Run:
         if self.is_main:  # what a killed process was writing (the others wait for this one)
             remove_temp_files(self.root, recursive=True)
         if self.manifest_path.exists():
-            self.manifest = json.loads(self.manifest_path.read_text("utf-8"))
+            self.manifest = read_json(self.manifest_path)
             if "outputs" not in self.manifest:
                 self._adopt_legacy()
             changed = _changed_keys(self.manifest["config"], to_dict(self.config))

@@ -44,7 +44,14 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import Record, read_corpus
-from .io import DroppedDataWarning, atomic_write_text, check_out_dir, remove_temp_files, temp_beside
+from .io import (
+    DroppedDataWarning,
+    atomic_write_text,
+    check_out_dir,
+    read_json,
+    remove_temp_files,
+    temp_beside,
+)
 from .models import DTYPES, resolve_mixed_precision
 from .options import MIXED_PRECISIONS, TrainConfig, TrainError
 
@@ -220,7 +227,7 @@ def _resolve_precision(run_dir: Path, config: TrainConfig) -> TrainConfig:
     uses: "auto" keeps an existing run's recorded value, so a run resumes as it began (one made
     when the default was "no" stays fp32), and is resolved for this device in a new run."""
     path = run_dir / "run.json"
-    have = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    have = read_json(path) if path.exists() else {}
     recorded = have.get("config", {}).get("mixed_precision")
     if config.mixed_precision == "auto" and recorded in MIXED_PRECISIONS[1:]:
         return dataclasses.replace(config, mixed_precision=recorded)
@@ -246,7 +253,7 @@ def _check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
     path = run_dir / "run.json"
     if not path.exists():
         return
-    have = json.loads(path.read_text("utf-8"))
+    have = read_json(path)
     old = have.get("config", {})
     if "model" in old:  # run.json files of older versions hold the spec as given
         old["model"] = spec_key(old["model"])
@@ -472,7 +479,7 @@ def train(
         _set_rng_state(state["rng"])
         # the epoch folder's own log (runs of older versions have only RUN_DIR/log.json)
         saved = resume_dir / LOG_FILE if (resume_dir / LOG_FILE).exists() else run_dir / LOG_FILE
-        log = json.loads(saved.read_text("utf-8"))
+        log = read_json(saved)
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
     log["truncation"] = cut
