@@ -84,3 +84,17 @@ def test_drop_by_span_against_a_loop():
     assert got["company"] > got["date"] > 0  # later tokens are dropped more under position
     none = drop_by_span(records, rows, [AugmentConfig("none")])
     assert set(none.values()) == {0.0}
+
+
+def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
+    from elusive.report import markdown_tables
+
+    score = {"n": 4, "em": 0.5, "em_std": 0.0, "f1": 0.6, "f1_std": 0.1}
+    probed = {**score, "choice": 0.25, "choice_std": 0.0}
+    row = {"role": "small", "model": "tiny", "policy": "none", "alpha": None, "beta": None}
+    row |= {"lr": 1e-3, "epochs": 2, "seeds": [0]}
+    row["test"] = {"city": score, "date": probed, "overall": probed}
+    summary = {"rows": [row], "select_on": ["city", "date"], "select_metric": "em", "study": {}}
+    lines = markdown_tables(summary).splitlines()
+    probe_row = next(line for line in lines if line.startswith("| tiny") and "0.25" in line)
+    assert probe_row.endswith("| - | 0.25 |")

@@ -169,6 +169,10 @@ def summarize(run) -> dict:
 
 
 def _cell(score: dict, metric: str) -> str:
+    """`metric`'s mean (± std over seeds) in one field's scores; "-" where the field has none
+    (a choice probe where no question of the field got a distractor)."""
+    if metric not in score:
+        return "-"
     mean, std = score[metric], score[f"{metric}_std"]
     return f"{mean:.2f} ± {std:.2f}" if std else f"{mean:.2f}"
 
