@@ -161,3 +161,74 @@ def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir
     for got, want in zip(scores, fresh, strict=True):
         assert [s.tokens for s in got] == [s.tokens for s in want]
         assert [s.total for s in got] == pytest.approx([s.total for s in want], abs=1e-4)
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# `judge` and the helpers around the forward passes, pinned to their definitions.
+
+from types import SimpleNamespace  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from elusive.probes import (  # noqa: E402
+    CandidateScore,
+    _cache_argument,
+    candidates,
+    judge,
+    left_pad,
+    model_cache,
+    pad_id,
+)
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
+SCORE = st.builds(CandidateScore, st.integers(-40, 0).map(float), st.integers(1, 4))
+
+
+@PROPERTY
+@given(golds=st.lists(SCORE, min_size=1, max_size=3), others=st.lists(SCORE, max_size=4))
+def test_judge_choice_is_a_strict_win_and_logprob_the_best_gold_mean(golds, others):
+    item = QAItem("q", "s", "?", tuple(f"gold{k}" for k in range(len(golds))))
+    wrong = tuple(f"wrong{k}" for k in range(len(others)))
+    [row] = judge([item], [wrong], [[*golds, *others]])
+    best = max(g.total for g in golds)
+    if others:  # a tie is not a win: chance stays 1 / (k + 1) for a model that knows nothing
+        assert row["choice"] == float(all(best > o.total for o in others))
+    else:
+        assert row["choice"] is None  # nothing to choose between
+    assert row["logprob"] == max(g.total / g.tokens for g in golds)
+
+
+def test_judge_and_candidates_refuse_lists_of_other_lengths():
+    items = [QAItem("a", "a", "?", ("x",)), QAItem("b", "b", "?", ("y",))]
+    assert candidates(items, [("y",), ("x", "z")]) == [["x", "y"], ["y", "x", "z"]]
+    with pytest.raises(ValueError):
+        candidates(items, [("y",)])
+    with pytest.raises(ValueError):
+        judge(items, [("y",), ("x",)], [[CandidateScore(-1.0, 1)] * 2])
+
+
+def test_left_pad_right_aligns_integer_ids_and_mask():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert ids.dtype == mask.dtype == torch.long
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_pad_id_is_the_pad_token_else_eos():
+    assert pad_id(SimpleNamespace(pad_token_id=3, eos_token_id=9)) == 3
+    assert pad_id(SimpleNamespace(pad_token_id=0, eos_token_id=9)) == 0
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=9)) == 9
+
+
+def test_the_cache_goes_by_the_name_each_transformers_version_uses():
+    class Current:  # transformers 5.x
+        def forward(self, input_ids, cache=None, **kwargs): ...
+
+    class Older:  # transformers 4.x
+        def forward(self, input_ids, past_key_values=None, **kwargs): ...
+
+    assert _cache_argument(Current(), "kv") == {"cache": "kv"}
+    assert _cache_argument(Older(), "kv") == {"past_key_values": "kv"}
+    assert model_cache({"logits": 0, "cache": "kv"}) == "kv"
+    assert model_cache({"logits": 0, "past_key_values": "old"}) == "old"
