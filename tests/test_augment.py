@@ -509,6 +509,11 @@ def test_a_ranking_by_scores_reads_every_score_and_refuses_non_finite_ones():
     tok = augment_module._tokens(rows)
     config = AugmentConfig()
     assert rank_by(rows, tok, config)[:5].tolist() == [0.0, 0.5, -0.25, 0.0, 2.0]
+    by_role = augment_module._by_scores(augment_module._attention_scores)
+    rows[0].scores = {"large": [0.0, 1.0, 2.0], "model": [0.0, 3.0, 4.0]}
+    assert by_role(
+        rows[:1], augment_module._tokens(rows[:1]), AugmentConfig(score_of="model")
+    ).tolist() == [0.0, 3.0, 4.0]
     rows[1].contrast[1] = float("inf")
     with pytest.raises(AugmentError, match="^text 'b': a score is not finite$"):
         rank_by(rows, tok, config)
@@ -547,9 +552,12 @@ def test_bad_scores_and_options_name_what_is_wrong():
     row = hand_row(record, [0, 3, 7])
     with pytest.raises(AugmentError, match="the scores hold none$"):
         augment_module._contrast_scores(dataclasses.replace(row, contrast=None), AugmentConfig())
-    with pytest.raises(AugmentError, match="the scores hold model$"):
+    with pytest.raises(AugmentError, match="the scores hold model, small$"):
         augment_module._contrast_scores(
-            dataclasses.replace(row, contrast=None, scores={"model": [0.0] * 3}), AugmentConfig()
+            dataclasses.replace(
+                row, contrast=None, scores={"small": [0.0] * 3, "model": [0.0] * 3}
+            ),
+            AugmentConfig(),
         )
     with pytest.raises(AugmentError, match="role 'large'; the scores hold none$"):
         augment_module._attention_scores(row, AugmentConfig("attention", score_of="large"))

@@ -232,3 +232,24 @@ def test_the_cache_goes_by_the_name_each_transformers_version_uses():
     assert _cache_argument(Older(), "kv") == {"past_key_values": "kv"}
     assert model_cache({"logits": 0, "cache": "kv"}) == "kv"
     assert model_cache({"logits": 0, "past_key_values": "old"}) == "old"
+
+
+def test_candidates_scored_one_row_per_forward_equal_the_hand_computed_sum(
+    tiny_model_dir, monkeypatch
+):
+    # One row per forward: every group reuses the prompts' cache, and some hold a two-token
+    # candidate alone (its only forward is of token 0).
+    import elusive.probes as probes
+
+    monkeypatch.setattr(probes, "ROWS_PER_FORWARD", 1)
+    model, tok = load_model(tiny_model_dir)
+    prompts = ["Liam Thompson was born in", "Question: Who?\nAnswer:"]
+    cands = [["a", "Paris", "New York", "New York, NY"], ["January 5, 1990", "x y", "Lee"]]
+    lengths = {len(tok(" " + c, add_special_tokens=False)["input_ids"]) for c in sum(cands, [])}
+    assert {1, 2} <= lengths and max(lengths) > 2
+    got = score_candidates(model, tok, prompts, cands, batch_size=2, progress=False)
+    for prompt, row, scores in zip(prompts, cands, got, strict=True):
+        for cand, score in zip(row, scores, strict=True):
+            assert score.total == pytest.approx(
+                _reference_logprob(model, tok, prompt, cand), abs=1e-4
+            )
