@@ -430,3 +430,39 @@ def test_shares_that_could_not_reach_the_cache_stop_in_one_error(tiny_dirs, tmp_
     config = AttentionConfig(cache_dir=tmp_path / "afile")
     with pytest.raises(AttentionError, match="share their scores through the cache"):
         score_records(_records(2), {"model": str(tiny_dirs["llama"])}, config, progress=False)
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# The reductions over query blocks and padded batches, against the naive maps.
+
+
+def test_query_rows_across_query_blocks_match_naive(tiny, monkeypatch):
+    model, tok = tiny
+    ids = ids_of(tok, TEXT)
+    length = ids.shape[1]
+    # 3-query blocks: queries at a block's first and last row, in later blocks, and the last
+    queries = torch.tensor([0, 1, 2, 3, 5, 9, length - 1])
+    batch = ids.repeat(len(queries), 1)
+    heads = model.config.num_attention_heads
+    small = len(queries) * heads * length * 3
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", {"cpu": small, "cuda": small})
+    got = attention_row(model, batch, queries)
+    expected = naive_maps(model, ids).mean(dim=(0, 2))[0, queries]  # [queries, T]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_query_rows_of_a_left_padded_batch_equal_one_by_one(tiny):
+    model, tok = tiny
+    seqs = [tok(t)["input_ids"] for t in (TEXT, "He worked for Google.")]
+    length = max(map(len, seqs))
+    ids = torch.full((2, length), 7)
+    mask = torch.zeros(2, length, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, length - len(seq) :] = torch.tensor(seq)
+        mask[row, length - len(seq) :] = 1
+    batched = attention_row(model, ids, torch.tensor([length - 1, length - 2]), mask)
+    for row, seq in enumerate(seqs):
+        alone = attention_row(model, torch.tensor([seq]), torch.tensor([len(seq) - 1 - row]))[0]
+        torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=0)
+        assert batched[row][~mask[row].bool()].abs().sum() == 0

@@ -1,11 +1,14 @@
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import elusive.augment as augment_module
@@ -452,14 +455,14 @@ def test_augment_refuses_an_out_that_is_one_of_its_inputs(tmp_path, bios, scores
 
     corpus, sdir = write_fixture(tmp_path, bios, scores)
     config = AugmentConfig(policy="random", alpha=0.5)
-    for out, given in [
+    for out, corpus_given in [
         (corpus, None),
         (tmp_path / "." / corpus.name, corpus),  # the same file, spelt another way
         (sdir / "scores.jsonl", None),
     ]:
         before = out.read_bytes()
         with pytest.raises(OutputError, match=r"is also the input --(corpus|scores)"):
-            augment_file(sdir, out, config, corpus=given)
+            augment_file(sdir, out, config, corpus=corpus_given)
         assert out.read_bytes() == before
     result = runner.invoke(app, ["augment", "--scores", str(sdir), "--out", str(corpus)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
@@ -513,3 +516,134 @@ def test_a_copy_that_loses_every_token_is_not_written_and_is_counted(tmp_path):
         assert all(r["text"].strip() for r in out)
         write_rows(tmp_path / "aug.jsonl", out)
         assert len(read_corpus(tmp_path / "aug.jsonl")) == 5  # what training reads
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# The drops' randomness, the rankings and the protected spans, pinned to their definitions.
+
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=100)
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64_uniform(seed, text_id, copy, token):
+    """The module docstring's uniform, in Python integers: splitmix64 of key + (copy << 32 |
+    token) * golden, key the first 8 bytes (little-endian) of sha256(seed NUL id)."""
+    digest = hashlib.sha256(f"{seed}\x00{text_id}".encode()).digest()[:8]
+    key = int.from_bytes(digest, "little")
+    z = (key + ((copy << 32) | token) * 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    z ^= z >> 31
+    return (z >> 11) / 2**53
+
+
+@PROPERTY
+@given(
+    seed=st.integers(0, 2**40),
+    ids=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=3),
+    draws=st.lists(st.integers(0, 20), min_size=1, max_size=3),
+    tokens=st.lists(st.integers(0, 3000), min_size=1, max_size=4),
+)
+def test_uniforms_are_splitmix64_of_the_text_key_and_counter(seed, ids, draws, tokens):
+    text_of = np.arange(len(tokens)) % len(ids)
+    keys = augment_module.text_keys(seed, ids)[text_of]
+    u = augment_module.uniforms(keys, np.array(tokens), np.array(draws))
+    expected = [
+        [splitmix64_uniform(seed, ids[t], d, tokens[k]) for k, t in enumerate(text_of)]
+        for d in draws
+    ]
+    assert u.dtype == np.float64 and u.tolist() == expected
+
+
+def hand_row(record, cuts, eligible=None, contrast=None):
+    """Scores of `record` cut into tokens at `cuts` (after a BOS), each token its own span."""
+    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+    tokens = ["<s>", *(record.text[a:b] for a, b in spans)]
+    eligible = eligible or [False] + [any(c.isalnum() for c in t) for t in tokens[1:]]
+    contrast = contrast or [0.0] * len(tokens)
+    return TextScores(
+        record.id, record.sha256, tokens, [(0, 0), *spans], eligible, {}, contrast, []
+    )
+
+
+def test_a_ranking_by_scores_reads_every_score_and_refuses_non_finite_ones():
+    # Built here, not taken from RANK_BY: the registry's entries are made at import.
+    rank_by = augment_module._by_scores(augment_module._contrast_scores)
+    a, b = Record("a", "x y"), Record("b", "z.")
+    rows = [
+        hand_row(a, [0, 1, 3], contrast=[0.0, 0.5, -0.25]),
+        hand_row(b, [0, 1, 2], contrast=[0.0, 2.0, float("nan")]),  # "." is never ranked
+    ]
+    tok = augment_module._tokens(rows)
+    config = AugmentConfig()
+    assert rank_by(rows, tok, config)[:5].tolist() == [0.0, 0.5, -0.25, 0.0, 2.0]
+    by_role = augment_module._by_scores(augment_module._attention_scores)
+    rows[0].scores = {"large": [0.0, 1.0, 2.0], "model": [0.0, 3.0, 4.0]}
+    assert by_role(
+        rows[:1], augment_module._tokens(rows[:1]), AugmentConfig(score_of="model")
+    ).tolist() == [0.0, 3.0, 4.0]
+    rows[1].contrast[1] = float("inf")
+    with pytest.raises(AugmentError, match="^text 'b': a score is not finite$"):
+        rank_by(rows, tok, config)
+    rows[1].contrast = [0.0, 1.0]
+    with pytest.raises(AugmentError, match="^text 'b': 2 scores for 3 tokens$"):
+        rank_by(rows, tok, config)
+
+
+def test_a_token_that_only_touches_a_protected_span_stays_ranked():
+    # " abc" ends where the span " def" begins, "xyz" before it: neither overlaps
+    record = Record("r", "xyz abc def", spans={"x": (7, 11)})
+    row = hand_row(record, [0, 3, 7, 11])
+    config = AugmentConfig("position", alpha=0.5, beta=1.0, protect=("x",))
+    assert drop_probabilities([row], config, [record]).tolist() == [
+        0.0,
+        0.0,
+        0.5 * (1 - math.exp(-1.0)),
+        0.0,
+    ]
+
+
+def test_token_views_give_each_token_its_rank_and_keep_probability():
+    record = Record("r", "Ann Lee.")
+    row = hand_row(record, [0, 3, 7, 8])
+    views = augment_module.token_views(record, row, AugmentConfig("position", 0.5, 1.0))
+    assert [(v.text, v.rank, v.eligible) for v in views] == [
+        ("Ann", 0, True),
+        (" Lee", 1, True),
+        (".", -1, False),
+    ]
+    assert [v.keep for v in views] == [1.0, 1 - 0.5 * (1 - math.exp(-1.0)), 1.0]
+
+
+def test_bad_scores_and_options_name_what_is_wrong():
+    record = Record("r", "Ann Lee", spans={"name": (0, 7), "date": (0, 3)})
+    row = hand_row(record, [0, 3, 7])
+    with pytest.raises(AugmentError, match="the scores hold none$"):
+        augment_module._contrast_scores(dataclasses.replace(row, contrast=None), AugmentConfig())
+    with pytest.raises(AugmentError, match="the scores hold model, small$"):
+        augment_module._contrast_scores(
+            dataclasses.replace(
+                row, contrast=None, scores={"small": [0.0] * 3, "model": [0.0] * 3}
+            ),
+            AugmentConfig(),
+        )
+    with pytest.raises(AugmentError, match="role 'large'; the scores hold none$"):
+        augment_module._attention_scores(row, AugmentConfig("attention", score_of="large"))
+    with pytest.raises(
+        AugmentError,
+        match="^--score-of is needed: the scores hold roles large, model, none 'small'$",
+    ):
+        augment_module.resolve_role(["model", "large"], None)
+    with pytest.raises(AugmentError, match="^protect needs the records whose spans it names$"):
+        drop_probabilities([row], AugmentConfig(protect=("name",)))
+    with pytest.raises(
+        AugmentError, match=r"^text 'r' has no span 'city' to protect \(its spans: name, date\)$"
+    ):
+        drop_probabilities([row], AugmentConfig(protect=("city",)), [record])
+    short = dataclasses.replace(row, offsets=row.offsets[:-1])
+    with pytest.raises(
+        AugmentError, match="^text 'r': tokens, offsets and eligible differ in length$"
+    ):
+        drop_probabilities([short], AugmentConfig())

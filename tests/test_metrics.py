@@ -1,4 +1,8 @@
+from collections import Counter
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elusive.metrics import aggregate, best_scores, exact_match, f1_score, normalize_answer
 
@@ -71,3 +75,39 @@ def test_aggregate_averages_each_probe_over_the_rows_that_have_it():
     assert score.n == 3 and score.em == pytest.approx(1 / 3)
     assert score.choice == 0.5 and score.cloze_em == 0.5
     assert list(score.present()) == ["em", "f1", "choice", "cloze_em"]
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# Properties that pin EM and F1 to their definitions, over generated answers.
+
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=200)
+WORDS = st.lists(st.sampled_from(["new", "york", "the", "Paris", "a", "1990", "José"]), max_size=6)
+
+
+@PROPERTY
+@given(
+    pred=WORDS,
+    gold=WORDS,
+    sep=st.sampled_from([" ", ", ", " - ", "\t"]),
+    end=st.sampled_from(["", ".", "?!"]),
+)
+def test_f1_is_the_harmonic_mean_of_word_precision_and_recall(pred, gold, sep, end):
+    prediction, answer = sep.join(pred) + end, " ".join(gold)
+    p = [w.lower() for w in pred if w.lower() not in ("a", "an", "the")]
+    g = [w.lower() for w in gold if w.lower() not in ("a", "an", "the")]
+    common = sum((Counter(p) & Counter(g)).values())
+    if not p or not g:
+        expected = float(p == g)
+    else:
+        expected = 2 * common / (len(p) + len(g))  # = 2PR / (P + R), 0 without common words
+    assert f1_score(prediction, answer) == pytest.approx(expected)
+    assert f1_score(answer, prediction) == pytest.approx(expected)  # symmetric
+    assert exact_match(prediction, answer) == float(p == g)
+    assert best_scores(prediction, [answer, "zzz"]) == (float(p == g), pytest.approx(expected))
+
+
+def test_best_scores_without_golds_says_so():
+    with pytest.raises(ValueError, match="^at least one gold answer is needed$"):
+        best_scores("x", [])

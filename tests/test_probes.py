@@ -3,15 +3,30 @@ prompts against the biography spans, and the probes inside `evaluate_qa`."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elusive.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios
 from elusive.corpus import QAItem
 from elusive.evaluate import EvalConfig, evaluate_qa
 from elusive.metrics import normalize_answer
 from elusive.models import load_model
-from elusive.probes import pick_distractors, probe, score_candidates
+from elusive.probes import (
+    CandidateScore,
+    _cache_argument,
+    candidates,
+    judge,
+    left_pad,
+    model_cache,
+    pad_id,
+    pick_distractors,
+    probe,
+    score_candidates,
+)
 
 
 def _reference_logprob(model, tokenizer, prompt: str, answer: str) -> float:
@@ -216,3 +231,81 @@ def test_fewer_distractors_than_asked_are_warned_once_and_recorded(monkeypatch, 
         enough = evaluate_qa(None, None, items, EvalConfig(choices=2), progress=False)
     assert enough.warnings == {} and not caught
     assert json.loads(write_eval(tmp_path, enough, {})[0].read_text())["warnings"] == {}
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# `judge` and the helpers around the forward passes, pinned to their definitions.
+
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
+SCORE = st.builds(CandidateScore, st.integers(-40, 0).map(float), st.integers(1, 4))
+
+
+@PROPERTY
+@given(golds=st.lists(SCORE, min_size=1, max_size=3), others=st.lists(SCORE, max_size=4))
+def test_judge_choice_is_a_strict_win_and_logprob_the_best_gold_mean(golds, others):
+    item = QAItem("q", "s", "?", tuple(f"gold{k}" for k in range(len(golds))))
+    wrong = tuple(f"wrong{k}" for k in range(len(others)))
+    [row] = judge([item], [wrong], [[*golds, *others]])
+    best = max(g.total for g in golds)
+    if others:  # a tie is not a win: chance stays 1 / (k + 1) for a model that knows nothing
+        assert row["choice"] == float(all(best > o.total for o in others))
+    else:
+        assert row["choice"] is None  # nothing to choose between
+    assert row["logprob"] == max(g.total / g.tokens for g in golds)
+
+
+def test_judge_and_candidates_refuse_lists_of_other_lengths():
+    items = [QAItem("a", "a", "?", ("x",)), QAItem("b", "b", "?", ("y",))]
+    assert candidates(items, [("y",), ("x", "z")]) == [["x", "y"], ["y", "x", "z"]]
+    with pytest.raises(ValueError):
+        candidates(items, [("y",)])
+    with pytest.raises(ValueError):
+        judge(items, [("y",), ("x",)], [[CandidateScore(-1.0, 1)] * 2])
+
+
+def test_left_pad_right_aligns_integer_ids_and_mask():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert ids.dtype == mask.dtype == torch.long
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_pad_id_is_the_pad_token_else_eos():
+    assert pad_id(SimpleNamespace(pad_token_id=3, eos_token_id=9)) == 3
+    assert pad_id(SimpleNamespace(pad_token_id=0, eos_token_id=9)) == 0
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=9)) == 9
+
+
+def test_the_cache_goes_by_the_name_each_transformers_version_uses():
+    class Current:  # transformers 5.x
+        def forward(self, input_ids, cache=None, **kwargs): ...
+
+    class Older:  # transformers 4.x
+        def forward(self, input_ids, past_key_values=None, **kwargs): ...
+
+    assert _cache_argument(Current(), "kv") == {"cache": "kv"}
+    assert _cache_argument(Older(), "kv") == {"past_key_values": "kv"}
+    assert model_cache({"logits": 0, "cache": "kv"}) == "kv"
+    assert model_cache({"logits": 0, "past_key_values": "old"}) == "old"
+
+
+def test_candidates_scored_one_row_per_forward_equal_the_hand_computed_sum(
+    tiny_model_dir, monkeypatch
+):
+    # One row per forward: every group reuses the prompts' cache, and some hold a two-token
+    # candidate alone (its only forward is of token 0).
+    import elusive.probes as probes
+
+    monkeypatch.setattr(probes, "ROWS_PER_FORWARD", 1)
+    model, tok = load_model(tiny_model_dir)
+    prompts = ["Liam Thompson was born in", "Question: Who?\nAnswer:"]
+    cands = [["a", "Paris", "New York", "New York, NY"], ["January 5, 1990", "x y", "Lee"]]
+    lengths = {len(tok(" " + c, add_special_tokens=False)["input_ids"]) for c in sum(cands, [])}
+    assert {1, 2} <= lengths and max(lengths) > 2
+    got = score_candidates(model, tok, prompts, cands, batch_size=2, progress=False)
+    for prompt, row, scores in zip(prompts, cands, got, strict=True):
+        for cand, score in zip(row, scores, strict=True):
+            assert score.total == pytest.approx(
+                _reference_logprob(model, tok, prompt, cand), abs=1e-4
+            )

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elusive.figures import plot_paired_differences
 from elusive.stats import (
@@ -183,3 +185,234 @@ def test_paired_difference_figure_png(tmp_path):
     with pytest.raises(ValueError, match="no paired differences"):
         plot_paired_differences(summary, tmp_path / "none.png", metrics=["cloze_em"])
     assert not (tmp_path / "none.png").exists()
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# Tests that pin each reported number to its definition, so that a small change to the code
+# (an off-by-one, a dropped argument, a wrong quantile) fails a test.
+
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=60)
+
+
+def textbook_ci(values, seed, n_boot, level):
+    """The percentile bootstrap written out: `n_boot` resamples of `values`, one at a time from
+    ``default_rng(seed)``, and the (1 - level) / 2 and 1 - (1 - level) / 2 quantiles of their
+    means."""
+    data = np.array(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = [data[rng.integers(0, len(data), size=len(data))].mean() for _ in range(n_boot)]
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return data.mean(), low, high
+
+
+@PROPERTY
+@given(
+    values=st.lists(st.integers(-80, 80).map(lambda k: k / 8), min_size=1, max_size=25),
+    seed=st.integers(0, 2**16),
+    n_boot=st.integers(1, 40),
+    level=st.sampled_from([0.5, 0.8, 0.9, 0.95, 0.99]),
+)
+def test_bootstrap_ci_is_the_textbook_percentile_bootstrap(values, seed, n_boot, level):
+    mean, low, high = bootstrap_ci(values, seed, n_boot, level)
+    assert (mean, low, high) == pytest.approx(textbook_ci(values, seed, n_boot, level), rel=1e-12)
+    assert min(values) <= low <= high <= max(values)
+
+
+def test_bootstrap_ci_averages_in_double_precision():
+    # float32 sums 1e8 + 1 - 1e8 to 0; the mean of these three scores is 1/3
+    mean, low, high = bootstrap_ci(np.array([1e8, 1.0, -1e8], dtype=np.float32), n_boot=5)
+    assert mean == 1 / 3
+
+
+def test_bootstrap_ci_bounds_of_level_and_n_boot():
+    for level in (0.0, 1.0, 1.5):
+        message = rf"^bootstrap_ci: level must lie in \(0, 1\), got {level}$"
+        with pytest.raises(ValueError, match=message):
+            bootstrap_ci([0.1, 0.2], level=level)
+    with pytest.raises(ValueError, match="^bootstrap_ci: n_boot must be >= 1, got 0$"):
+        bootstrap_ci([0.1, 0.2], n_boot=0)
+    with pytest.raises(ValueError, match="^bootstrap_ci: values contain NaN or infinity$"):
+        bootstrap_ci([0.1, float("inf")])
+    assert bootstrap_ci([0.25, 0.75], seed=2, n_boot=1) == textbook_ci([0.25, 0.75], 2, 1, 0.95)
+
+
+def test_cells_are_the_bootstrap_of_person_means_at_the_given_level():
+    # person p's values over two seeds; "city" scores f1 but not em, the first metric seen
+    table = {}
+    for seed in (0, 1):
+        for p in range(5):
+            table[(seed, f"p{p}", "date")] = {"em": (p + seed) % 2, "f1": (p * seed) / 8}
+            table[(seed, f"p{p}", "city")] = {"f1": (p + 2 * seed) / 8}
+    out = policy_means(table, seed=3, n_boot=30, level=0.8)
+    assert list(out) == ["date", "city"] and list(out["city"]) == ["f1"]
+    for field, cells in out.items():
+        for metric, cell in cells.items():
+            person_means = [
+                np.mean([table[(s, f"p{p}", field)][metric] for s in (0, 1)]) for p in range(5)
+            ]
+            mean, low, high = textbook_ci(person_means, 3, 30, 0.8)
+            assert cell == {
+                "mean": pytest.approx(mean, rel=1e-12),
+                "low": pytest.approx(low, rel=1e-12),
+                "high": pytest.approx(high, rel=1e-12),
+                "n_people": 5,
+                "n_units": 10,
+            }
+
+
+def test_a_unit_on_the_policy_side_only_is_skipped_wherever_it_comes():
+    rng = np.random.default_rng(8)
+    base, policy = random_table(rng, n_people=6), random_table(rng, n_people=6)
+    stranger_first = {(9, "stranger", "company"): {"em": 5.0, "f1": 5.0}, **policy}
+    assert paired_differences(stranger_first, base, n_boot=50) == paired_differences(
+        policy, base, n_boot=50
+    )
+    with pytest.raises(
+        ValueError,
+        match="^no \\(seed, person, field\\) unit is scored in both runs: they must share "
+        "seeds, test people and metrics to be paired$",
+    ):
+        paired_differences({(5, "p000", "company"): {"em": 1.0}}, base)
+
+
+def test_unit_scores_skip_a_missing_metric_but_keep_the_next():
+    rows = {0: [{"source_id": "a", "field": "date", "em": None, "cloze_em": 0.5}]}
+    assert unit_scores(rows, ["em", "cloze_em"]) == {(0, "a", "date"): {"cloze_em": 0.5}}
+
+
+def test_summarize_study_passes_its_options_and_has_the_documented_defaults():
+    rng = np.random.default_rng(9)
+    tables = {"none": random_table(rng, 12), "contrast": random_table(rng, 12)}
+    tables["random"] = random_table(rng, 12)  # differences that vary from person to person
+    options = {"seed": 4, "n_boot": 40, "level": 0.8}
+    summary = summarize_study(tables, **options)
+    for policy, table in tables.items():
+        assert summary["means"][policy] == policy_means(table, **options)
+    for policy in ("contrast", "random"):
+        assert summary["differences"][policy] == paired_differences(
+            tables[policy], tables["none"], **options
+        )
+    # the report calls summarize_study without options: 10 000 resamples, seed 0, 95%
+    default = summarize_study({"none": tables["none"], "contrast": tables["contrast"]})
+    assert (default["n_boot"], default["bootstrap_seed"], default["level"]) == (10_000, 0, 0.95)
+    assert default["means"]["none"] == policy_means(tables["none"])
+    assert default["differences"]["contrast"] == paired_differences(
+        tables["contrast"], tables["none"]
+    )
+    cell = default["means"]["none"]["company"]["em"]
+    people = sorted({p for _, p, f in tables["none"] if f == "company"})
+    person_means = [
+        np.mean([tables["none"][(s, p, "company")]["em"] for s in SEEDS]) for p in people
+    ]
+    assert (cell["mean"], cell["low"], cell["high"]) == bootstrap_ci(person_means)
+    assert (cell["low"], cell["high"]) == pytest.approx(
+        textbook_ci(person_means, 0, 10_000, 0.95)[1:], rel=1e-12
+    )
+    with pytest.raises(ValueError, match=r"^baseline policy 'x' has no scores \(policies: a, b\)$"):
+        summarize_study({"a": tables["none"], "b": tables["none"]}, baseline="x")
+
+
+def _cell(mean, low, high, people=3, excludes_zero=None):
+    cell = {"mean": mean, "low": low, "high": high, "n_people": people, "n_units": 2 * people}
+    if excludes_zero is not None:
+        cell["excludes_zero"] = excludes_zero
+    return cell
+
+
+def hand_summary(differences=True):
+    """A summary built by hand: one policy lacks a field, some cells lack a metric, one CI
+    excludes 0 from below and one from above."""
+    return {
+        "baseline": "none",
+        "policies": ["none", "contrast", "random"],
+        "fields": ["date", "city"],
+        "metrics": ["em", "f1"],
+        "seeds": [0, 1],
+        "level": 0.9,
+        "n_boot": 50,
+        "bootstrap_seed": 4,
+        "means": {
+            "none": {
+                "date": {"em": _cell(0.5, 0.25, 0.75), "f1": _cell(0.6, 0.5, 0.7)},
+                "city": {"f1": _cell(0.25, 0.13, 0.38, people=2)},
+            },
+            "contrast": {"date": {"em": _cell(0.75, 0.5, 1.0), "f1": _cell(0.9, 0.8, 1.0)}},
+            "random": {"city": {"em": _cell(0.3, 0.1, 0.4, people=2)}},
+        },
+        "differences": {
+            "contrast": {
+                "date": {
+                    "em": _cell(-0.25, -0.5, -0.13, excludes_zero=True),
+                    "f1": _cell(0.3, -0.1, 0.5, excludes_zero=False),
+                },
+                "city": {"f1": _cell(0.2, 0.1, 0.3, people=2, excludes_zero=True)},
+            },
+            "random": {"city": {"em": _cell(0.0, -0.1, 0.1, people=2, excludes_zero=False)}},
+        }
+        if differences
+        else {},
+    }
+
+
+MEANS_MARKDOWN = """\
+## Statistics over test people and seeds
+
+Mean and 90% percentile-bootstrap CI over 2/3 test people (each person's score averaged over \
+seeds [0, 1]; 50 resamples of people, bootstrap seed 4).
+
+| field | policy | em | f1 |
+|---|---|---|---|
+| date | none | 0.50 [0.25, 0.75] | 0.60 [0.50, 0.70] |
+| date | contrast | 0.75 [0.50, 1.00] | 0.90 [0.80, 1.00] |
+| date | random | - | - |
+| city | none | - | 0.25 [0.13, 0.38] |
+| city | contrast | - | - |
+| city | random | 0.30 [0.10, 0.40] | - |
+"""
+
+DIFFERENCES_MARKDOWN = """\
+### Paired differences against none
+
+Per unit (same seed, same person), policy minus none; mean and 90% CI.
+
+| field | difference | em | f1 |
+|---|---|---|---|
+| date | contrast - none | -0.25 [-0.50, -0.13] | +0.30 [-0.10, 0.50] |
+| date | random - none | - | - |
+| city | contrast - none | - | +0.20 [0.10, 0.30] |
+| city | random - none | +0.00 [-0.10, 0.10] | - |
+
+2 of 4 differences have a 90% CI that excludes 0:
+
+- contrast - none, date em: -0.25 [-0.50, -0.13], excludes 0 (contrast below none).
+- contrast - none, city f1: +0.20 [0.10, 0.30], excludes 0 (contrast above none).
+
+(No correction for the 4 comparisons: if no policy had any effect, about 10% of them would \
+still exclude 0 by chance.)
+"""
+
+
+def test_study_markdown_renders_every_number_of_a_hand_made_summary():
+    assert study_markdown(hand_summary()) == MEANS_MARKDOWN + "\n" + DIFFERENCES_MARKDOWN
+    assert study_markdown(hand_summary(), means=False) == DIFFERENCES_MARKDOWN
+    assert study_markdown(hand_summary(differences=False)) == (
+        MEANS_MARKDOWN + "\nOnly the baseline 'none' was run: nothing to pair.\n"
+    )
+
+
+def test_study_markdown_says_so_when_no_difference_excludes_zero():
+    summary = hand_summary()
+    for cells in summary["differences"].values():
+        for row in cells.values():
+            for cell in row.values():
+                cell["excludes_zero"] = False
+    head, _ = DIFFERENCES_MARKDOWN.split("2 of 4")
+    assert study_markdown(summary, means=False) == head + (
+        "None of the 4 differences against none excludes 0: every 90% CI contains 0.\n"
+        "\n"
+        "(No correction for the 4 comparisons: if no policy had any effect, about 10% of them "
+        "would still exclude 0 by chance.)\n"
+    )
