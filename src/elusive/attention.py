@@ -507,12 +507,12 @@ def write_scores(out_dir: str | Path, manifest: dict[str, Any], rows: Iterable[T
 
 def read_manifest(scores_dir: str | Path) -> dict[str, Any]:
     path = Path(scores_dir) / "manifest.json"
+    if not path.is_file():
+        raise AttentionError(f"{path}: no such file (run `elusive attention` first)")
     try:
         manifest = read_json(path)
-    except FileNotFoundError:
-        raise AttentionError(f"{path}: no such file (run `elusive attention` first)") from None
-    except json.JSONDecodeError as exc:
-        raise AttentionError(f"{path}: invalid JSON ({exc.msg})") from None
+    except ValueError as exc:  # CorpusError from read_json: not UTF-8, or not JSON
+        raise AttentionError(str(exc)) from None
     for key in ("models", "trained", "align", "prefix"):
         if key not in manifest:
             raise AttentionError(f"{path}: missing field {key!r}")
