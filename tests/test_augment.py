@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -698,8 +698,9 @@ def tokenized_texts(draw):
     text = draw(
         st.text(alphabet="ab9.,- \t\n\u3000é東🙂", min_size=1, max_size=14).filter(str.strip)
     )
-    n = draw(st.integers(0, 7))
-    starts = sorted(draw(st.lists(st.integers(0, len(text)), min_size=n, max_size=n)))
+    # distinct starts: drawn freely most would be 0, and no token would follow a gap
+    starts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=7, unique=True)))
+    n = len(starts)
     offsets = [(s, draw(st.integers(s, len(text)))) for s in starts]
     eligible = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     contrast = draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n))
@@ -707,6 +708,16 @@ def tokenized_texts(draw):
 
 
 @PROPERTY
+@example(  # gaps before a text's first token: whitespace (goes with it), other (stays)
+    texts=[("  ab.", [(2, 4)], [True], [0.0]), ("x cd.", [(2, 4)], [True], [0.0])],
+    policy="random",
+    alpha=1.0,
+    beta=0.0,
+    copies=1,
+    seed=0,
+    spaces=False,
+    chunk=3,
+)
 @given(
     texts=st.lists(tokenized_texts(), min_size=1, max_size=4),
     policy=st.sampled_from(["none", "random", "contrast", "position"]),
