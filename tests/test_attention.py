@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from elusive import attention
+from elusive import attention, kernels
 from elusive.attention import (
     AttentionConfig,
     AttentionError,
@@ -466,3 +466,282 @@ def test_query_rows_of_a_left_padded_batch_equal_one_by_one(tiny):
         alone = attention_row(model, torch.tensor([seq]), torch.tensor([len(seq) - 1 - row]))[0]
         torch.testing.assert_close(batched[row][mask[row].bool()], alone, atol=1e-5, rtol=0)
         assert batched[row][~mask[row].bool()].abs().sum() == 0
+
+
+# --------------------------------------------------------------------------- exact numbers
+#
+# The per-block softmax (`_attention`, `_mask_block`) against eager attention written out head by
+# head in float64, the character projection against a per-character loop, and the contrast
+# against the two models' own scores.
+
+
+def eager_attention(query, key, value, mask=None, scaling=None, window=None, softcap=None):
+    """Slow reference: per head h (reading kv head h // groups), in float64, softmax(q k^T *
+    scaling, softcapped, masked) and its product with v. No mask: query i (the last queries of
+    the keys) sees keys j <= i, within `window`; a bool mask says who sees whom, a float mask
+    is added. Returns (probs [b, h, q, k], out [b, h, q, d])."""
+    q, k, v = (t.double() for t in (query, key, value))
+    batch, heads, q_len, head_dim = q.shape
+    k_len, groups = k.shape[2], heads // k.shape[1]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    probs = torch.zeros(batch, heads, q_len, k_len, dtype=torch.float64)
+    out = torch.zeros(batch, heads, q_len, head_dim, dtype=torch.float64)
+    low = torch.finfo(torch.float32).min
+    for b in range(batch):
+        for h in range(heads):
+            logits = q[b, h] @ k[b, h // groups].T * scaling  # [q, k]
+            if softcap is not None:
+                logits = torch.tanh(logits / softcap) * softcap
+            for i in range(q_len):
+                for j in range(k_len):
+                    pos = i + k_len - q_len
+                    if mask is None:
+                        seen = j <= pos and (window is None or pos - j < window)
+                    elif mask.dtype == torch.bool:
+                        seen = bool(mask[b, 0, i, j])
+                    else:
+                        seen, logits[i, j] = True, logits[i, j] + float(mask[b, 0, i, j])
+                    if not seen:
+                        logits[i, j] = low
+            probs[b, h] = logits.softmax(-1)
+            out[b, h] = probs[b, h] @ v[b, h // groups]
+    return probs, out
+
+
+class _Layer(torch.nn.Module):
+    """What SDPA reads of an attention layer: its kv groups and causality."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+
+
+def _qkv(q_len=7, k_len=7, heads=4, kv_heads=2, head_dim=8, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, head_dim, generator=g) * 2
+    k, v = (torch.randn(batch, kv_heads, k_len, head_dim, generator=g) for _ in range(2))
+    return q, k, v
+
+
+def _left_padded_mask(length=7, pad=(0, 3)):
+    """Causal bool mask [b, 1, T, T] of left-padded sequences, and their real tokens [b, T]."""
+    valid = torch.ones(len(pad), length, dtype=torch.bool)
+    for b, n in enumerate(pad):
+        valid[b, :n] = False
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return (causal & valid[:, None, :])[:, None], valid
+
+
+def _reduced(reduction, *args, **kwargs):
+    token = attention._ACTIVE.set(reduction)
+    try:
+        return attention._attention(*args, **kwargs)
+    finally:
+        attention._ACTIVE.reset(token)
+
+
+BOOL_MASK, PADDED = _left_padded_mask()
+FLOAT_MASK = torch.zeros(BOOL_MASK.shape).masked_fill(~BOOL_MASK, torch.finfo(torch.float32).min)
+CASES = {
+    "causal": ({}, None),
+    "scaled": ({"scaling": 0.3}, None),
+    "window": ({"sliding_window": 3}, None),
+    "softcap": ({"softcap": 1.5}, None),
+    "bool mask": ({"mask": BOOL_MASK}, PADDED),
+    "float mask": ({"mask": FLOAT_MASK}, PADDED),
+}
+
+
+@pytest.mark.parametrize("queries_per_block", [1, 2, 3, 100])
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocked_attention_is_eager_attention_and_its_column_sums(
+    case, queries_per_block, monkeypatch
+):
+    """Each block's softmax is the eager one, its output too, and the reduction receives the
+    column sums of the real queries, whatever the block size."""
+    options, valid = CASES[case]
+    query, key, value = _qkv()
+    batch, heads, length, _ = query.shape
+    valid = torch.ones(batch, length, dtype=torch.bool) if valid is None else valid
+    budget = batch * heads * length * queries_per_block
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", {"cpu": budget, "cuda": budget})
+    mask = options.get("mask")
+    rest = {k: v for k, v in options.items() if k != "mask"}
+    reduction = attention._ColumnSum(valid)
+    out, none = _reduced(reduction, _Layer(2), query, key, value, mask, **rest)
+    window, softcap = rest.get("sliding_window"), rest.get("softcap")
+    probs, expected = eager_attention(query, key, value, mask, rest.get("scaling"), window, softcap)
+    assert none is None and out.shape == (batch, length, heads, query.shape[-1])
+    rows = valid[:, :, None, None].expand(out.shape)  # a padding query sees no key: any row
+    torch.testing.assert_close(out[rows], expected.transpose(1, 2)[rows].float(), atol=1e-5, rtol=0)
+    column = (probs * valid[:, None, :, None]).sum(dim=(1, 2))  # [b, T]
+    torch.testing.assert_close(reduction.total, column.float(), atol=1e-5, rtol=0)
+    assert reduction.maps == heads
+
+
+def test_blocked_attention_of_the_last_queries_sees_every_earlier_key(monkeypatch):
+    """Fewer queries than keys: query i is position i + k_len - q_len."""
+    query, key, value = _qkv(q_len=3, k_len=7)
+    budget = 2 * 4 * 7 * 2  # 2-query blocks
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", {"cpu": budget, "cuda": budget})
+    reduction = attention._ColumnSum(torch.ones(2, 7, dtype=torch.bool))
+    out, _ = _reduced(reduction, _Layer(2), query, key, value, None)
+    probs, expected = eager_attention(query, key, value)
+    torch.testing.assert_close(out, expected.transpose(1, 2).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(reduction.total, probs.sum(dim=(1, 2)).float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not kernels.INTERPRETED, reason="the fused kernel on the CPU: the interpreter")
+def test_fused_attention_is_eager_attention_and_its_column_sums(monkeypatch):
+    """The layer through the fused kernel (a right-padded batch: the causal mask hides the
+    padding): the same output and column sums as eager attention; a sliding window or a
+    softcap, which the kernel lacks, takes the blocked path."""
+    calls = []
+    column_sums = kernels.column_sums
+    monkeypatch.setattr(attention, "KERNEL_DEVICES", ("cpu",))
+    monkeypatch.setattr(kernels, "column_sums", lambda *a: calls.append(1) or column_sums(*a))
+    query, key, value = _qkv(seed=1)
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[1, 5:] = False
+    rows = valid[:, :, None, None].expand(2, 7, 4, 8)  # padding queries: any row
+    for options in ({}, {"scaling": 0.3}, {"sliding_window": 3}, {"softcap": 1.5}):
+        reduction = attention._ColumnSum(valid)
+        out, none = _reduced(reduction, _Layer(2), query, key, value, None, **options)
+        probs, expected = eager_attention(
+            query,
+            key,
+            value,
+            scaling=options.get("scaling"),
+            window=options.get("sliding_window"),
+            softcap=options.get("softcap"),
+        )
+        assert none is None
+        expected = expected.transpose(1, 2).float()
+        torch.testing.assert_close(out[rows], expected[rows], atol=1e-5, rtol=0)
+        column = (probs * valid[:, None, :, None]).sum(dim=(1, 2))
+        torch.testing.assert_close(reduction.total, column.float(), atol=1e-5, rtol=0)
+        assert reduction.maps == 4
+    assert len(calls) == 2
+
+
+def test_half_precision_attention_is_eager_attention_to_its_precision():
+    """bfloat16 queries, keys and values: float32 probabilities, an output in bfloat16."""
+    query, key, value = (t.bfloat16() for t in _qkv(seed=2))
+    reduction = attention._ColumnSum(torch.ones(2, 7, dtype=torch.bool))
+    out, _ = _reduced(reduction, _Layer(2), query, key, value, None)
+    probs, expected = eager_attention(query, key, value)
+    assert out.dtype == torch.bfloat16 and reduction.total.dtype == torch.float32
+    torch.testing.assert_close(out.float(), expected.transpose(1, 2).float(), atol=3e-2, rtol=0)
+    torch.testing.assert_close(reduction.total, probs.sum(dim=(1, 2)).float(), atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_without_a_reduction_is_eager_attention(masked):
+    """Outside scoring (e.g. `generate`) the layer is plain SDPA, with its own defaults."""
+    query, key, value = _qkv()
+    mask = BOOL_MASK if masked else None
+    out, none = attention._attention(_Layer(2), query, key, value, mask)
+    _, expected = eager_attention(query, key, value, mask)
+    assert none is None
+    if masked:  # rows of padding (no key at all) are SDPA's business
+        rows = PADDED[:, :, None, None].expand(out.shape)
+        out, expected = out[rows], expected.transpose(1, 2)[rows]
+    else:
+        expected = expected.transpose(1, 2)
+    torch.testing.assert_close(out, expected.float(), atol=1e-5, rtol=0)
+    causal = attention._attention(_Layer(2), query, key, value, None, 0.3, is_causal=False)[0]
+    _, full = eager_attention(query, key, value, torch.ones_like(BOOL_MASK), 0.3)
+    torch.testing.assert_close(causal, full.transpose(1, 2).float(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="softcap"):  # SDPA has none: refused, never ignored
+        attention._attention(_Layer(2), query, key, value, mask, softcap=1.5)
+
+
+def _tokenized(offsets, in_prefix=None):
+    n = len(offsets)
+    in_prefix = in_prefix or [False] * n
+    return attention.Tokenized(list(range(n)), ["t"] * n, offsets, [False] * n, in_prefix)
+
+
+def project_reference(source_offsets, scores, skip, target_offsets, n_chars):
+    """Per character: the mean score of the source tokens (not in `skip`) covering it; per target
+    token, the mean over its covered characters, 0.0 where none is covered."""
+    per_char = []
+    for c in range(n_chars):
+        covering = [
+            scores[k] for k, (a, b) in enumerate(source_offsets) if a <= c < b and k not in skip
+        ]
+        per_char.append(sum(covering) / len(covering) if covering else None)
+    out = []
+    for a, b in target_offsets:
+        covered = [x for x in per_char[a:b] if x is not None]
+        out.append(sum(covered) / len(covered) if covered else 0.0)
+    return out
+
+
+def test_projected_scores_are_character_means_of_character_means():
+    """Overlapping source tokens, a prefix token left out, a character no source token covers,
+    a target token over several source tokens and one (BOS) over no character."""
+    source = _tokenized(
+        [(0, 0), (0, 0), (0, 3), (2, 5), (5, 6), (8, 10)], [False, True] + [False] * 4
+    )
+    scores = [9.0, 100.0, 0.25, 1.0, -0.5, 2.0]
+    target = _tokenized([(0, 0), (0, 2), (2, 6), (6, 9), (9, 10), (7, 8)])
+    got = attention._project(source, scores, target, 10)
+    expected = project_reference(source.offsets, scores, {1}, target.offsets, 10)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[0] == 0.0 and got[5] == 0.0  # BOS, and a character no source token covers
+    # the prefix token covers nothing; one over characters counts, out of the mean
+    inside = _tokenized([(0, 4), (0, 2)], [True, False])
+    assert attention._project(inside, [5.0, 1.0], _tokenized([(0, 4)]), 4) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "pair,align,trained",
+    [
+        (("twin", "llama"), "tokens", "small"),
+        (("qwen2", "llama"), "chars", "small"),
+        (("qwen2", "llama"), "chars", "large"),
+    ],
+)
+def test_each_roles_scores_and_their_contrast_are_the_models_own(
+    tiny_dirs, twin_dir, tmp_path, pair, align, trained
+):
+    """Per role, s_j of its own model on its own tokens, projected through characters onto the
+    trained model's tokens under align chars; the contrast is large - small of those, rounded
+    as the scores are (7 significant digits); the rank orders the contrast."""
+    dirs = {"twin": twin_dir, **tiny_dirs}
+    names = dict(zip(("large", "small"), pair, strict=True))
+    specs = {role: str(dirs[name]) for role, name in names.items()}
+    records = _records(2)
+    config = AttentionConfig(cache_dir=tmp_path, align=align, trained=trained)
+    rows, _, _ = score_records(records, specs, config, progress=False)
+    models = {role: load_model(spec) for role, spec in specs.items()}
+    for record, row in zip(records, rows, strict=True):
+        own = {}
+        for role, (model, tok) in models.items():
+            item = tokenize(tok, record.text)
+            own[role] = (item, attention_received(model, torch.tensor([item.ids]))[0].tolist())
+        target = own[trained][0]
+        assert row.tokens == [target.tokens[k] for k in target.kept]
+        for role, (item, scores) in own.items():
+            if role != trained and align == "chars":
+                skip = {k for k, p in enumerate(item.in_prefix) if p}
+                scores = project_reference(
+                    item.offsets, scores, skip, target.offsets, len(record.text)
+                )
+            expected = [scores[k] for k in target.kept]
+            assert row.scores[role] == pytest.approx(expected, abs=1e-6)
+        large, small = row.scores["large"], row.scores["small"]
+        assert row.contrast == [float(f"{a - b:.7g}") for a, b in zip(large, small, strict=True)]
+        assert row.rank == rank_desc(row.contrast, row.eligible)
+
+
+def test_one_models_rows_have_no_contrast_and_rank_by_its_scores(tiny_dirs, tmp_path):
+    rows, _, _ = score_records(
+        _records(2), {"model": str(tiny_dirs["qwen2"])}, AttentionConfig(cache_dir=tmp_path)
+    )
+    for row in rows:
+        assert row.contrast is None and set(row.scores) == {"model"}
+        assert row.rank == rank_desc(row.scores["model"], row.eligible)
+        assert sorted(r for r in row.rank if r >= 0) == list(range(sum(row.eligible)))

@@ -4,10 +4,11 @@ import hashlib
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -24,6 +25,7 @@ from elusive.augment import (
 from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
 from elusive.corpus import Record, read_corpus, record_to_json
+from elusive.io import DroppedDataWarning
 from elusive.io import write_jsonl as write_rows
 
 runner = CliRunner()
@@ -647,3 +649,108 @@ def test_bad_scores_and_options_name_what_is_wrong():
         AugmentError, match="^text 'r': tokens, offsets and eligible differ in length$"
     ):
         drop_probabilities([short], AugmentConfig())
+
+
+# --------------------------------------------------------------------------- written copies
+#
+# `augment`'s rows, end to end, against a plain-Python reference: the splitmix64 uniforms, the
+# drop probabilities written out, and the text rebuilt token by token (`reference_text`).
+
+
+def reference_augment(records, rows, config):
+    """Slow reference of `augment`: per record and copy 1..K, token t is kept when its uniform
+    is at least its drop probability; the copy's text is `reference_text` of the kept tokens
+    (one space per dropped token with replace_with_spaces); blank copies are left out. Returns
+    (rows, blank copies)."""
+    out, blank = [], 0
+    for record, row in zip(records, rows, strict=True):
+        n = len(row.tokens)
+        if config.policy == "none":
+            p = [0.0] * n
+        elif config.policy == "random":
+            p = [config.alpha if e else 0.0 for e in row.eligible]
+        else:
+            p = reference_drop(row, config.policy, config.alpha, config.beta)
+        for k in range(config.copies + 1):
+            u = [splitmix64_uniform(config.seed, record.id, k, t) for t in range(n)]
+            keep = [1 if k == 0 or u[t] >= p[t] else 0 for t in range(n)]
+            text = reference_text(record.text, row.offsets, keep, " " * config.replace_with_spaces)
+            if not text.strip():
+                blank += 1
+                continue
+            out.append(
+                {
+                    "id": f"{record.id}#{k}",
+                    "source_id": record.id,
+                    "policy": config.policy,
+                    "copy": k,
+                    "text": text,
+                    "keep": keep,
+                }
+            )
+    return out, blank
+
+
+@st.composite
+def tokenized_texts(draw):
+    """A text over letters, digits, punctuation and several kinds of whitespace, and tokens
+    whose starts never go back: gaps, overlaps (shared characters), empty tokens."""
+    text = draw(
+        st.text(alphabet="ab9.,- \t\n\u3000é東🙂", min_size=1, max_size=14).filter(str.strip)
+    )
+    # distinct starts: drawn freely most would be 0, and no token would follow a gap
+    starts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=7, unique=True)))
+    n = len(starts)
+    offsets = [(s, draw(st.integers(s, len(text)))) for s in starts]
+    eligible = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    contrast = draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n))
+    return text, offsets, eligible, contrast
+
+
+@PROPERTY
+@example(  # gaps before a text's first token: whitespace (goes with it), other (stays)
+    texts=[("  ab.", [(2, 4)], [True], [0.0]), ("x cd.", [(2, 4)], [True], [0.0])],
+    policy="random",
+    alpha=1.0,
+    beta=0.0,
+    copies=1,
+    seed=0,
+    spaces=False,
+    chunk=3,
+)
+@given(
+    texts=st.lists(tokenized_texts(), min_size=1, max_size=4),
+    policy=st.sampled_from(["none", "random", "contrast", "position"]),
+    alpha=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+    beta=st.sampled_from([0.0, 0.5, 3.0]),
+    copies=st.integers(0, 4),
+    seed=st.integers(0, 2**33),
+    spaces=st.booleans(),
+    chunk=st.integers(1, 3),
+)
+def test_augmented_rows_are_the_plain_python_reference(
+    texts, policy, alpha, beta, copies, seed, spaces, chunk
+):
+    records, rows = [], []
+    for n, (text, offsets, eligible, contrast) in enumerate(texts):
+        record = Record(f"t{n}", text)
+        tokens = [text[a:b] for a, b in offsets]
+        records.append(record)
+        rows.append(TextScores(record.id, record.sha256, tokens, offsets, eligible, {}, contrast))
+    config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces=spaces)
+    expected, blank = reference_augment(records, rows, config)
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch.setattr(augment_module, "CHUNK", chunk)  # texts sampled `chunk` at a time
+        got = augment(records, rows[::-1], config)  # scores are matched by id, not order
+    assert json.dumps(got) == json.dumps(expected)  # the bytes written: keep as 0/1 integers
+    messages = [str(w.message) for w in caught if issubclass(w.category, DroppedDataWarning)]
+    total = len(records) * copies
+    assert messages == (
+        [
+            f"{blank} of {total} augmented copies lost every token (policy {policy}, "
+            f"alpha {alpha:g}) and are not written"
+        ]
+        if blank
+        else []
+    )
