@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a lent GPU machine (README "Benchmarks"): the whole test suite
+# The GPU checks in one run, for a lent GPU machine (docs/benchmarks.md): the whole test suite
 # on CUDA, then the attention scorer at T = 512, 2048 and 8192 in bf16 on random weights of the
 # 1.5B pack's shape (the packs cannot travel there). About 6 minutes on an H100 or H200.
 #

@@ -33,7 +33,7 @@ from .squad import SquadConfig
 
 # OpenMP threads sleep instead of spinning while they wait, so a busy machine costs training its
 # share, not more: beside a second torch process a bf16 epoch took 49 s instead of 69 s (26 s
-# alone either way; README "Benchmarks"). Read once when torch loads OpenMP, which the commands
+# alone either way; docs/benchmarks.md). Read once when torch loads OpenMP, which the commands
 # import lazily, hence here; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

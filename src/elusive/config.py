@@ -108,7 +108,8 @@ class ModelsSection:
     """Spread each model over several devices, for models larger than one, in scoring, the
     report's analysis and evaluation (accelerate's big-model dispatch): auto, balanced,
     sequential, one device, or a mapping of module names to devices (a GPU index, cpu, disk).
-    Default: the whole model on one device. Training shards with FSDP instead (README)."""
+    Default: the whole model on one device. Training shards with FSDP instead
+    (docs/multi-gpu.md)."""
     max_memory: Any = None
     """With device_map: the most memory each device may hold, e.g. {0: 70GiB, cpu: 200GiB}; what
     does not fit goes to the CPU, then the disk."""

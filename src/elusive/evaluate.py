@@ -172,7 +172,8 @@ def answer_and_score(
         batches = [batches[b] for b in my_share(costs)]
         progress = progress and process_state().is_main_process
     device = input_device(model)
-    # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU (README).
+    # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU
+    # (docs/benchmarks.md).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
     for batch in tqdm(batches, desc="generate", disable=not progress):
         ids, mask = left_pad([encoded[i] for i in batch], pad_id(tokenizer))  # [batch, width]

@@ -102,7 +102,7 @@ def resolve_mixed_precision(value: str, device: torch.device | None = None) -> s
 
     `device` defaults to where accelerate trains: this process's GPU if there is one, else the
     CPU. On a CPU with AVX512-BF16, LoRA steps of the 0.5B pack under bf16 autocast (fp32
-    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (README "Benchmarks").
+    weights) took 2.7 s against 7.5 s in fp32, with the same loss curve (docs/benchmarks.md).
     """
     if value != "auto":
         return value

