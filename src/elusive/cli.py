@@ -201,8 +201,23 @@ def _show_dropped(message, category, filename, lineno, file=None, line=None) -> 
         _show_warning(message, category, filename, lineno, file, line)
 
 
+def _print_version(shown: bool) -> None:
+    if shown:
+        from . import __version__
+
+        typer.echo(f"elusive {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     warnings.showwarning = _show_dropped
 
 
