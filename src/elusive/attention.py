@@ -46,6 +46,7 @@ from .io import (
     atomic_write_text,
     check_out_dir,
     iter_jsonl,
+    os_reason,
     read_json,
     write_jsonl,
 )
@@ -573,10 +574,9 @@ class ScoreCache:
         except OSError as exc:
             # Losing the cache costs a rerun time; losing the scores would cost this run.
             if not self.unwritable:
-                reason = str(exc.strerror or exc)
                 warnings.warn(
                     f"{self.folder.parent}: cannot write the score cache "
-                    f"({reason[:1].lower()}{reason[1:]}); this run keeps its scores in memory, "
+                    f"({os_reason(exc)}); this run keeps its scores in memory, "
                     "a rerun scores again",
                     DroppedDataWarning,
                     stacklevel=2,

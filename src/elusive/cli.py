@@ -27,7 +27,7 @@ from .augment import AugmentConfig
 from .bios import BiosConfig
 from .config import ModelsSection, load_config
 from .errors import ElusiveError
-from .io import check_apart, folder_lock
+from .io import check_apart, folder_lock, os_reason
 from .options import AttentionConfig, EvalConfig, TrainConfig
 from .squad import SquadConfig
 
@@ -80,9 +80,9 @@ def failure_message(exc: BaseException) -> str | None:
     they know of; a message that can name none says how to see where it arose."""
     if isinstance(exc, OSError) and exc.filename is not None:
         names = [_name(n) for n in (exc.filename, exc.filename2) if n is not None]
-        return f"{' -> '.join(names)}: {_reason(exc)}"
+        return f"{' -> '.join(names)}: {os_reason(exc)}"
     if isinstance(exc, OSError):
-        message = _reason(exc)
+        message = os_reason(exc)
     elif isinstance(exc, UnicodeEncodeError):
         bad = exc.object[exc.start : exc.end]
         message = f"text holds {bad!r}, which cannot be written as UTF-8 ({exc.reason})"
@@ -98,12 +98,6 @@ def failure_message(exc: BaseException) -> str | None:
             return None
         message = f"{found[0]} ({str(exc).split(';')[0]})"  # not the advice to programmers
     return f"{message} (ELUSIVE_DEBUG=1 shows where)"
-
-
-def _reason(exc: OSError) -> str:
-    """An OSError's reason on one line, lower-case like the other messages."""
-    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-    return reason[:1].lower() + reason[1:]
 
 
 def _name(filename: str | bytes | int) -> str:

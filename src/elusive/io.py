@@ -63,6 +63,19 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     )
 
 
+def name_failed_write(exc: BaseException, path: str | Path) -> None:
+    """Give an OSError that names no file the name of `path`, what was being written: a failed
+    write (disk full) names none, and the CLI's one error line should say where."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason on one line, lower-case like elusive's other messages."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside `path` to write to; on success it becomes `path` (mode as a
@@ -79,8 +92,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a failed write (disk full) names no file: name the target
+        name_failed_write(exc, path)
         raise
 
 
@@ -296,7 +308,7 @@ def _take_lock(folder: Path, lock: Path) -> int:
         except OSError as exc:  # a full disk: the lock names no holder, so it must go
             lock.unlink(missing_ok=True)
             os.close(fd)
-            exc.filename = exc.filename or str(lock)
+            name_failed_write(exc, lock)
             raise
         return fd
 

@@ -48,6 +48,7 @@ from .io import (
     DroppedDataWarning,
     atomic_write_text,
     check_out_dir,
+    name_failed_write,
     read_json,
     remove_temp_files,
     temp_beside,
@@ -313,8 +314,7 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
             atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint is left
-            if isinstance(exc, OSError) and exc.filename is None:
-                exc.filename = str(final)  # a failed write (disk full) names no file
+            name_failed_write(exc, final)
             raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
