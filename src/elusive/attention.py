@@ -44,6 +44,7 @@ from .corpus import Record, read_corpus
 from .io import (
     DroppedDataWarning,
     atomic_write_text,
+    check_apart,
     check_out_dir,
     iter_jsonl,
     os_reason,
@@ -903,6 +904,9 @@ def score_corpus(
 
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
+    check_apart(
+        [Path(out_dir, name) for name in ("scores.jsonl", "manifest.json")], {"--corpus": corpus}
+    )
     records = read_corpus(corpus)
     try:
         rows, fingerprints, processes = score_records(

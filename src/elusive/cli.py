@@ -288,7 +288,6 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    check_apart([out / "scores.jsonl", out / "manifest.json"], {"--corpus": corpus})
     rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
@@ -439,8 +438,6 @@ def evaluate_command(
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     placement = parse_placement(device_map, max_memory)
-    outputs = [out / "metrics.json", out / "predictions.jsonl"]
-    check_apart(outputs, {"--qa": qa, "--shots-from": shots_from})
     result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return

@@ -494,12 +494,14 @@ def evaluate_model(
     `device_map` and `max_memory` as in `load_for_eval`. Under `accelerate launch` the
     processes share the questions and the main one writes."""
     from .corpus import read_qa
-    from .io import check_out_dir
+    from .io import check_apart, check_out_dir
     from .parallel import process_state
 
     config = config or EvalConfig()
     config.validate()
     check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
+    given = {"--qa": qa if isinstance(qa, (str, Path)) else None, "--shots-from": shots_from}
+    check_apart([Path(out_dir, n) for n in ("metrics.json", "predictions.jsonl")], given)
     items = read_qa(qa) if isinstance(qa, (str, Path)) else list(qa)
     pool = read_qa(shots_from) if shots_from is not None else None
     model, tokenizer = load_for_eval(
