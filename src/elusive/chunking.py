@@ -178,9 +178,9 @@ class _Cutter:
 
     def _next_cut(self, start: int) -> int:
         """The furthest cut after `start` whose passage fits, at the coarsest level that has
-        one: paragraph, sentence, word, token. Each candidate lies past the passage's first character
-        of text (past its headings: a heading stays with the text under it), so that no passage
-        is whitespace only; a passage of headings alone is the last resort."""
+        one: paragraph, sentence, word, token. Each candidate lies past the passage's first
+        character of text (past its headings: a heading stays with the text under it), so that
+        no passage is whitespace only; a passage of headings alone is the last resort."""
         body = _body_start(self.text, self.headings, start)
         stop = self._forced_stop(body)
         paragraphs = self._after(self.paragraphs, body, stop) + [stop]

@@ -25,7 +25,7 @@ import typer
 
 from .augment import AugmentConfig
 from .bios import BiosConfig
-from .config import ModelsSection, load_config
+from .config import CorpusSection, ModelsSection, load_config
 from .errors import ElusiveError
 from .io import check_apart, folder_lock, os_reason
 from .options import AttentionConfig, EvalConfig, TrainConfig
@@ -240,10 +240,15 @@ def bios_generate(
 
 # --- attention commands (issue 3)
 
+CORPUS_HELP = (
+    "Corpus: .md, .txt or .jsonl, a folder of them, or a Hugging Face dataset (save_to_disk "
+    "folder, .parquet, .json, .csv)."
+)
+
 
 @app.command("attention")
 def attention_cmd(
-    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt, or a folder of .txt.")],
+    corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
     large: Annotated[
         str | None,
@@ -265,6 +270,7 @@ def attention_cmd(
     cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
     device_map: str | None = config_option(ModelsSection, "device_map"),
     max_memory: str | None = config_option(ModelsSection, "max_memory"),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
@@ -288,7 +294,8 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
+    placement = parse_placement(device_map, max_memory)
+    rows = score_corpus(specs, corpus, out, config, **placement, text_field=text_field)
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
@@ -317,6 +324,7 @@ def augment_command(
     replace_with_spaces: bool = config_option(AugmentConfig, "replace_with_spaces"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
     protect: str = config_option(AugmentConfig, "protect", ",".join),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
     from .augment import augment_file
@@ -324,7 +332,7 @@ def augment_command(
     config = AugmentConfig(
         policy, alpha, beta, copies, seed, replace_with_spaces, score_of, parse_names(protect)
     )
-    n = augment_file(scores, out, config, corpus=corpus, progress=True)
+    n = augment_file(scores, out, config, corpus=corpus, progress=True, text_field=text_field)
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
 
 
@@ -340,6 +348,7 @@ def show_command(
     seed: int = config_option(AugmentConfig, "seed"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
     protect: str = config_option(AugmentConfig, "protect", ",".join),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
     from .augment import show
@@ -347,7 +356,7 @@ def show_command(
     config = AugmentConfig(
         policy, alpha, beta, seed=seed, score_of=score_of, protect=parse_names(protect)
     )
-    html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
+    html_path, png_path = show(text_id, scores, out, config, corpus=corpus, text_field=text_field)
     typer.echo(f"wrote {html_path} and {png_path}")
 
 
@@ -357,7 +366,7 @@ def show_command(
 @app.command("train")
 def train_command(
     model: Annotated[str, typer.Option(help=field_help(TrainConfig, "model"))],
-    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt or a folder of .txt.")],
+    corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
     full: bool = config_option(TrainConfig, "full"),
     epochs: int = config_option(TrainConfig, "epochs"),
@@ -375,6 +384,7 @@ def train_command(
     lora_alpha: int = config_option(TrainConfig, "lora_alpha"),
     lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
     quantize: str = config_option(TrainConfig, "quantize"),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import train
@@ -389,7 +399,7 @@ def train_command(
 
     check_apart([out], {"--corpus": corpus})
     with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
-        last = train(config, corpus, out)
+        last = train(config, corpus, out, text_field=text_field)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
 
 

@@ -88,8 +88,19 @@ class CorpusSection:
 
     bios: BiosConfig | None = None
     path: str | None = None
-    """A corpus for `read_corpus` (JSONL, .txt, folder); `qa` names its questions."""
+    """A corpus for `read_corpus`: a .md, .txt or .jsonl file, a folder of them, or a Hugging
+    Face dataset (a save_to_disk folder, .parquet, .json, .csv); `qa` names its questions."""
     qa: str | None = None
+    """Questions about the texts of `path` (`read_qa`); without them the run's probes are built
+    from the corpus."""
+    text_field: str = "text"
+    """The field that holds each text in a JSONL or dataset corpus."""
+    chunk: int | None = None
+    """Cut each text into passages of at most this many tokens of the trained model's
+    tokenizer (BOS and EOS included, as training counts), at paragraph, then sentence
+    boundaries (docs/corpus.md); scoring, augmentation, training and probes then run on
+    passages. None: one passage per text, and a text longer than train.max_length is an
+    error."""
     squad: str | None = None
     """A SQuAD v1.1-format JSON file: paragraphs become texts, questions the QA set."""
     max_paragraphs: int | None = None
@@ -184,8 +195,13 @@ class RunConfig:
         sources = [x for x in (self.corpus.bios, self.corpus.path, self.corpus.squad) if x]
         if len(sources) != 1:
             fail("corpus needs exactly one of bios, path or squad")
-        if self.corpus.path and not self.corpus.qa:
-            fail("corpus.path needs corpus.qa (its questions)")
+        if self.corpus.chunk is not None and not 2 <= self.corpus.chunk <= self.train.max_length:
+            fail(
+                f"corpus.chunk: must be in [2, train.max_length = {self.train.max_length}] so "
+                f"that every passage trains whole, got {self.corpus.chunk}"
+            )
+        if not self.corpus.text_field:
+            fail("corpus.text_field: is empty")
         if not 0 < self.validation < 1:
             fail(f"validation must be in (0, 1), got {self.validation}")
         if not self.seeds:

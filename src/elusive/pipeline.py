@@ -29,7 +29,7 @@ from pathlib import Path
 from .bios import generate_bios
 from .config import ConfigError, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
-from .io import atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
+from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
 from .runs import STAGES, Run, eval_dirs, grid
 
 # --------------------------------------------------------------------------- stages
@@ -41,6 +41,7 @@ def stage_corpus(run: Run) -> str:
     split_path = run.path("corpus", "split.json")
     if not split_path.exists():
         records, questions = _load_source(run.config)
+        records = _passages(run.config, records)
         sources = sorted({q.source_id for q in questions})
         random.Random(run.config.corpus.seed).shuffle(sources)
         n_val = max(1, math.ceil(run.config.validation * len(sources)))
@@ -65,6 +66,8 @@ def stage_corpus(run: Run) -> str:
 
 
 def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
+    """The documents and questions of the config's corpus. A `corpus.path` without `corpus.qa`
+    has no questions here: its probes are made from the passages."""
     section = config.corpus
     if section.bios is not None:
         return generate_bios(section.bios)
@@ -80,8 +83,35 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
                 seed=section.seed,
             ),
         )
-    records = read_corpus(section.path)
+    records = read_corpus(section.path, section.text_field)
+    if section.qa is None:
+        return records, []
     return records, read_qa(section.qa, sources={r.id for r in records})
+
+
+def _passages(config: RunConfig, records: list[Record]) -> list[Record]:
+    """The documents cut into passages of `corpus.chunk` tokens of the (first) trained model's
+    tokenizer, or, without chunk, the documents as they are; either way a text longer than
+    `train.max_length` for a trained model is refused here, before anything is written or
+    scored (`elusive.train.train` refuses it too)."""
+    from .chunking import chunk_records, sequence_lengths
+    from .models import load_tokenizer
+
+    models, limit = config.models, config.train.max_length
+    specs = dict.fromkeys(getattr(models, role) for role in models.trained)
+    tokenizers = {spec: load_tokenizer(spec) for spec in specs}
+    if config.corpus.chunk is not None:
+        records = chunk_records(records, tokenizers[next(iter(specs))], config.corpus.chunk)
+    for spec, tokenizer in tokenizers.items():
+        lengths = sequence_lengths(tokenizer, [r.text for r in records])
+        for record, length in zip(records, lengths, strict=True):
+            if length > limit:
+                raise CorpusError(
+                    f"text {record.id!r} is {length} tokens long for model {spec} (BOS and EOS "
+                    f"included), more than train.max_length {limit}: set corpus.chunk to cut "
+                    "texts into passages, or raise train.max_length"
+                )
+    return records
 
 
 def stage_attention(run: Run, progress: bool) -> str:

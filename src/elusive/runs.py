@@ -211,7 +211,13 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
     if stage == "corpus":
         section = config.corpus
         sources = [_content(Path(s)) for s in (section.path, section.qa, section.squad) if s]
-        return {"corpus": _digest(_changed(section), config.validation, sources)}
+        if section.chunk is None:
+            return {"corpus": _digest(_changed(section), config.validation, sources)}
+        from .models import spec_key
+
+        # passages are cut with the first trained model's tokenizer
+        tokenizer = spec_key(getattr(models, models.trained[0]))
+        return {"corpus": _digest(_changed(section), config.validation, sources, tokenizer)}
     corpus = _content(run.path("corpus", "corpus.jsonl"))
     if stage == "attention":
         from .models import spec_key
@@ -303,6 +309,7 @@ _ADDED_LATER = {
     "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
     "models": {"device_map": None, "max_memory": None},
     "augment": {"protect": []},
+    "corpus": {"text_field": "text", "chunk": None},
 }
 """Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
 

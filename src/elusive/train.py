@@ -19,8 +19,7 @@ Run folder layout::
 
     RUN_DIR/run.json       the config and corpus hash, written once the model has loaded; a rerun
                            must match it
-    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...],
-                           "truncation": what max_length cut (see `truncation`)}
+    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...]}
     RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) and log.json up to epoch N,
                            written to a temp folder and renamed; the last one also holds
                            trainer_state.pt (optimizer, scheduler, RNG) to resume from.
@@ -35,7 +34,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,6 @@ from torch.utils.data import DataLoader, Sampler
 
 from .corpus import Record, read_corpus
 from .io import (
-    DroppedDataWarning,
     atomic_write_text,
     check_out_dir,
     name_failed_write,
@@ -73,17 +70,16 @@ def tokenize_texts(
     return [(seq + eos)[:max_length] for seq in ids]
 
 
-def truncation(seqs: Sequence[Sequence[int]], max_length: int) -> dict[str, int]:
-    """What cutting the whole sequences `seqs` to `max_length` loses, for log.json: texts cut
-    out of all texts, tokens cut out of all tokens."""
-    over = [len(s) - max_length for s in seqs if len(s) > max_length]
-    return {
-        "max_length": max_length,
-        "texts_cut": len(over),
-        "texts": len(seqs),
-        "tokens_cut": sum(over),
-        "tokens": sum(len(s) for s in seqs),
-    }
+def check_lengths(records: Sequence[Record], seqs: Sequence[Sequence[int]], max_length: int):
+    """Refuse a text whose sequence is longer than `max_length`: cut, its end would never be
+    trained on, and nothing would say so."""
+    for record, seq in zip(records, seqs, strict=True):
+        if len(seq) > max_length:
+            raise TrainError(
+                f"text {record.id!r} is {len(seq)} tokens long (BOS and EOS included), more "
+                f"than max_length {max_length}: cut the corpus into passages (corpus.chunk in "
+                "a run config) or raise --max-length (train.max_length)"
+            )
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -412,14 +408,15 @@ def train(
     corpus: Sequence[Record] | str | Path,
     run_dir: str | Path,
     progress: bool = True,
+    text_field: str = "text",
 ) -> Path:
     """Train on `corpus` (records or a corpus path) into `run_dir`; returns the last epoch folder.
 
     Resumes after the last saved epoch; a finished run returns at once. run.json is written
     only once the model has loaded, so a bad model spec leaves nothing that refuses the fixed
-    command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json. A
+    command. A text longer than `max_length` is a TrainError naming it (`check_lengths`). A
     loss that is NaN or infinite stops training with a TrainError naming the step, before the
-    epoch is saved.
+    epoch is saved. `text_field` names the text field of a JSONL or dataset corpus path.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -427,7 +424,7 @@ def train(
 
     config.validate()
     run_dir = check_out_dir(run_dir, ("run.json", "log.json"))
-    records = read_corpus(corpus) if isinstance(corpus, (str, Path)) else list(corpus)
+    records = read_corpus(corpus, text_field) if isinstance(corpus, (str, Path)) else list(corpus)
     if not records:
         raise TrainError("the corpus is empty")
     config = _resolve_precision(run_dir, config)
@@ -448,22 +445,13 @@ def train(
     # saved state (and trainer_state.pt's bytes) do not depend on what ran before in the process
     random.seed(config.seed)
     model, tokenizer = build_model(config, resume_dir)
-    whole = tokenize_texts([r.text for r in records], tokenizer, None)
-    cut = truncation(whole, config.max_length)
-    seqs = [s[: config.max_length] for s in whole]
+    seqs = tokenize_texts([r.text for r in records], tokenizer, None)
+    check_lengths(records, seqs, config.max_length)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_temp_files(run_dir)  # left by a killed run
         if not (run_dir / "run.json").exists():
             atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
-        if cut["texts_cut"]:
-            warnings.warn(
-                f"{cut['texts_cut']} of {cut['texts']} texts are longer than max_length "
-                f"{config.max_length}: {cut['tokens_cut']} of the corpus's {cut['tokens']} "
-                "tokens are cut and never trained on (raise --max-length)",
-                DroppedDataWarning,
-                stacklevel=2,
-            )
     loader = make_loader(seqs, config.batch_size, tokenizer.pad_token_id, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -482,7 +470,6 @@ def train(
         log = read_json(saved)
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
-    log["truncation"] = cut
 
     step = start * steps_per_epoch
     bar = tqdm(
