@@ -1,6 +1,7 @@
 import importlib.metadata
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -575,3 +576,89 @@ def test_a_split_without_test_questions_fails_before_the_corpus_is_written(tmp_p
     with pytest.raises(ConfigError, match=r"leaves no test questions \(1 sources\)"):
         run_experiment(load_config(path), progress=False, echo=lambda _: None)
     assert not list((tmp_path / "run").glob("corpus/*"))
+
+
+def _corpus_stage_only(monkeypatch) -> None:
+    import elusive.pipeline as pipeline
+
+    for stage in ("attention", "augment", "train", "evaluate", "report"):
+        monkeypatch.setattr(pipeline, f"stage_{stage}", lambda *a, **k: "not run here")
+
+
+def test_corpus_chunk_cuts_markdown_documents_into_passages(tmp_path, tiny_pair, monkeypatch):
+    from elusive.chunking import sequence_length
+    from elusive.corpus import read_corpus
+    from elusive.io import write_jsonl
+    from elusive.models import load_tokenizer
+    from elusive.runs import Run, fingerprints
+
+    _corpus_stage_only(monkeypatch)
+    pages = tmp_path / "wiki"
+    pages.mkdir()
+    for k in range(3):
+        sections = [f"## Part {j}\n\n" + f"Fact {j} of page {k} is here. " * 12 for j in range(3)]
+        (pages / f"page{k}.md").write_text(f"# Page {k}\n\n" + "\n\n".join(sections))
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [{"source_id": f"page{k}.md", "question": f"Q{k}?", "answer": "a"} for k in range(3)],
+    )
+    corpus = {"path": str(pages), "qa": str(qa), "chunk": 40}
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus=corpus, validation=0.3)
+    config = load_config(path)
+    run_experiment(config, progress=False, echo=lambda _: None)
+    passages = read_corpus(tmp_path / "run" / "corpus" / "corpus.jsonl")
+    tokenizer = load_tokenizer(tiny_pair[1])  # the trained (small) model's
+    documents = read_corpus(pages)
+    for document in documents:
+        mine = [p for p in passages if p.meta["doc_id"] == document.id]
+        assert len(mine) > 3 and "".join(p.text for p in mine) == document.text
+        assert [p.id for p in mine] == [f"{document.id}#{k}" for k in range(len(mine))]
+        assert all(sequence_length(tokenizer, p.text) <= 40 for p in mine)
+        assert {p.meta["title"] for p in mine} == {"Part 0", "Part 1", "Part 2"}
+    # a changed chunk, or another tokenizer for it, redoes the corpus (and what follows)
+    before = fingerprints(Run(config), "corpus")
+    config.corpus.chunk = 60
+    assert fingerprints(Run(config), "corpus") != before
+    config.corpus.chunk = 40
+    config.models.small = tiny_pair[0]
+    assert fingerprints(Run(config), "corpus") != before
+    config.corpus.chunk, config.models.small = None, tiny_pair[1]
+    config.train.max_length = 1024  # whole pages fit
+    lines = []
+    run_experiment(config, progress=False, echo=lines.append)
+    assert any("corpus: redoing 1 made from other inputs: corpus" in line for line in lines)
+    assert [r.id for r in read_corpus(tmp_path / "run" / "corpus" / "corpus.jsonl")] == [
+        d.id for d in documents
+    ]
+
+
+def test_a_text_longer_than_max_length_fails_the_corpus_stage_writing_nothing(
+    tmp_path, tiny_pair, monkeypatch
+):
+    from elusive.io import CorpusError, write_jsonl
+
+    _corpus_stage_only(monkeypatch)
+    long = "Many words follow here. " * 40
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl", [{"id": "a", "text": "Short."}, {"id": "b", "text": long}]
+    )
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [{"source_id": i, "question": "Who?", "answer": "x"} for i in "ab"],
+    )
+    train = {"lr": [1e-3], "epochs": [1], "max_length": 64}
+    path = write_config(
+        tmp_path / "c.yaml", tiny_pair, corpus={"path": str(corpus), "qa": str(qa)}, train=train
+    )
+    with pytest.raises(CorpusError) as caught:
+        run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    assert re.fullmatch(
+        r"text 'b' is \d+ tokens long for model .*small \(BOS and EOS included\), more than "
+        r"train.max_length 64: set corpus.chunk to cut texts into passages, or raise "
+        r"train.max_length",
+        str(caught.value),
+    )
+    assert not list((tmp_path / "run").glob("corpus/*"))
+    with pytest.raises(ConfigError, match=r"corpus.chunk: must be in \[2, train.max_length = 64\]"):
+        load_config(path, ["corpus.chunk=65"])
+    load_config(path, ["corpus.chunk=64"])

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
 from elusive.evaluate import load_for_eval
-from elusive.io import DroppedDataWarning
 from elusive.models import (
     ModelSpecError,
     load_model,
@@ -350,23 +349,22 @@ def test_run_json_waits_for_the_model_and_compares_resolved_paths(
         train(_config("qwen2.5-coder-0.5b", epochs=1), records, run, progress=False)
 
 
-def test_truncation_is_warned_and_logged(tiny_model_dir, records, tmp_path):
+def test_a_text_longer_than_max_length_is_refused_not_cut(tiny_model_dir, records, tmp_path):
     tokenizer = load_model(tiny_model_dir)[1]
     lengths = [len(s) for s in tokenize_texts([r.text for r in records], tokenizer, None)]
     limit = sorted(lengths)[len(lengths) // 2]  # about half the texts are longer
-    longer = [n - limit for n in lengths if n > limit]
-    assert longer
+    first = next(n for n, length in enumerate(lengths) if length > limit)
     config = _config(tiny_model_dir, epochs=1, max_length=limit)
-    with pytest.warns(DroppedDataWarning, match=f"{len(longer)} of {len(records)} texts"):
+    with pytest.raises(TrainError) as caught:
         train(config, records, tmp_path / "run", progress=False)
-    log = json.loads((tmp_path / "run" / "log.json").read_text())
-    assert log["truncation"] == {
-        "max_length": limit,
-        "texts_cut": len(longer),
-        "texts": len(records),
-        "tokens_cut": sum(longer),
-        "tokens": sum(lengths),
-    }
+    assert str(caught.value) == (
+        f"text {records[first].id!r} is {lengths[first]} tokens long (BOS and EOS included), "
+        f"more than max_length {limit}: cut the corpus into passages (corpus.chunk in a run "
+        "config) or raise --max-length (train.max_length)"
+    )
+    assert not (tmp_path / "run").exists()  # nothing written
+    config = _config(tiny_model_dir, epochs=1, max_length=max(lengths))  # every text fits
+    assert train(config, records, tmp_path / "run", progress=False).is_dir()
 
 
 def test_train_and_evaluate_raise_no_peft_deprecation_warning(tiny_model_dir, records, tmp_path):

@@ -253,7 +253,8 @@ class _Cutter:
 
     def _furthest_fit(self, start: int, candidates: list[int]) -> int | None:
         """The last of `candidates` (sorted, all after `start`) whose passage fits, None if
-        none does. Checked from the last the estimate lets through, backwards."""
+        none does: the passage grows with the cut, so from the last the estimate lets through,
+        backwards while it does not fit, forwards while the next one fits."""
         if not candidates:
             return None
         low, high = 0, len(candidates)  # the first candidate the estimate says is too long
@@ -263,10 +264,14 @@ class _Cutter:
                 low = middle + 1
             else:
                 high = middle
-        for index in range(max(low - 1, 0), -1, -1):
-            if self._fits(start, candidates[index]):
-                return candidates[index]
-        return None
+        index = max(low - 1, 0)
+        while index >= 0 and not self._fits(start, candidates[index]):
+            index -= 1
+        if index < 0:
+            return None
+        while index + 1 < len(candidates) and self._fits(start, candidates[index + 1]):
+            index += 1
+        return candidates[index]
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
