@@ -12,8 +12,8 @@ the same batches, and a resumed run the batches of an uninterrupted one.
   as in ``run_clm``: a text may attend to the end of the text before it in its block.
 - `LengthGroupedBatches` (``train.group_by_length``), the idea of the Hugging Face Trainer's
   ``group_by_length``: shuffle, sort by length within mega-batches of `MEGA_BATCHES` batches,
-  cut them into batches, shuffle the batches. A batch then holds texts of similar length, so
-  little of it is padding, and every text is in one batch an epoch.
+  cut them into batches, shuffle the batches (a short one stays last). A batch then holds texts
+  of similar length, so little of it is padding, and every text is in one batch an epoch.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class PackedBlocks(Dataset):
 class LengthGroupedBatches(Sampler[list[int]]):
     """Batches of indices into texts of `lengths`, grouped by length (see the module doc); a
     batch sampler. Call `set_epoch` before iterating. Its batches are as many as a plain
-    epoch's, ceil(n / batch_size): only the last mega-batch's last batch can be short."""
+    epoch's, ceil(n / batch_size), and only the last can be short (the last mega-batch's)."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
@@ -80,7 +80,10 @@ class LengthGroupedBatches(Sampler[list[int]]):
             # longest first; the sort is stable, so ties keep their shuffled order
             group = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [group[k : k + size] for k in range(0, len(group), size)]
-        shuffled = torch.randperm(len(batches), generator=gen).tolist()
+        # the short batch, if any, stays last, where a DataLoader has it: accelerate's sharding
+        # over processes counts on that
+        full = len(order) // size
+        shuffled = torch.randperm(full, generator=gen).tolist() + list(range(full, len(batches)))
         return iter([batches[k] for k in shuffled])
 
     def __len__(self) -> int:

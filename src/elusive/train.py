@@ -429,6 +429,13 @@ def _load_optimizer_state(accelerator, model, optimizer, state: dict[str, Any]) 
 # --------------------------------------------------------------------------- training
 
 
+def _close_trackers(accelerator) -> None:
+    """Flush and close the trackers' files. Not `Accelerator.end_training`: that also destroys
+    the process group, which later training runs and stages of `accelerate launch` go on using."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def _train_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss of one micro-batch (the model shifts labels itself)."""
     return model(**batch, use_cache=False).loss
@@ -545,7 +552,7 @@ def train(
                 mean = sum(window) / len(window)
                 if not math.isfinite(mean):  # every later step, and the saved weights, are NaN
                     bar.close()
-                    accelerator.end_training()
+                    _close_trackers(accelerator)
                     raise TrainError(
                         f"{run_dir}: loss is {mean} at step {step} (epoch {epoch}): lower the "
                         f"learning rate (--lr, now {config.lr:g}); epochs saved before are kept"
@@ -576,5 +583,5 @@ def train(
         }
         _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log)
     bar.close()
-    accelerator.end_training()
+    _close_trackers(accelerator)
     return run_dir / f"epoch-{config.epochs}"
