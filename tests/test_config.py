@@ -62,6 +62,12 @@ def write(tmp_path, **sections):
         ({"train": {"schedule": "cosin"}}, "train.schedule: must be one of"),
         ({"train": {"weight_decay": -1}}, "train.weight_decay: must be >= 0, got -1.0"),
         ({"train": {"lora_dropuot": 0.1}}, "train.lora_dropuot: unknown key (did you mean"),
+        ({"train": {"packing": "yes"}}, "train.packing: expected true or false, got 'yes'"),
+        (
+            {"train": {"packing": True, "group_by_length": True}},
+            "train.packing: makes every block max_length tokens long, so there are no lengths",
+        ),
+        ({"train": {"report_to": "wandb"}}, "train.report_to: must be one of ('none', 'tens"),
         ({"augment": {"alpha": [2]}}, "augment.alpha[0]: must be in [0, 1], got 2.0"),
         ({"augment": {"beta": [0.1, -1]}}, "augment.beta[1]: must be a finite number >= 0"),
         ({"augment": {"copies": -1}}, "augment.copies: must be >= 0, got -1"),

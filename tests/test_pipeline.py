@@ -338,6 +338,25 @@ def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
     assert json.loads(run.manifest_path.read_text()) == manifest
 
 
+def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, tiny_pair):
+    """`train.report_to` changes what a training run logs, not its weights: no training
+    fingerprint changes with it; `train.packing` changes every one."""
+    import dataclasses
+
+    from elusive.runs import Run, fingerprints
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+
+    def prints(**train):
+        changed = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+        return fingerprints(Run(changed, tmp_path / "run"), "train")
+
+    before = prints()
+    assert prints(report_to="tensorboard") == before
+    packed = prints(packing=True)
+    assert packed.keys() == before.keys() and all(packed[k] != before[k] for k in before)
+
+
 def test_options_added_since_leave_the_study_folder_hash_as_it_was_recorded():
     """The hash that configs/cpu-study.yaml's run folder recorded (made before fingerprints, at
     stop 11): an option added to the schema since must hash as before at its default, or that

@@ -385,6 +385,9 @@ def train_command(
     lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
     quantize: str = config_option(TrainConfig, "quantize"),
     text_field: str = config_option(CorpusSection, "text_field"),
+    packing: bool = config_option(TrainConfig, "packing"),
+    group_by_length: bool = config_option(TrainConfig, "group_by_length"),
+    report_to: str = config_option(TrainConfig, "report_to"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import train
@@ -393,7 +396,8 @@ def train_command(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
         schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
-        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize,
+        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize, packing=packing,
+        group_by_length=group_by_length, report_to=report_to,
     )  # fmt: skip
     from .parallel import process_state
 

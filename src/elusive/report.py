@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 from .bios import FIELDS, SPANS
 from .corpus import Record
 from .errors import ElusiveError
-from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
+from .figures import (
+    plot_accuracy_vs_distance,
+    plot_loss_curves,
+    plot_paired_differences,
+    plot_rank_categories,
+)
 from .io import read_json
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
@@ -444,6 +449,33 @@ def _drops_markdown(drops: dict[str, dict[str, float]], protect: Sequence[str]) 
     return "\n".join([*lines, ""])
 
 
+def loss_curves(run, rows: Sequence[dict], out: Path) -> tuple[list[Path], list[str]]:
+    """Per trained role, loss-ROLE.png: the training loss per optimizer step of each (policy,
+    seed) of `rows` (the summary's, each policy at its chosen setting), from the training run's
+    log.json; rows without a training run (the untrained reference) are left out. Returns the
+    figures and their lines for report.md's figure list, which link them."""
+    from .runs import Cell
+
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}  # role -> label -> points
+    for r in rows:
+        for seed in r["seeds"] if r["policy"] != "untrained" else []:
+            cell = Cell(r["role"], r["policy"], r["alpha"], r["beta"], r["lr"], seed)
+            log = run.path("train", cell.train_tag, "log.json")
+            if log.is_file():
+                points = [(s["step"], s["loss"]) for s in read_json(log)["steps"]]
+                curves.setdefault(r["role"], {})[f"{r['policy']} seed {seed}"] = points
+    written, lines = [], []
+    for role, by_run in curves.items():
+        name, model = f"loss-{role}.png", getattr(run.config.models, role)
+        title = f"{model} ({role}): training loss, each policy at its chosen setting"
+        written.append(plot_loss_curves(by_run, title, out / name))
+        lines.append(
+            f"- [{name}]({name}): training loss per optimizer step of {model} ({role}), one "
+            "line per policy (at its chosen setting) and seed."
+        )
+    return written, lines
+
+
 PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 """The metrics of the paired-difference figure (report.json has every metric)."""
 
@@ -472,6 +504,8 @@ def write_report(run) -> list[Path]:
                 f"- {name}: per field and metric, each policy's paired difference from none "
                 "(same test people, same seeds) with its 95% bootstrap CI."
             )
+    curves, curve_lines = loss_curves(run, summary["rows"], out)
+    written, figures = written + curves, figures + curve_lines
     if config.corpus.bios is not None:  # the figures need biography fields
         records = read_corpus(run.path("corpus", "corpus.jsonl"))
         tokenizer = load_tokenizer(getattr(config.models, config.models.trained[0]))

@@ -38,7 +38,7 @@ from .io import (
     read_json,
     remove_temp_files,
 )
-from .options import EvalConfig
+from .options import LOGGING_ONLY, EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
@@ -244,10 +244,12 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
         from .models import spec_key
 
         section = config.train
+        # what a run logs to is no input of its weights: switching trackers retrains nothing
+        changed = {k: v for k, v in _changed(section).items() if k not in LOGGING_ONLY}
         return {
             f"train/{cell.train_tag}": _digest(
                 _content(run.path(_augment_path(cell))),
-                _changed(section),
+                changed,
                 max(section.epochs),
                 cell.lr,
                 spec_key(getattr(models, cell.role)),
@@ -306,7 +308,14 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 
 _ADDED_LATER = {
-    "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
+    "train": {
+        "lora_dropout": 0.0,
+        "weight_decay": 0.0,
+        "quantize": "no",
+        "packing": False,
+        "group_by_length": False,
+        "report_to": "none",
+    },
     "models": {"device_map": None, "max_memory": None},
     "augment": {"protect": []},
     "corpus": {"text_field": "text", "chunk": None},
