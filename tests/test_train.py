@@ -825,7 +825,6 @@ def test_resume_with_a_batching_option_equals_uninterrupted(
     assert [s["step"] for s in logs[1]["steps"]] == list(range(1, 3 * steps + 1))
     for x, y in zip(logs[0]["steps"], logs[1]["steps"], strict=True):
         assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
-    assert ("truncation" in logs[1]) == ("packing" not in options)
 
 
 def test_the_loss_log_has_a_line_per_step_and_their_epoch_means(
