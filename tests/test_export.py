@@ -190,6 +190,41 @@ def test_an_interrupted_export_leaves_nothing(tiny_model_dir, records, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_qlora_adapter_is_merged_into_the_unquantized_base(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """``quantize: 4bit`` trains over NF4 weights; the export loads the base unquantized, in the
+    run's dtype, and merges the adapter there: no bitsandbytes is needed for it, and the model
+    answers as the adapter over the unquantized base does."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from elusive.evaluate import load_for_eval
+
+    run = tmp_path / "run"
+    last = train(_config(tiny_model_dir, quantize="4bit"), records, run, progress=False)
+    with torch.no_grad():
+        over_4bit, tokenizer = load_for_eval(str(tiny_model_dir), last, quantize="4bit")
+        logits_4bit = _logits(over_4bit, tokenizer)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as where it is not installed
+    export_model(run, tmp_path / "model")
+    monkeypatch.undo()
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    assert _safetensors_dtypes(tmp_path / "model" / "model.safetensors") == {"F32"}
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    reference, _ = _base_plus_adapter(tiny_model_dir, last)
+    got, want = _logits(exported, tokenizer), _logits(reference, tokenizer)
+    for a, b, c in zip(got, want, logits_4bit, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(a, c, atol=1e-3)  # not the 4-bit base's rounding
+    assert _greedy(exported, tokenizer) == _greedy(reference, tokenizer)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "trained as QLoRA on the base quantized to 4-bit NF4" in card
+    assert "- quantize: 4bit" in card
+
+
 # --------------------------------------------------------------------------- from a run folder
 
 

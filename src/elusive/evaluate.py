@@ -432,10 +432,8 @@ def load_for_eval(
         offloaded,
         quiet_peft,
     )
-    from .options import QUANTIZE, check_bitsandbytes
 
-    if quantize not in QUANTIZE:
-        raise ElusiveError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    check_quantize(quantize, device_map)
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelSpecError(
@@ -444,9 +442,6 @@ def load_for_eval(
             )
         check_adapter_base(adapter, spec)
     if quantize == "4bit":
-        check_bitsandbytes("--quantize 4bit", ElusiveError)
-        if device_map is not None:
-            raise ElusiveError("--quantize 4bit loads the model on one device: no --device-map")
         model, tokenizer = load_4bit(spec, dtype)
     else:
         model, tokenizer = load_model(
@@ -470,6 +465,19 @@ def load_for_eval(
             model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
+
+
+def check_quantize(quantize: str, device_map: Any = None) -> None:
+    """Refuse a `load_for_eval` quantization that is not one of `QUANTIZE`, or 4bit without
+    bitsandbytes or with a device map (4-bit weights load onto one device)."""
+    from .options import QUANTIZE, check_bitsandbytes
+
+    if quantize not in QUANTIZE:
+        raise ElusiveError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "4bit":
+        check_bitsandbytes("--quantize 4bit", ElusiveError)
+        if device_map is not None:
+            raise ElusiveError("--quantize 4bit loads the model on one device: no --device-map")
 
 
 def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Path, Path]:
@@ -526,6 +534,7 @@ def evaluate_model(
 
     config = config or EvalConfig()
     config.validate()
+    check_quantize(quantize, device_map)
     check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
     given = {"--qa": qa if isinstance(qa, (str, Path)) else None, "--shots-from": shots_from}
     check_apart([Path(out_dir, n) for n in ("metrics.json", "predictions.jsonl")], given)
