@@ -139,6 +139,21 @@ def test_an_epoch_folder_exports_that_epoch_in_the_base_dtype(tiny_model_dir, re
         find_checkpoint(run, policy="none")
 
 
+def test_a_full_finetune_exports_its_model(tiny_model_dir, records, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    last = train(_config(tiny_model_dir, full=True, epochs=1, lr=1e-3), records, run, False)
+    checkpoint = export_model(run, tmp_path / "model")
+    assert checkpoint.full and checkpoint.base == str(tiny_model_dir.resolve())
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    trained, tokenizer = load_model(last)
+    for got, want in zip(_logits(exported, tokenizer), _logits(trained, tokenizer), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "finetuned in full" in card and model_fingerprint(tiny_model_dir) in card
+
+
 def test_export_onto_a_non_empty_folder_is_one_line_and_writes_nothing(
     tiny_model_dir, records, tmp_path
 ):

@@ -551,7 +551,7 @@ def evaluate_model(
         "shots_from": None if shots_from is None else str(shots_from),
         "config": dataclasses.asdict(config),
     }
-    if quantize != "no":  # recorded where used: metrics.json of full-precision runs stays as it was
+    if quantize != "no":  # only where used: an unquantized evaluation's metrics.json keeps its keys
         meta["quantize"] = quantize
     if process_state().is_main_process:
         write_eval(out_dir, result, meta)

@@ -124,6 +124,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 def _epoch_folder(run_dir: Path, epoch: int | None) -> Path:
     """RUN_DIR/epoch-N of a training run: `epoch`, or the last one saved."""
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such training run folder")
     saved = sorted(
         int(m.group(1))
         for p in run_dir.iterdir()
@@ -151,32 +153,33 @@ def _from_training(folder: Path, model: str | None) -> Checkpoint:
     run_dir = folder.parent
     record = _read_record(run_dir / "run.json")
     train = record["config"] if record is not None and "model" in record["config"] else None
+    corpus = {}
     if train is None:
         run_dir = None
-    if not adapter:  # a --full run's epoch folder: the model itself
-        base = (train or {}).get("model") or model or str(folder)
-        dtype = (train or {}).get("dtype") or _stored_dtype(folder)
-        return Checkpoint(folder, str(base), dtype, full=True, train=train, run=run_dir)
-    config = read_json(folder / "adapter_config.json")
-    base = model or (train or {}).get("model") or config.get("base_model_name_or_path")
-    if not base:
-        raise ExportError(f"{folder}: names no base model; give it with --model")
-    dtype = (train or {}).get("dtype")
-    if dtype is None:
-        from .models import resolve_model
-
-        dtype = _stored_dtype(resolve_model(base))
-    if dtype not in DTYPES:
-        raise ExportError(f"{folder}: unknown weight dtype {dtype!r}")
-    corpus = {}
-    if record is not None and train is not None:
+    else:
         corpus["path"] = "not recorded by `elusive train`, only its hash"
         log = folder / "log.json"
         texts = read_json(log).get("truncation", {}).get("texts") if log.is_file() else None
         if texts is not None:
             corpus["texts"] = texts
         corpus["sha256 of the records' sha256s (run.json)"] = record.get("corpus_sha256")
-    return Checkpoint(folder, str(base), dtype, train=train, corpus=corpus, run=run_dir)
+    if adapter:
+        recorded = read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+        base = model or (train or {}).get("model") or recorded
+    else:  # a --full run's epoch folder: the model itself
+        base = model or (train or {}).get("model") or str(folder)
+    if not base:
+        raise ExportError(f"{folder}: names no base model; give it with --model")
+    dtype = (train or {}).get("dtype")
+    if dtype is None:
+        from .models import resolve_model
+
+        dtype = _stored_dtype(folder if not adapter else resolve_model(base))
+    if dtype not in DTYPES:
+        raise ExportError(f"{folder}: unknown weight dtype {dtype!r}")
+    return Checkpoint(
+        folder, str(base), dtype, full=not adapter, train=train, corpus=corpus, run=run_dir
+    )
 
 
 def _stored_dtype(folder: Path) -> str:
@@ -218,7 +221,9 @@ def _from_pipeline(
         raise ExportError(f"{root}: --seed {seed} did not run (seeds {_listed(seeds)})")
     cell = Cell(row["role"], row["policy"], row["alpha"], row["beta"], row["lr"], seed)
     train_dir = root / "train" / cell.train_tag
-    picked = _from_training(_epoch_folder(train_dir, epoch or row["epochs"]), model)
+    picked = _from_training(
+        _epoch_folder(train_dir, row["epochs"] if epoch is None else epoch), model
+    )
     epoch = int(picked.folder.name.split("-")[1])
 
     augmented = root / "augment" / cell.role / f"{cell.augment_tag}.jsonl"
