@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -422,13 +423,16 @@ def test_a_run_folder_from_before_an_option_resumes(tiny_model_dir, records, tmp
 NO_BNB = "--quantize 4bit needs bitsandbytes, which is not installed"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed"
-)
-def test_qlora_without_bitsandbytes_fails_in_one_line(tiny_model_dir, records, tmp_path):
+def test_qlora_without_bitsandbytes_fails_in_one_line(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """As where bitsandbytes is not installed: a None in sys.modules makes `find_spec` find
+    nothing and an import fail, whether or not it is installed here."""
     from elusive.config import ConfigError, load_config
 
-    with pytest.raises(TrainError, match="^" + NO_BNB):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    assert importlib.util.find_spec("bitsandbytes") is None
+    with pytest.raises(TrainError, match="^" + NO_BNB + r" \(pip install \"elusive\[qlora\]\""):
         train(_config(tiny_model_dir, quantize="4bit"), records, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(
@@ -438,11 +442,95 @@ def test_qlora_without_bitsandbytes_fails_in_one_line(tiny_model_dir, records, t
     )  # fmt: skip
     assert result.exit_code == 2
     assert result.output.startswith("error: " + NO_BNB) and result.output.count("\n") == 1
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--qa", str(tmp_path / "qa.jsonl"),
+         "--out", str(tmp_path / "eval"), "--quantize", "4bit"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and NO_BNB in result.output
     config = tmp_path / "c.yaml"
     models = {"large": str(tiny_model_dir), "small": str(tiny_model_dir)}
     config.write_text(json.dumps({"models": models, "train": {"quantize": "4bit"}}))
     with pytest.raises(ConfigError, match="c.yaml: train.quantize: 4bit needs bitsandbytes"):
         load_config(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_qlora_trains_resumes_exactly_and_evaluates(tiny_model_dir, records, tmp_path, monkeypatch):
+    """``quantize: 4bit`` on the CPU (bitsandbytes 0.50): LoRA trains over NF4 `Linear4bit`
+    layers, an interrupted run resumes to the uninterrupted one's adapter and losses, and the
+    adapter evaluates over the 4-bit base (what training computed) and merged into the
+    unquantized base (what `elusive run` evaluates and `elusive export` writes)."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+    from peft import PeftModel
+
+    import elusive.train as train_module
+
+    config = _config(
+        tiny_model_dir, quantize="4bit", batch_size=2, grad_accum=2, lora_dropout=0.1, warmup=0.3
+    )
+    step, seen = train_module._train_step, []
+    monkeypatch.setattr(
+        train_module, "_train_step", lambda model, batch: seen.append(model) or step(model, batch)
+    )
+    whole = train(config, records, tmp_path / "whole", progress=False)
+    trained = seen[-1].eval()
+    quantized = [m for m in trained.modules() if isinstance(m, Linear4bit)]
+    assert len(quantized) == 7 * 2  # q, k, v, o, gate, up, down of each layer
+    assert all(isinstance(m.weight, Params4bit) and not m.weight.requires_grad for m in quantized)
+    assert {n.split(".")[-2] for n, p in trained.named_parameters() if p.requires_grad} == {
+        "default"
+    }  # lora_A.default, lora_B.default: only the adapter trains
+    log = json.loads((tmp_path / "whole" / "log.json").read_text())
+    assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+
+    calls = []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 9:  # the 3rd micro-batch of epoch 2 (6 per epoch)
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1
+    monkeypatch.setattr(train_module, "_train_step", step)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    steps = [json.loads((d.parent / "log.json").read_text())["steps"] for d in (whole, resumed)]
+    for x, y in zip(*steps, strict=True):
+        assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
+
+    ids = torch.tensor([[3, 17, 42, 99, 5, 250]])
+    with torch.no_grad(), quiet_peft():
+        want = trained(input_ids=ids).logits
+        over_4bit, _ = load_for_eval(str(tiny_model_dir), whole, quantize="4bit")
+        assert isinstance(over_4bit, PeftModel)  # not merged: that would round to 4 bits again
+        got_4bit = over_4bit(input_ids=ids).logits
+        base, _ = load_model(tiny_model_dir)
+        unmerged = PeftModel.from_pretrained(base, whole)(input_ids=ids).logits
+        merged, _ = load_for_eval(str(tiny_model_dir), whole)
+        got_merged = merged(input_ids=ids).logits
+    torch.testing.assert_close(got_4bit, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_merged, unmerged, rtol=1e-4, atol=1e-4)
+    # the two differ by the base's rounding to 4 bits, which is what QLoRA saves memory by
+    assert not torch.allclose(got_merged, got_4bit, atol=1e-3)
+
+    people, qa = write_bios(BiosConfig(n=2, seed=3), tmp_path / "data")
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(whole), "--qa", str(qa),
+         "--out", str(tmp_path / "eval"), "--max-new-tokens", "3", "--quantize", "4bit"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["quantize"] == "4bit" and metrics["scores"]["overall"]["n"] == 10
 
 
 def test_qlora_is_lora_only(tiny_model_dir):

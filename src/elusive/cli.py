@@ -440,6 +440,13 @@ def evaluate_command(
     choices: int = config_option(EvalConfig, "choices"),
     device_map: str | None = config_option(ModelsSection, "device_map"),
     max_memory: str | None = config_option(ModelsSection, "max_memory"),
+    quantize: Annotated[
+        str,
+        typer.Option(
+            help="Base weights: no (as --dtype, the adapter merged in), or 4bit (NF4 as QLoRA "
+            "trains them, the adapter beside them; needs bitsandbytes)."
+        ),
+    ] = "no",
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -452,7 +459,9 @@ def evaluate_command(
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     placement = parse_placement(device_map, max_memory)
-    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
+    result = evaluate_model(
+        model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement, quantize=quantize
+    )
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
@@ -489,6 +498,42 @@ def table1_command(
         return
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
     typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
+
+
+@app.command("export")
+def export_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An adapter (RUN_DIR/epoch-N), a training run folder (its last epoch) or an "
+            "`elusive run` folder (the setting its report selected on validation)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="New or empty folder for the merged model.")],
+    policy: Annotated[
+        str | None, typer.Option(help="Of an `elusive run` folder: this policy's selected setting.")
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option(help="Of an `elusive run` folder: this trained role's setting.")
+    ] = None,
+    epoch: Annotated[
+        int | None, typer.Option(help="Of a run folder: this epoch instead of the selected one.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Of an `elusive run` folder: this seed's training run.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Base model spec (default: the one the run records).")
+    ] = None,
+) -> None:
+    """A model out: the adapter merged into its base, a Hugging Face folder with a model card."""
+    from .export import export_model
+
+    checkpoint = export_model(
+        source, out, policy=policy, role=role, epoch=epoch, seed=seed, model=model
+    )
+    what = "model" if checkpoint.full else f"{checkpoint.base} + adapter"
+    typer.echo(f"wrote {what} {checkpoint.folder} ({checkpoint.dtype}) to {out}")
 
 
 # --- squad commands (issue 7)

@@ -133,8 +133,9 @@ class TrainConfig:
     is bf16 where the device computes in bf16 natively, else no
     (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
     quantize: str = "no"
-    """Base weights of a LoRA run: no (as dtype), or 4bit (QLoRA: NF4 weights, computed in dtype;
-    needs bitsandbytes and a GPU)."""
+    """Base weights of a LoRA run: no (as dtype), or 4bit (QLoRA: NF4 weights, computed in dtype,
+    on a GPU or the CPU; needs bitsandbytes). Evaluation and export merge the adapter into the
+    unquantized base."""
     packing: bool = False
     """Join the epoch's shuffled texts, each ending in EOS, into blocks of exactly max_length
     tokens (the last block holds the rest) instead of one padded text a row; nothing is cut."""
@@ -180,11 +181,7 @@ class TrainConfig:
                     f"{name('quantize')} 4bit trains a LoRA adapter on frozen 4-bit weights: "
                     f"not with {name('full')}"
                 )
-            if importlib.util.find_spec("bitsandbytes") is None:
-                raise TrainError(
-                    f"{name('quantize')} 4bit needs bitsandbytes, which is not installed "
-                    "(pip install bitsandbytes; it runs on a GPU)"
-                )
+            check_bitsandbytes(f"{name('quantize')} 4bit", TrainError)
         if self.packing and self.group_by_length:
             raise TrainError(
                 f"{name('packing')} makes every block max_length tokens long, so there are no "
@@ -242,6 +239,16 @@ class EvalConfig:
                 f"{name('mixed_precision')} must be auto or one of {MIXED_PRECISIONS[1:]}, "
                 f"got {shorten(self.mixed_precision)}"
             )
+
+
+def check_bitsandbytes(what: str, error: type[ElusiveError]) -> None:
+    """Raise `error` saying that `what` (an option asking for 4-bit weights) needs bitsandbytes,
+    if it is not installed: one line, before any model loads, not transformers' traceback."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise error(
+            f"{what} needs bitsandbytes, which is not installed "
+            '(pip install "elusive[qlora]", or pip install bitsandbytes)'
+        )
 
 
 def check_finite(config: object, name: Callable[[str], str], error: type[ElusiveError]) -> None:

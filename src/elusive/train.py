@@ -195,29 +195,19 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
 def _load_base(config: TrainConfig, dtype: torch.dtype):
     """(base model of a LoRA run, tokenizer): on the CPU, for `Accelerator.prepare` to move to
     this process's device, or with ``quantize: 4bit`` quantized as it loads onto this process's
-    GPU (QLoRA; accelerate leaves a quantized model where it is)."""
-    from .models import default_device, load_model
+    device, a GPU or the CPU (QLoRA, `elusive.models.load_4bit`; accelerate leaves a quantized
+    model where it is)."""
+    from .models import load_4bit, load_model, quiet_peft
 
     if config.quantize == "no":
         return load_model(config.model, dtype=dtype, device="cpu")
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype,  # stored like the other weights, FSDP can shard them all
-    )
-    model, tokenizer = load_model(
-        config.model,
-        dtype=dtype,
-        device_map={"": str(default_device())},
-        quantization_config=quantization,
-    )
-    # norms in float32 and gradients into the embedding output, as QLoRA training needs
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
+    model, tokenizer = load_4bit(config.model, dtype)
+    # the weights left unquantized (norms, embeddings) in float32, as QLoRA trains
+    with quiet_peft():
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, tokenizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
