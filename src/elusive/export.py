@@ -159,7 +159,7 @@ def _from_training(folder: Path, model: str | None) -> Checkpoint:
     else:
         corpus["path"] = "not recorded by `elusive train`, only its hash"
         log = folder / "log.json"
-        texts = read_json(log).get("truncation", {}).get("texts") if log.is_file() else None
+        texts = read_json(log).get("texts") if log.is_file() else None
         if texts is not None:
             corpus["texts"] = texts
         corpus["sha256 of the records' sha256s (run.json)"] = record.get("corpus_sha256")

@@ -25,7 +25,7 @@ Run folder layout::
     RUN_DIR/run.json       the config and corpus hash, written once the model has loaded; a rerun
                            must match it
     RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [{"epoch",
-                           "loss": the mean of its steps' losses, "seconds"}]}
+                           "loss": the mean of its steps' losses, "seconds"}], "texts": how many}
     RUN_DIR/tensorboard/   with ``report_to: tensorboard``: the same losses and learning rates
                            as TensorBoard event files (accelerate's tracker)
     RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) and log.json up to epoch N,
@@ -502,6 +502,7 @@ def train(
         log = read_json(saved)
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
+    log["texts"] = len(records)
 
     step = start * steps_per_epoch
     if trackers:
