@@ -575,3 +575,96 @@ def test_a_split_without_test_questions_fails_before_the_corpus_is_written(tmp_p
     with pytest.raises(ConfigError, match=r"leaves no test questions \(1 sources\)"):
         run_experiment(load_config(path), progress=False, echo=lambda _: None)
     assert not list((tmp_path / "run").glob("corpus/*"))
+
+
+def person_mean(rows: list[dict], person: str, metric: str, field: str = "company") -> float:
+    """A person's mean `metric` over their questions on `field`."""
+    values = [r[metric] for r in rows if r["source_id"] == person and r["field"] == field]
+    return sum(values) / len(values)
+
+
+def test_the_untrained_row_leads_the_report_and_is_one_evaluation(tmp_path, tiny_pair):
+    """Every run evaluates the trained role's base model, untrained, once: eval/small/untrained
+    holds what a direct `evaluate_qa` of the tiny model on the run's questions gives; it is the
+    first row of every table, its means have CIs over the test people, `report.baselines:
+    [untrained]` pairs each policy with it unit by unit (checked against a loop), and a run with
+    other policies and seeds gets the very same evaluation."""
+    from elusive.corpus import read_qa
+    from elusive.evaluate import evaluate_qa, load_for_eval
+
+    grid_ = {**SMALL_GRID, "seeds": [0, 1]}
+    grid_["report"] = {"analysis_texts": 4, "baselines": ["untrained", "none"]}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **grid_))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    folder = run.path("eval", "small", "untrained")
+    found = [json.loads(line) for line in (folder / "predictions.jsonl").open()]
+    model, tokenizer = load_for_eval(tiny_pair[1])
+    questions = read_qa(run.path("corpus", "qa.jsonl"))
+    direct = evaluate_qa(model, tokenizer, questions, config.evaluate, progress=False)
+    assert found == json.loads(json.dumps(direct.predictions))
+    assert json.loads((folder / "metrics.json").read_text())["untrained"]["role"] == "small"
+
+    summary = json.loads(run.path("report", "report.json").read_text())
+    rows = summary["rows"]
+    assert [r["policy"] for r in rows] == ["untrained", "none", "contrast"]
+    first = rows[0]
+    assert first["seeds"] == [] and first["lr"] is None and first["epochs"] == 0
+    test_ids = set(json.loads(run.path("corpus", "split.json").read_text())["test"])
+    tested = [row for row in direct.predictions if row["source_id"] in test_ids]
+    for field in ("company", "overall"):
+        mine = [r for r in tested if field == "overall" or r["field"] == field]
+        score = first["test"][field]
+        assert score["n"] == len(mine)
+        for metric in ("em", "f1", "cloze_em", "choice", "logprob"):
+            assert score[metric] == pytest.approx(sum(r[metric] for r in mine) / len(mine))
+            assert score[f"{metric}_std"] is None  # no seeds, no spread
+    text = run.path("report", "report.md").read_text()
+    for title in ("## Table 2", "## Knowledge probes", "## All fields"):
+        table = text.split(title, 1)[1].split("\n|", 3)
+        assert table[3].startswith(f" {tiny_pair[1]} | untrained | - | - | - | 0 |"), title
+    assert "untrained: the base model before any training" in text
+
+    # The study: untrained first with CIs over the test people, each policy paired with it.
+    study = summary["study"]["small"]
+    assert study["baseline"] == "untrained" and list(study["means"])[0] == "untrained"
+    assert set(study["differences"]) == {"none", "contrast"}
+    assert "### Paired differences against untrained" in text
+    people = sorted(test_ids)
+    for policy in ("none", "contrast"):
+        (chosen,) = [r for r in rows if r["policy"] == policy]
+        trained = {}
+        for seed in (0, 1):
+            cell = [c for c in grid(config) if c.policy == policy and c.seed == seed][0]
+            path = run.path("eval", f"{cell.train_tag}_e{chosen['epochs']}", "predictions.jsonl")
+            trained[seed] = [json.loads(line) for line in path.open()]
+        for metric in ("em", "logprob"):
+            by_person = []
+            for person in people:
+                base = person_mean(found, person, metric)
+                per_seed = [person_mean(trained[s], person, metric) - base for s in (0, 1)]
+                by_person.append(sum(per_seed) / 2)
+            cell = study["differences"][policy]["company"][metric]
+            assert cell["mean"] == pytest.approx(sum(by_person) / len(by_person), abs=1e-12)
+            assert cell["n_people"] == len(people) and cell["low"] <= cell["mean"] <= cell["high"]
+    base_means = study["means"]["untrained"]["company"]["em"]
+    assert base_means["n_people"] == len(people)
+    assert base_means["mean"] == pytest.approx(first["test"]["company"]["em"])
+    # Against none as well: untrained's means lead that table too, but it is not paired there.
+    against_none = summary["other_baselines"]["small"]["none"]
+    assert list(against_none["means"])[0] == "untrained"
+    assert set(against_none["differences"]) == {"contrast"}
+    assert against_none["means"]["untrained"] == study["means"]["untrained"]
+
+    # Other policies and seeds, another folder: the same evaluation, byte for byte.
+    other = {**grid_, "seeds": [3], "report": {"analysis_texts": 4}}
+    other["augment"] = {**grid_["augment"], "policies": ["random"]}
+    other_config = load_config(write_config(tmp_path / "o.yaml", tiny_pair, **other))
+    other_config.out = str(tmp_path / "other")
+    other_run = run_experiment(other_config, progress=False, echo=lambda _: None)
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (
+            other_run.path("eval", "small", "untrained", name).read_bytes()
+            == (folder / name).read_bytes()
+        )
+    other_summary = json.loads(other_run.path("report", "report.json").read_text())
+    assert other_summary["rows"][0] == first
