@@ -68,14 +68,16 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     ):
         assert (report / name).stat().st_size > 0, name
     summary = json.loads((report / "report.json").read_text())
-    policies = {row["policy"] for row in summary["rows"]}
+    assert summary["rows"][0]["policy"] == "untrained"
+    policies = {row["policy"] for row in summary["rows"][1:]}
     assert policies == {"none", "random", "contrast", "shuffled"}
-    for row in summary["rows"]:
+    for row in summary["rows"][1:]:
         assert row["seeds"] == [0, 1]
         assert set(row["test"]) >= {"date", "company", "overall"}
         assert 0.0 <= row["test"]["overall"]["f1"] <= 1.0
         assert 0.0 <= row["test"]["company"]["cloze_choice"] <= 1.0  # the probes reach the report
-    # The study statistics: 9 test people x 2 seeds, every policy paired with none.
+    # The study statistics: 9 test people x 2 seeds, every policy paired with none (untrained
+    # only with itself as a baseline).
     study = summary["study"]["small"]
     assert study["seeds"] == [0, 1] and set(study["differences"]) == policies - {"none"}
     company = study["means"]["none"]["company"]["cloze_em"]
@@ -201,7 +203,8 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
 
 def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     """`accelerate launch`/`torchrun` with 2 CPU processes: both score, train (data parallel),
-    evaluate (two checkpoints one each, the third's questions shared) and analyse for the report;
+    evaluate (the untrained model and a checkpoint one each, the second checkpoint's questions
+    shared) and analyse for the report;
     the main process alone writes the corpus, augmentations and report, and prints."""
     import socket
     import subprocess
@@ -212,12 +215,7 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
         port = s.getsockname()[1]
     overrides = {
         "seeds": [0],
-        "augment": {
-            "policies": ["none", "random", "contrast"],
-            "copies": 2,
-            "alpha": [0.7],
-            "beta": [0.03],
-        },
+        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
         "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
         "report": {"analysis_texts": 4},
     }
@@ -231,10 +229,10 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("[4/6] train") == 1  # one process prints
     root = tmp_path / "run"
-    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3
+    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3  # untrained included
     assert "[6/6] report" in done.stdout
     summary = json.loads(root.joinpath("report", "report.json").read_text())
-    assert {row["policy"] for row in summary["rows"]} == {"none", "random", "contrast"}
+    assert [row["policy"] for row in summary["rows"]] == ["untrained", "none", "contrast"]
     assert summary["figures"]["analysis_texts"] == 4
     manifest = json.loads(root.joinpath("scores", "manifest.json").read_text())
     assert [p["rank"] for p in manifest["processes"]] == [0, 1]
@@ -277,7 +275,8 @@ def changed_since(before: dict[str, int], root: Path) -> set[str]:
 
 def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeypatch):
     """A run that failed in evaluation, rerun with its config fixed, keeps corpus, scores,
-    augmented corpora and training; each later edit redoes what depends on it, and says so."""
+    augmented corpora and training; each later edit redoes what depends on it, and says so.
+    The untrained model's evaluation is redone by an evaluate option alone."""
     import elusive.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
@@ -287,29 +286,35 @@ def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeyp
         with pytest.raises(ZeroDivisionError):
             run_experiment(config, progress=False, echo=lambda _: None)
 
-    def rerun(key: str, value) -> tuple[set[str], list[str]]:
+    untrained = Path(config.out, "eval", "small", "untrained", "metrics.json")
+
+    def rerun(key: str, value) -> tuple[set[str], list[str], bool]:
+        """What the edit redid: the stages' folders, the lines said, whether untrained."""
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
         before, lines = snapshot(Path(config.out)), []
+        was = untrained.stat().st_mtime_ns if untrained.exists() else None
         run_experiment(config, progress=False, echo=lines.append)
-        return changed_since(before, Path(config.out)), lines
+        return changed_since(before, Path(config.out)), lines, untrained.stat().st_mtime_ns != was
 
-    changed, lines = rerun("evaluate.max_new_tokens", 4)  # "the fix"
-    assert changed == {"eval/small"}
+    changed, lines, redone = rerun("evaluate.max_new_tokens", 4)  # "the fix"
+    assert changed == {"eval/small"} and redone
     assert "evaluate.max_new_tokens (6 -> 4)" in lines[0]
-    changed, lines = rerun("evaluate.max_new_tokens", 5)
-    assert changed == {"eval/small"}
-    assert any("evaluate: redoing 2 made from other inputs" in line for line in lines)
+    changed, lines, redone = rerun("evaluate.max_new_tokens", 5)
+    assert changed == {"eval/small"} and redone
+    assert any("evaluate: redoing 3 made from other inputs" in line for line in lines)
     # A scoring batch size gives the same scores: nothing after them is redone.
-    changed, lines = rerun("attention.batch_size", 3)
-    assert changed == {"scores/scores.jsonl", "scores/manifest.json"}
-    changed, lines = rerun("augment.copies", 1)
-    assert changed == {"augment/small", "train/small", "eval/small"}
-    changed, lines = rerun("train.epochs", [2])  # a new largest epoch: its schedule differs
-    assert changed == {"train/small", "eval/small"}
+    changed, lines, redone = rerun("attention.batch_size", 3)
+    assert changed == {"scores/scores.jsonl", "scores/manifest.json"} and not redone
+    changed, lines, redone = rerun("augment.copies", 1)
+    assert changed == {"augment/small", "train/small", "eval/small"} and not redone
+    changed, lines, redone = rerun("train.epochs", [2])  # a new largest epoch: its schedule differs
+    assert changed == {"train/small", "eval/small"} and not redone
     assert any("train: redoing 2 made from other inputs" in line for line in lines)
-    changed, lines = rerun("train.epochs", [1, 2])  # a checkpoint below it: evaluated only
-    assert changed == {"eval/small"}
+    changed, lines, redone = rerun("train.epochs", [1, 2])  # a checkpoint below it: evaluated only
+    assert changed == {"eval/small"} and not redone
+    changed, lines, redone = rerun("train.warmup", 0.2)  # a scalar train option
+    assert changed == {"train/small", "eval/small"} and not redone
 
 
 def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(

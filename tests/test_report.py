@@ -98,3 +98,21 @@ def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
     lines = markdown_tables(summary).splitlines()
     probe_row = next(line for line in lines if line.startswith("| tiny") and "0.25" in line)
     assert probe_row.endswith("| - | 0.25 |")
+
+
+def test_the_untrained_row_comes_first_without_a_spread():
+    from elusive.report import markdown_tables
+
+    row = {"role": "small", "model": "tiny", "alpha": None, "beta": None}
+    untrained = {**row, "policy": "untrained", "lr": None, "epochs": 0, "seeds": []}
+    untrained["test"] = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
+    trained = {**row, "policy": "none", "lr": 1e-3, "epochs": 2, "seeds": [0, 1]}
+    trained["test"] = {"overall": {"n": 4, "em": 0.5, "em_std": 0.1, "f1": 0.75, "f1_std": 0.0}}
+    summary = {"rows": [untrained, trained], "select_on": [], "select_metric": "f1", "study": {}}
+    text = markdown_tables(summary)
+    assert "mean ± std over seeds [0, 1]. untrained: the base model before any training" in text
+    lines = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert lines[:2] == [
+        "| tiny | untrained | - | - | - | 0 | 0.25 | 0.50 |",
+        "| tiny | none | - | - | 0.001 | 2 | 0.50 ± 0.10 | 0.75 |",
+    ]
