@@ -459,7 +459,7 @@ def evaluate_command(
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
     if result.baseline is not None:
-        typer.echo(f"wrote the untrained model's into {out / 'untrained'}")
+        typer.echo(f"wrote the untrained base model's two files into {out / 'untrained'}")
 
 
 @app.command("table1")
