@@ -151,3 +151,21 @@ def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
         f"- [loss-small.png](loss-small.png): training loss per optimizer step of "
         f"{run.config.models.small} (small), one line per policy (at its chosen setting) and seed."
     ]
+
+
+def test_the_untrained_row_comes_first_without_a_spread():
+    from elusive.report import markdown_tables
+
+    row = {"role": "small", "model": "tiny", "alpha": None, "beta": None}
+    untrained = {**row, "policy": "untrained", "lr": None, "epochs": 0, "seeds": []}
+    untrained["test"] = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
+    trained = {**row, "policy": "none", "lr": 1e-3, "epochs": 2, "seeds": [0, 1]}
+    trained["test"] = {"overall": {"n": 4, "em": 0.5, "em_std": 0.1, "f1": 0.75, "f1_std": 0.0}}
+    summary = {"rows": [untrained, trained], "select_on": [], "select_metric": "f1", "study": {}}
+    text = markdown_tables(summary)
+    assert "mean ± std over seeds [0, 1]. untrained: the base model before any training" in text
+    lines = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert lines[:2] == [
+        "| tiny | untrained | - | - | - | 0 | 0.25 | 0.50 |",
+        "| tiny | none | - | - | 0.001 | 2 | 0.50 ± 0.10 | 0.75 |",
+    ]

@@ -447,6 +447,14 @@ def evaluate_command(
             "trains them, the adapter beside them; needs bitsandbytes)."
         ),
     ] = "no",
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also evaluate the adapter's base model (--model) untrained, on the same "
+            "questions, into OUT/untrained/.",
+        ),
+    ] = False,
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -457,15 +465,22 @@ def evaluate_command(
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if baseline and adapter is None:
+        fail("--baseline evaluates the base model of --adapter untrained: give --adapter")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     placement = parse_placement(device_map, max_memory)
     result = evaluate_model(
-        model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement, quantize=quantize
-    )
+        model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement,
+        quantize=quantize, baseline=model if baseline else None,
+    )  # fmt: skip
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
+    if result.baseline is not None:
+        Console().print(scores_table(result.baseline.scores, f"closed-book QA: {model}, untrained"))
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+    if result.baseline is not None:
+        typer.echo(f"wrote the untrained base model's two files into {out / 'untrained'}")
 
 
 @app.command("table1")
@@ -496,8 +511,10 @@ def table1_command(
     result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
+    Console().print(scores_table(result.baseline.scores, f"Table 1: {model}, untrained"))
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
-    typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
+    evals = f"{out / 'eval' / 'metrics.json'}, {out / 'eval' / 'untrained' / 'metrics.json'}"
+    typer.echo(f"wrote {evals} and {out / 'figure1.png'}")
 
 
 @app.command("export")

@@ -51,6 +51,11 @@ class ConfigError(ElusiveError):
     """A config file that does not fit the schema; the message names the file and key."""
 
 
+UNTRAINED = "untrained"
+"""The report's row (and a `report.baselines` name) of a trained role's base model evaluated
+before any training; also its evaluation folder's name (`elusive.runs.untrained_dirs`)."""
+
+
 def section_of(
     config: type,
     name: str,
@@ -168,8 +173,9 @@ class ReportSection:
     """Biographies analysed for Figures 2 and 3 (attention at the token before the company)."""
     baselines: list[str] = field(default_factory=lambda: ["none"])
     """Policies every other policy is paired against (same test person, same seed), each in a
-    table of its own; the first also in the paired-differences figure. The default's ``none``
-    is left out where it did not run."""
+    table of its own; the first also in the paired-differences figure. ``untrained`` (the base
+    model before training, evaluated in every run) may be one: each policy's gain over what the
+    model already knew. The default's ``none`` is left out where it did not run."""
 
 
 @dataclass
@@ -226,10 +232,11 @@ class RunConfig:
                 f"(one of {', '.join(METRICS)})"
             )
         for index, policy in enumerate(self.report.baselines):
-            if policy not in self.augment.policies and self.report.baselines != ["none"]:
+            known = (*self.augment.policies, UNTRAINED)
+            if policy not in known and self.report.baselines != ["none"]:
                 fail(
                     f"report.baselines[{index}]: {shorten(policy)} is not one of augment.policies "
-                    f"({', '.join(self.augment.policies)})"
+                    f"({', '.join(self.augment.policies)}) nor {UNTRAINED}"
                 )
         if self.report.analysis_texts < 1:
             fail(f"report.analysis_texts: must be >= 1, got {self.report.analysis_texts}")

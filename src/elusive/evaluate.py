@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .config import UNTRAINED
 from .corpus import QAItem
 from .errors import ElusiveError
 from .io import DroppedDataWarning, atomic_write_text, write_jsonl
@@ -232,6 +233,9 @@ class EvalResult:
     warnings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What makes some scores less than they seem, by kind (see `evaluate_qa`); metrics.json
     keeps it under ``warnings``."""
+    baseline: EvalResult | None = None
+    """The base model's result on the same questions, untrained, where `evaluate_model` was
+    given a `baseline`."""
 
 
 def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> list[dict]:
@@ -524,10 +528,16 @@ def evaluate_model(
     device_map: Any = None,
     max_memory: dict | None = None,
     quantize: str = "no",
+    baseline: str | Path | None = None,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions;
     `device_map`, `max_memory` and `quantize` as in `load_for_eval`. Under `accelerate launch`
-    the processes share the questions and the main one writes."""
+    the processes share the questions and the main one writes.
+
+    `baseline` (a model spec: the adapter's base, ``elusive evaluate --baseline``) is evaluated
+    too, untrained, on the same questions with the same options, into OUT_DIR/untrained/ (the
+    same two files); its result is the returned one's ``baseline``. Both folders are checked
+    before any work."""
     from .corpus import read_qa
     from .io import check_apart, check_out_dir
     from .parallel import process_state
@@ -535,24 +545,37 @@ def evaluate_model(
     config = config or EvalConfig()
     config.validate()
     check_quantize(quantize, device_map)
-    check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
+    outs = [Path(out_dir)] + ([Path(out_dir, UNTRAINED)] if baseline is not None else [])
     given = {"--qa": qa if isinstance(qa, (str, Path)) else None, "--shots-from": shots_from}
-    check_apart([Path(out_dir, n) for n in ("metrics.json", "predictions.jsonl")], given)
+    for out in outs:
+        check_out_dir(out, ("metrics.json", "predictions.jsonl"))
+        check_apart([out / n for n in ("metrics.json", "predictions.jsonl")], given)
     items = read_qa(qa) if isinstance(qa, (str, Path)) else list(qa)
     pool = read_qa(shots_from) if shots_from is not None else None
-    model, tokenizer = load_for_eval(
-        spec, adapter, dtype, device_map=device_map, max_memory=max_memory, quantize=quantize
-    )
-    result = evaluate_qa(model, tokenizer, items, config, pool, progress)
-    meta = {
-        "model": str(spec),
-        "adapter": None if adapter is None else str(adapter),
-        "qa": str(qa) if isinstance(qa, (str, Path)) else None,
-        "shots_from": None if shots_from is None else str(shots_from),
-        "config": dataclasses.asdict(config),
-    }
-    if quantize != "no":  # only where used: an unquantized evaluation's metrics.json keeps its keys
-        meta["quantize"] = quantize
-    if process_state().is_main_process:
-        write_eval(out_dir, result, meta)
-    return result
+    evaluated = [(spec, adapter)] + ([(baseline, None)] if baseline is not None else [])
+    results = []
+    for out, (model_spec, model_adapter) in zip(outs, evaluated, strict=True):
+        model, tokenizer = load_for_eval(
+            model_spec,
+            model_adapter,
+            dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            quantize=quantize,
+        )
+        result = evaluate_qa(model, tokenizer, items, config, pool, progress)
+        meta = {
+            "model": str(model_spec),
+            "adapter": None if model_adapter is None else str(model_adapter),
+            "qa": str(qa) if isinstance(qa, (str, Path)) else None,
+            "shots_from": None if shots_from is None else str(shots_from),
+            "config": dataclasses.asdict(config),
+        }
+        if quantize != "no":  # only where used: an unquantized evaluation keeps its keys
+            meta["quantize"] = quantize
+        if process_state().is_main_process:
+            write_eval(out, result, meta)
+        results.append(result)
+    if baseline is not None:
+        results[0].baseline = results[1]
+    return results[0]

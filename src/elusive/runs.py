@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, to_dict
+from .config import UNTRAINED, ConfigError, RunConfig, to_dict
 from .io import (
     OutputError,
     atomic_write_text,
@@ -258,14 +258,29 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
             for cell in grid(config)
         }
     if stage == "evaluate":
+        from .models import spec_key
+
         trained = fingerprints(run, "train")
         questions = _content(run.path("corpus", "qa.jsonl"))
-        return {
+        evaluations = {
             str(out.relative_to(run.root)): _digest(
                 trained[f"train/{cell.train_tag}"], epoch, questions, _changed(config.evaluate)
             )
             for cell, epoch, out in eval_dirs(run)
         }
+        # The base model as it loads for evaluation (its spec and train.dtype, the weights'
+        # dtype), the questions and the evaluation options: no other option reaches it.
+        untrained = {
+            str(out.relative_to(run.root)): _digest(
+                UNTRAINED,
+                spec_key(getattr(models, role)),
+                config.train.dtype,
+                questions,
+                _changed(config.evaluate),
+            )
+            for role, out in untrained_dirs(run)
+        }
+        return {**untrained, **evaluations}
     return {}
 
 
@@ -360,6 +375,14 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[package] = "missing"
     return out
+
+
+def untrained_dirs(run: Run) -> Iterator[tuple[str, Path]]:
+    """Every trained role with the folder of its base model's evaluation, eval/ROLE/untrained:
+    one per role, shared by every cell (greedy answers and the probes are deterministic, so
+    policy, seed and epoch cannot change it)."""
+    for role in run.config.models.trained:
+        yield role, run.path("eval", role, UNTRAINED)
 
 
 def eval_dirs(run: Run) -> Iterator[tuple[Cell, int, Path]]:
