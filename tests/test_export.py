@@ -288,6 +288,8 @@ def test_a_run_folder_exports_the_setting_selected_on_validation(pipeline_run, t
     def scores(none: float, random: float, epochs: int = 1):
         def edit(summary):
             for row in summary["rows"]:
+                if row["policy"] == "untrained":  # trained nothing: never exported
+                    continue
                 row["validation_score"] = {"none": none, "random": random}[row["policy"]]
                 row["epochs"] = epochs
 
@@ -361,24 +363,25 @@ def test_the_model_card_names_base_corpus_policy_and_measures(pipeline_run, tmp_
 
         assert f"- sha256 of corpus/corpus.jsonl: {file_sha256(corpus)}" in card
         assert "- lr: 0.02" in card and "- quantize: no" in card
-        assert "no `untrained` row" in card
-        # the checkpoint's test scores are the report's (one seed): the card shows them
+        # the checkpoint's test scores are the report's (one seed), beside the untrained row's
         overall = row["test"]["overall"]
+        (base,) = [r for r in report["rows"] if r["policy"] == "untrained"]
+        before = base["test"]["overall"]["em"]
         assert f"| overall (n={overall['n']}) | this model | untrained | difference |" in card
-        assert f"| EM | {overall['em']:.3f} | - | - |" in card
+        diff = overall["em"] - before
+        assert f"| EM | {overall['em']:.3f} | {before:.3f} | {diff:+.3f} |" in card
+        date, was = row["test"]["date"]["em"], base["test"]["date"]["em"]
+        assert f"| EM | {date:.3f} ({date - was:+.3f}) |" in card  # date is the first field
+        assert "no `untrained` row" not in card
 
-        def untrained(summary):
-            base = {f: {**s, "em": 0.25} for f, s in row["test"].items()}
-            summary["rows"].insert(0, {**row, "policy": "untrained", "test": base})
+        def without_untrained(summary):
+            summary["rows"] = [r for r in summary["rows"] if r["policy"] != "untrained"]
 
-        _set_report(root, saved, untrained)
+        _set_report(root, saved, without_untrained)
         export_model(root, tmp_path / "b", policy="random")
         card = (tmp_path / "b" / "README.md").read_text()
-        diff = overall["em"] - 0.25
-        assert f"| EM | {overall['em']:.3f} | 0.250 | {diff:+.3f} |" in card
-        date = row["test"]["date"]["em"]
-        assert f"| EM | {date:.3f} ({date - 0.25:+.3f}) |" in card  # date is the first field
-        assert "no `untrained` row" not in card
+        assert "no `untrained` row" in card
+        assert f"| EM | {overall['em']:.3f} | - | - |" in card
     finally:
         (root / "report" / "report.json").write_text(saved)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import UNTRAINED
 from .errors import ElusiveError
 from .io import (
     OutputError,
@@ -49,8 +50,6 @@ from .io import (
 )
 
 CARD = "README.md"
-UNTRAINED = "untrained"
-"""The report row of the base model before training (`report.baselines` may name it)."""
 
 
 class ExportError(ElusiveError):
