@@ -40,6 +40,7 @@ import yaml
 
 from .augment import POLICIES, AugmentConfig
 from .bios import FIELDS, SPANS, BiosConfig
+from .cloze import ProbeConfig
 from .errors import ElusiveError
 from .metrics import METRICS
 from .options import AttentionConfig, EvalConfig, TrainConfig, shorten
@@ -90,6 +91,10 @@ class CorpusSection:
     path: str | None = None
     """A corpus for `read_corpus` (JSONL, .txt, folder); `qa` names its questions."""
     qa: str | None = None
+    """Questions (and probes) about `path`'s texts, for `read_qa`; None: span-cloze probes built
+    from the texts (`elusive.cloze.build_probes`, options in `probes`)."""
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    """How a `path` corpus without `qa` gets its probes (`elusive.cloze.ProbeConfig`)."""
     squad: str | None = None
     """A SQuAD v1.1-format JSON file: paragraphs become texts, questions the QA set."""
     max_paragraphs: int | None = None
@@ -184,8 +189,6 @@ class RunConfig:
         sources = [x for x in (self.corpus.bios, self.corpus.path, self.corpus.squad) if x]
         if len(sources) != 1:
             fail("corpus needs exactly one of bios, path or squad")
-        if self.corpus.path and not self.corpus.qa:
-            fail("corpus.path needs corpus.qa (its questions)")
         if not 0 < self.validation < 1:
             fail(f"validation must be in (0, 1), got {self.validation}")
         if not self.seeds:
@@ -264,6 +267,7 @@ class RunConfig:
         corpus = self.corpus
         if corpus.bios is not None:
             corpus.bios.validate(lambda f: f"corpus.bios.{f}:")
+        corpus.probes.validate(lambda f: f"corpus.probes.{f}:")
         SquadConfig(
             max_paragraphs=corpus.max_paragraphs,
             max_questions=corpus.max_questions,

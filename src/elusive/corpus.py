@@ -45,16 +45,21 @@ class Record:
 
 @dataclass(frozen=True)
 class QAItem:
-    """One closed-book question about a record; any of `answers` counts as correct."""
+    """One closed-book question about a record, or a probe without a question (`question`
+    None: only its `cloze` is asked); any of `answers` counts as correct."""
 
     id: str
     source_id: str
-    question: str
+    question: str | None
     answers: tuple[str, ...]
     field: str = "all"
     cloze: str | None = None
     """The fact as a sentence to complete, cut right before the answer ("Liam Thompson was
-    born on"); biographies have one per question (see `elusive.probes`)."""
+    born on"); biographies have one per question (see `elusive.probes`), span-cloze probes and
+    SQuAD questions one from the answer's span (see `elusive.cloze`)."""
+    kind: str | None = None
+    """The answer's kind (``date``, ``number``, ``name``, ...; `elusive.cloze`): its distractors
+    are other sources' answers of the same kind. None: other answers of the same `field`."""
 
 
 def record_to_json(record: Record) -> dict[str, Any]:
@@ -69,19 +74,19 @@ def record_to_json(record: Record) -> dict[str, Any]:
 
 def qa_to_json(item: QAItem, source_key: str = "person_id") -> dict[str, Any]:
     """The qa.jsonl form: one gold answer is written as `answer`, several as `answers`; the
-    source record id goes under `source_key` (``person_id`` or ``source_id``, see read_qa)."""
-    out: dict[str, Any] = {
-        "id": item.id,
-        source_key: item.source_id,
-        "field": item.field,
-        "question": item.question,
-    }
+    source record id goes under `source_key` (``person_id`` or ``source_id``, see read_qa); a
+    probe without a question has no ``question``, an item without a kind no ``kind``."""
+    out: dict[str, Any] = {"id": item.id, source_key: item.source_id, "field": item.field}
+    if item.question is not None:
+        out["question"] = item.question
     if len(item.answers) == 1:
         out["answer"] = item.answers[0]
     else:
         out["answers"] = list(item.answers)
     if item.cloze is not None:
         out["cloze"] = item.cloze
+    if item.kind is not None:
+        out["kind"] = item.kind
     return out
 
 
@@ -99,10 +104,10 @@ def write_corpus_and_qa(
 # --------------------------------------------------------------------------- readers
 
 
-def read_corpus(path: str | Path) -> list[Record]:
+def read_corpus(path: str | Path, text_field: str = "text") -> list[Record]:
     """Read a user corpus into records.
 
-    - ``*.jsonl``: one object a line with a non-empty string ``text``; optional ``id`` (else
+    - ``*.jsonl``: one object a line with a non-empty string `text_field`; optional ``id`` (else
       ``line-N``) and ``spans`` (field -> [start, end]); other keys go to `meta`.
     - a folder: every ``*.txt`` file below it, sorted, one record each (id = relative path).
     - a ``*.txt`` file: one record per paragraph (paragraphs are separated by blank lines).
@@ -116,7 +121,7 @@ def read_corpus(path: str | Path) -> list[Record]:
     elif path.suffix == ".txt":
         records = _read_paragraphs(path)
     elif path.suffix == ".jsonl":
-        records = [_json_record(path, number, obj) for number, obj in iter_jsonl(path)]
+        records = [_json_record(path, number, obj, text_field) for number, obj in iter_jsonl(path)]
     elif not path.exists():
         raise CorpusError(f"{path}: no such file or folder")
     else:
@@ -149,15 +154,17 @@ def _read_paragraphs(path: Path) -> list[Record]:
     return [Record(id=f"{path.stem}-{i}", text=p) for i, p in enumerate(paragraphs)]
 
 
-def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
+def _json_record(path: Path, number: int, obj: dict[str, Any], text_field: str = "text") -> Record:
     where = f"{path}:{number}"
-    text = obj.get("text")
+    text = obj.get(text_field)
     if text is None:
-        raise CorpusError(f"{where}: missing field 'text'")
+        raise CorpusError(f"{where}: missing field {text_field!r}")
     if not isinstance(text, str):
-        raise CorpusError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
+        raise CorpusError(
+            f"{where}: field {text_field!r} must be a string, got {type(text).__name__}"
+        )
     if not text.strip():
-        raise CorpusError(f"{where}: field 'text' is empty")
+        raise CorpusError(f"{where}: field {text_field!r} is empty")
     rid = obj.get("id", f"line-{number}")
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise CorpusError(f"{where}: field 'id' must be a string or integer")
@@ -171,14 +178,15 @@ def _json_record(path: Path, number: int, obj: dict[str, Any]) -> Record:
         ):
             raise CorpusError(f"{where}: span {key!r} must be [start, end] inside the text")
         spans[key] = (span[0], span[1])
-    meta = {k: v for k, v in obj.items() if k not in ("id", "text", "spans")}
+    meta = {k: v for k, v in obj.items() if k not in ("id", text_field, "spans")}
     return Record(id=str(rid), text=text, spans=spans, meta=meta)
 
 
 def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QAItem]:
     """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
     text is ``person_id`` or ``source_id``; optional ``id``, ``field`` (not ``overall``, the
-    name of the scores over every field) and ``cloze``.
+    name of the scores over every field), ``cloze`` and ``kind``. A line without ``question``
+    is a probe (what `elusive probes build` writes) and must have ``cloze``.
 
     With `sources` (the ids of the corpus trained on), every question must name one of them: a
     question about a text never trained on would measure nothing."""
@@ -188,8 +196,12 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
     for number, obj in iter_jsonl(path):
         where = f"{path}:{number}"
         question = obj.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise CorpusError(f"{where}: missing or empty field 'question'")
+        if question is None and obj.get("cloze") is None:
+            raise CorpusError(
+                f"{where}: missing field 'question' (or 'cloze', for a probe without a question)"
+            )
+        if question is not None and (not isinstance(question, str) or not question.strip()):
+            raise CorpusError(f"{where}: field 'question' must be a non-empty string")
         if obj.get("field") == "overall":  # the scores' name for all fields together
             raise CorpusError(
                 f"{where}: field 'field' is 'overall', the name reserved for the scores over "
@@ -218,6 +230,9 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
         cloze = obj.get("cloze")
         if cloze is not None and (not isinstance(cloze, str) or not cloze.strip()):
             raise CorpusError(f"{where}: field 'cloze' must be a non-empty string")
+        kind = obj.get("kind")
+        if kind is not None and (not isinstance(kind, str) or not kind.strip()):
+            raise CorpusError(f"{where}: field 'kind' must be a non-empty string")
         source = obj.get("source_id", obj.get("person_id", ""))
         if sources is not None and str(source) not in sources:
             if source == "":
@@ -236,6 +251,7 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
                 answers=tuple(answers),
                 field=str(obj.get("field", "all")),
                 cloze=cloze,
+                kind=kind,
             )
         )
     if not items:

@@ -81,6 +81,12 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
             ),
         )
     records = read_corpus(section.path)
+    if section.qa is None:  # no questions: span-cloze probes from the texts themselves
+        from .cloze import build_probes, warn_skipped
+
+        probes = build_probes(records, section.probes)
+        warn_skipped(probes, str(section.path))
+        return records, probes.items
     return records, read_qa(section.qa, sources={r.id for r in records})
 
 

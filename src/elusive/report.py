@@ -59,6 +59,9 @@ def field_token_distances(
 
 PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
 """The probes the report's probe table shows (every probe is in report.json)."""
+CLOZE_COLUMNS = ("cloze_em", "cloze_f1", "cloze_choice", "cloze_logprob")
+"""The tables of a run of probes without questions, one per metric with a column per span
+kind."""
 
 
 # --------------------------------------------------------------------------- the run report
@@ -79,7 +82,10 @@ def summarize(run) -> dict:
 
     The selection score is the mean validation ``report.select_metric`` (F1 by default) over
     the ``report.select_on`` fields (the paper's university and company), or over all questions
-    for corpora without those fields.
+    for corpora without those fields. A run whose items are probes without questions (a user
+    corpus without ``corpus.qa``: `elusive.cloze`) has no QA EM or F1: there ``em``/``f1``
+    select by their cloze counterpart (``cloze_em``/``cloze_f1``) over all probes, and the
+    summary's ``select_metric`` says so.
     """
     from .io import iter_jsonl
     from .metrics import aggregate
@@ -104,6 +110,12 @@ def summarize(run) -> dict:
         table.setdefault(key, {}).setdefault(setting, {})[cell.seed] = scores
         test = [r for r in rows if r["source_id"] in subsets["test"]]
         test_rows.setdefault(key, {}).setdefault(setting, {})[cell.seed] = test
+
+    if metric in ("em", "f1") and table:  # probes without questions: their cloze EM/F1
+        by_seed = next(iter(next(iter(table.values())).values()))
+        overall = next(iter(by_seed.values()))["validation"].get("overall")
+        if overall is not None and metric not in overall.present():
+            metric = f"cloze_{metric}"
 
     def selection_score(by_seed: dict[int, dict]) -> float:
         per_seed = []
@@ -185,7 +197,8 @@ def markdown_tables(summary: dict) -> str:
         return "No results.\n"
     fields = [f for f in rows[0]["test"] if f != "overall"] + ["overall"]
     chosen = [f for f in summary["select_on"] if f in rows[0]["test"]] or ["overall"]
-    probes = [m for m in PROBE_COLUMNS if m in rows[0]["test"]["overall"]]
+    measured = rows[0]["test"]["overall"]
+    probes = [m for m in PROBE_COLUMNS if m in measured]
 
     def table(columns: list[str], metrics: Sequence[str]) -> list[str]:
         head = ["model", "policy", "α", "β", "lr", "epochs"]
@@ -211,6 +224,26 @@ def markdown_tables(summary: dict) -> str:
         f"{LABELS.get(summary['select_metric'], summary['select_metric'])} of "
         f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
     )
+    models = {r["role"]: r["model"] for r in rows}
+    studies = []
+    for role, study in summary["study"].items():
+        studies += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting."]
+        studies += ["", study_markdown(study)]
+        for other in summary["other_baselines"].get(role, {}).values():
+            studies += [study_markdown(other, means=False)]
+    if "em" not in measured:  # probes without questions: their cloze metrics per span kind
+        out = ["## Span-cloze probes", "", note.replace("questions", "probes", 1), ""]
+        out += [
+            "Each span of the texts (a date, a number with its unit, a name, ...) as a cloze: "
+            "its sentence after the text's title, cut right before the span; columns are the "
+            "span kinds. EM/F1: the greedy continuation; choice: the span out-scores every "
+            "distractor (spans of the same kind from other texts) by log-probability; logprob: "
+            "mean log-probability per token of the span.",
+            "",
+        ]
+        for metric in (m for m in CLOZE_COLUMNS if m in measured):
+            out += [f"### {LABELS.get(metric, metric)}", "", *table(fields, [metric]), ""]
+        return "\n".join([*out, *studies])
     out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen, ["em", "f1"])]
     if probes:
         out += [
@@ -225,13 +258,7 @@ def markdown_tables(summary: dict) -> str:
             *table(chosen, probes),
         ]
     out += ["", "## All fields", "", *table(fields, ["em", "f1"]), ""]
-    models = {r["role"]: r["model"] for r in rows}
-    for role, study in summary["study"].items():
-        out += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting.", ""]
-        out += [study_markdown(study)]
-        for other in summary["other_baselines"].get(role, {}).values():
-            out += [study_markdown(other, means=False)]
-    return "\n".join(out)
+    return "\n".join([*out, *studies])
 
 
 # --------------------------------------------------------------------------- Figures 2 and 3
