@@ -168,6 +168,11 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
         ({"validation": 1.5}, "validation must be in"),
         ({"modles": {}}, r"modles: unknown key \(did you mean 'models'\?\)"),
         ({"models": {"trained": ["medium"]}}, "unknown role 'medium'"),
+        (
+            {"corpus": {"path": "c.jsonl", "probes": {"max_probes": 0}}},
+            r"corpus.probes.max_probes: must be at least 1, got 0",
+        ),
+        ({"corpus": {"path": "c.jsonl", "probes": {"seeds": 1}}}, r"corpus.probes.seeds: unknown"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):

@@ -303,6 +303,7 @@ _ADDED_LATER = {
     "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
     "models": {"device_map": None, "max_memory": None},
     "augment": {"protect": []},
+    "corpus": {"probes": {"max_probes": None, "seed": 0}},
 }
 """Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
 
