@@ -177,10 +177,10 @@ def _sentence_of(starts: Sequence[int], pos: int) -> int:
     return max(s for s in starts if s <= pos)
 
 
-def find_spans(text: str) -> dict[str, tuple[int, int]]:
+def find_spans(text: str, starts: Sequence[int] | None = None) -> dict[str, tuple[int, int]]:
     """Dates, numbers with units and proper-noun phrases in `text` (the module's rule), keyed
     by kind and count in text order (``date``, ``date.2``, ``number``, ``name``, ...), ordered
-    by start."""
+    by start. `starts`: the text's `sentence_starts`, where the caller has them."""
     taken: list[tuple[int, int, str]] = []
 
     def take(start: int, end: int, kind: str) -> None:
@@ -193,7 +193,7 @@ def find_spans(text: str) -> dict[str, tuple[int, int]]:
         take(match.start(), match.end(), "number")
     for match in (*_YEAR.finditer(text), *_MONTH_ALONE.finditer(text)):
         take(match.start(), match.end(), "date")
-    for start, end in _proper_nouns(text, taken):
+    for start, end in _proper_nouns(text, taken, starts or sentence_starts(text)):
         take(start, end, "name")
     taken.sort()
     out: dict[str, tuple[int, int]] = {}
@@ -209,9 +209,10 @@ def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
     return (start, end - 1) if text[end - 1] == "." else (start, end)
 
 
-def _proper_nouns(text: str, taken: Sequence[tuple[int, int, str]]) -> list[tuple[int, int]]:
+def _proper_nouns(
+    text: str, taken: Sequence[tuple[int, int, str]], starts: Sequence[int]
+) -> list[tuple[int, int]]:
     """Proper-noun phrases of `text` that overlap none of `taken` (the rule's step 4)."""
-    starts = sentence_starts(text)
     words = [
         m
         for m in _WORD.finditer(text)
@@ -391,15 +392,12 @@ def build_probes(records: Sequence[Record], config: ProbeConfig | None = None) -
     skipped = ProbeSkips()
     found_in = 0
     for record in records:
-        spans = record.spans
-        if not spans:
-            spans = find_spans(record.text)
-            found_in += 1
-            record = replace(record, spans=spans)
-        if not spans:
-            continue
         starts = sentence_starts(record.text)
+        if not record.spans:
+            record = replace(record, spans=find_spans(record.text, starts))
+            found_in += 1
         about = subject(record)
+        spans = record.spans
         for key, (start, end) in sorted(spans.items(), key=lambda kv: (kv[1], kv[0])):
             answer = record.text[start:end].strip()
             if not normalize_answer(answer):
