@@ -628,6 +628,7 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
         assert "missing_metrics" not in saved["warnings"]
     summary = json.loads(run.path("report", "report.json").read_text())
     assert summary["select_metric"] == "cloze_f1"  # no QA F1: its cloze counterpart
+    assert set(summary["study"]["small"]["metrics"]) == cloze  # no empty QA columns
     for row in summary["rows"]:
         assert cloze <= set(row["test"]["date"]) and "em" not in row["test"]["overall"]
     report = run.path("report", "report.md").read_text()

@@ -158,10 +158,20 @@ def summarize(run) -> dict:
                 "test": test,
             }
         )
+    # a run of probes without questions has no QA metric anywhere: its study shows the cloze
+    # metrics alone rather than columns of "-"
+    scored = {
+        m
+        for tables in study_tables.values()
+        for t in tables.values()
+        for u in t.values()
+        for m in u
+    }
+    study_metrics = METRICS if "em" in scored else tuple(m for m in METRICS if m in scored)
     # per role, the study against the first baseline run, then against each other one
     studies = {
         role: [
-            summarize_study(tables, baseline=baseline, metrics=METRICS)
+            summarize_study(tables, baseline=baseline, metrics=study_metrics)
             for baseline in config.report.baselines
             if baseline in tables
         ]
