@@ -1,11 +1,17 @@
 """Training throughput: `elusive.train` vs a plain `transformers.Trainer` + peft baseline, each
-in fp32 and under bf16 autocast.
+in fp32 and under bf16 autocast; with ``--batching``, the padded-token share and tokens/s of
+the three batch layouts of `elusive.train` (default, ``group_by_length``, ``packing``).
 
 All four train the same LoRA (r=16, all linear layers) on the same tokenized biographies with
 the same batch size, learning rate and schedule for one epoch; the time is the training loop
 only (model loading excluded). Tokens are the non-padding tokens of the corpus.
 
     flock /tmp/cpu.lock python benchmarks/train.py
+    python benchmarks/train.py --batching --model tiny     # a tiny random model, seconds
+
+``--batching`` trains one epoch of each layout on one mixed-length corpus (biographies alone,
+a first sentence alone, or two to six biographies run together, seeded), max_length the longest
+text (so the default cuts nothing) unless given; tokens/s counts the tokens trained on.
 """
 
 from __future__ import annotations
@@ -21,9 +27,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from elusive.batches import padded_share  # noqa: E402
 from elusive.bios import BiosConfig, generate_bios  # noqa: E402
 from elusive.models import load_tokenizer  # noqa: E402
-from elusive.train import TrainConfig, build_model, pad_batch, tokenize_texts, train  # noqa: E402
+from elusive.train import (  # noqa: E402
+    TrainConfig,
+    build_model,
+    make_batches,
+    pad_batch,
+    tokenize_texts,
+    train,
+)
 
 PRECISIONS = ("no", "bf16")
 
@@ -64,11 +78,85 @@ def run_trainer(config: TrainConfig, seqs, pad_id: int, out: Path) -> float:
     return trainer.train().metrics["train_runtime"]
 
 
+LAYOUTS = {
+    "default": {},
+    "group_by_length": {"group_by_length": True},
+    "packing": {"packing": True},
+}
+
+
+def mixed_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` texts of mixed length from biographies: a first sentence alone, one biography, or
+    two to six run together (about 15 to 500 tokens each)."""
+    import random
+
+    rng = random.Random(seed)
+    people = [r.text for r in generate_bios(BiosConfig(n=3 * n, seed=seed))[0]]
+    texts = []
+    for _ in range(n):
+        kind = rng.randrange(3)
+        if kind == 0:
+            texts.append(rng.choice(people).split(". ")[0] + ".")
+        else:
+            texts.append(" ".join(rng.sample(people, 1 if kind == 1 else rng.randint(2, 6))))
+    return texts
+
+
+def run_batching(args) -> None:
+    from elusive.corpus import Record
+    from elusive.models import make_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model == "tiny":
+            model = str(make_tiny_model(Path(tmp) / "tiny", hidden_size=256, layers=4))
+        tokenizer = load_tokenizer(model)
+        texts = mixed_texts(args.texts)
+        records = [Record(id=f"t{k}", text=text) for k, text in enumerate(texts)]
+        seqs = tokenize_texts(texts, tokenizer, None)
+        max_length = args.max_length or max(len(s) for s in seqs)
+        rows = {}
+        for name, option in LAYOUTS.items():
+            config = TrainConfig(
+                model=model, epochs=1, batch_size=8, max_length=max_length, **option
+            )
+            loader, order = make_batches(
+                seqs if config.packing else [s[:max_length] for s in seqs],
+                config,
+                tokenizer.pad_token_id,
+            )
+            order.set_epoch(1)  # the batches of the trained epoch
+            batches = [
+                [
+                    ids[:n].tolist()
+                    for ids, n in zip(
+                        b["input_ids"], b["attention_mask"].sum(1).tolist(), strict=True
+                    )
+                ]
+                for b in loader
+            ]
+            tokens = sum(len(row) for batch in batches for row in batch)
+            seconds = run_ours(config, records, Path(tmp) / name)
+            rows[name] = (len(batches), padded_share(batches), tokens, tokens / seconds)
+    print(f"model {args.model}, {len(texts)} texts of {min(map(len, seqs))}-"
+          f"{max(map(len, seqs))} tokens ({sum(map(len, seqs))} in all), batch 8, max_length "
+          f"{max_length}, one epoch, {torch.get_num_threads()} threads")  # fmt: skip
+    base = rows["default"][3]
+    for name, (batches, share, tokens, rate) in rows.items():
+        print(f"{name:15s}: {batches:3d} batches, padded share {share:6.1%}, {tokens} tokens, "
+              f"{rate:8.1f} tokens/s, x{rate / base:.2f} the default")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="a spec, or tiny")
     parser.add_argument("--texts", type=int, default=48, help="biographies (batch size 8)")
+    parser.add_argument("--batching", action="store_true", help="compare the batch layouts")
+    parser.add_argument("--max-length", type=int, default=None, help="--batching's max_length")
     args = parser.parse_args()
+    if args.batching:
+        run_batching(args)
+        return
 
     records = generate_bios(BiosConfig(n=args.texts, seed=0))[0]
     tokenizer = load_tokenizer(args.model)

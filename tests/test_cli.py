@@ -77,7 +77,7 @@ def _config_options():
     from elusive.augment import AugmentConfig
     from elusive.bios import BiosConfig
     from elusive.cloze import ProbeConfig
-    from elusive.config import ModelsSection
+    from elusive.config import CorpusSection, ModelsSection
     from elusive.options import AttentionConfig, EvalConfig, TrainConfig
     from elusive.squad import SquadConfig
 
@@ -90,7 +90,7 @@ def _config_options():
         "evaluate": [EvalConfig, TrainConfig],  # --dtype: the base weights, as in training
         "table1": [TrainConfig, EvalConfig],
         "squad convert": [SquadConfig],
-        "probes build": [ProbeConfig],
+        "probes build": [ProbeConfig, CorpusSection],
     }
     renamed = {("table1", "n"): (BiosConfig, "n"), ("table1", "bios_seed"): (BiosConfig, "seed")}
     for command in ("attention", "evaluate"):  # options of a run config's models section
@@ -346,3 +346,46 @@ def test_version_prints_the_installed_version():
 
     result = CliRunner().invoke(app, ["--version"])
     assert (result.exit_code, result.output) == (0, f"elusive {version('elusive')}\n")
+
+
+def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeypatch):
+    """`evaluate --baseline` writes the base model's evaluation into OUT/untrained and shows
+    it; without --adapter it is one error line; `table1` evaluates the base model into
+    OUT/eval/untrained, on the same questions."""
+    from elusive.evaluate import evaluate_model
+    from elusive.models import make_tiny_model
+
+    make_tiny_model(tmp_path / "tiny", seed=0)
+    monkeypatch.chdir(tmp_path)  # short paths: the tables' titles fit on a line
+    model, out = "tiny", Path("t1")
+    args = ["table1", "--model", model, "--out", str(out), "--n", "4", "--epochs", "1"]
+    result = runner.invoke(app, [*args, "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"Table 1: {model}, untrained" in result.output
+    assert str(out / "eval" / "untrained" / "metrics.json") in result.output
+    untrained = json.loads((out / "eval" / "untrained" / "metrics.json").read_text())
+    trained = json.loads((out / "eval" / "metrics.json").read_text())
+    assert untrained["model"] == model and untrained["adapter"] is None
+    assert untrained["scores"]["overall"]["n"] == trained["scores"]["overall"]["n"] == 20
+    qa = out / "data" / "qa.jsonl"
+    direct = evaluate_model(model, qa, tmp_path / "direct", progress=False)
+    assert (
+        untrained["scores"]
+        == json.loads((tmp_path / "direct" / "metrics.json").read_text())["scores"]
+    )
+    assert direct.scores["overall"].n == 20
+
+    evaluate = ["evaluate", "--model", model, "--qa", str(qa), "--max-new-tokens", "4"]
+    adapter = ["--adapter", str(out / "run" / "epoch-1")]
+    result = runner.invoke(app, [*evaluate, *adapter, "--out", str(tmp_path / "e"), "--baseline"])
+    assert result.exit_code == 0, result.output
+    assert f"closed-book QA: {model}, untrained" in result.output
+    for name in ("metrics.json", "predictions.jsonl"):
+        assert (tmp_path / "e" / name).is_file() and (tmp_path / "e" / "untrained" / name).is_file()
+    metrics = json.loads((tmp_path / "e" / "untrained" / "metrics.json").read_text())
+    assert metrics["adapter"] is None and metrics["config"]["max_new_tokens"] == 4
+
+    result = runner.invoke(app, [*evaluate, "--out", str(tmp_path / "e2"), "--baseline"])
+    assert result.exit_code == 2
+    assert "error: --baseline evaluates the base model of --adapter" in result.output
+    assert not (tmp_path / "e2").exists()

@@ -340,3 +340,35 @@ def test_cli_probes_build(tmp_path):
 def test_probe_items_as_qaitems():
     item = QAItem("x", "s", None, ("1821",), "date", "T: in", "date")
     assert item.question is None and item.kind == "date"
+
+
+def test_cli_probes_build_on_chunked_markdown_names_the_runs_passages(tmp_path):
+    """--chunk with --model: the probes are of the passages a run with that corpus.chunk
+    trains on (ids doc#k), and a line break ends a sentence (a heading is no prompt's start)."""
+    from elusive.chunking import chunk_records
+    from elusive.corpus import read_corpus
+    from elusive.models import load_tokenizer, make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny")
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    sections = [
+        f"## Part {j}\n\nThe mast {j} was raised on {j + 1} May 19{50 + j}. "
+        f"It is {j + 10} metres tall and weighs {j + 3} kg."
+        for j in range(4)
+    ]
+    (pages / "mast.md").write_text("# Mast Register\n\n" + "\n\n".join(sections) + "\n")
+    out = tmp_path / "probes.jsonl"
+    args = ["probes", "build", str(pages), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--chunk", "40"])
+    assert result.exit_code == 2 and "--chunk needs --model" in result.output
+    result = runner.invoke(app, [*args, "--chunk", "40", "--model", str(model)])
+    assert result.exit_code == 0, result.output
+    passages = chunk_records(read_corpus(pages), load_tokenizer(str(model)), 40)
+    assert len(passages) > 1
+    probes = read_qa(out, sources={p.id for p in passages})
+    assert {p.source_id for p in probes} == {p.id for p in passages}
+    for item in probes:
+        assert "#" not in item.cloze.split(": ", 1)[-1]  # no heading line in the prompt
+    dates = [p for p in probes if p.field == "date"]
+    assert [p.answers[0] for p in dates] == [f"{j + 1} May 19{50 + j}" for j in range(4)]

@@ -62,6 +62,12 @@ def write(tmp_path, **sections):
         ({"train": {"schedule": "cosin"}}, "train.schedule: must be one of"),
         ({"train": {"weight_decay": -1}}, "train.weight_decay: must be >= 0, got -1.0"),
         ({"train": {"lora_dropuot": 0.1}}, "train.lora_dropuot: unknown key (did you mean"),
+        ({"train": {"packing": "yes"}}, "train.packing: expected true or false, got 'yes'"),
+        (
+            {"train": {"packing": True, "group_by_length": True}},
+            "train.packing: makes every block max_length tokens long, so there are no lengths",
+        ),
+        ({"train": {"report_to": "wandb"}}, "train.report_to: must be one of ('none', 'tens"),
         ({"augment": {"alpha": [2]}}, "augment.alpha[0]: must be in [0, 1], got 2.0"),
         ({"augment": {"beta": [0.1, -1]}}, "augment.beta[1]: must be a finite number >= 0"),
         ({"augment": {"copies": -1}}, "augment.copies: must be >= 0, got -1"),
@@ -71,6 +77,12 @@ def write(tmp_path, **sections):
         ({"attention": {"batch_size": 0}}, "attention.batch_size: must be at least 1, got 0"),
         ({"attention": {"dtype": "float16"}}, "attention.dtype: must be one of float32"),
         ({"corpus": {"bios": {"n": 0}}}, "corpus.bios.n: must be at least 1, got 0"),
+        ({"corpus": {"chunk": 1}}, "corpus.chunk: must be in [2, train.max_length = 512]"),
+        (
+            {"corpus": {"chunk": 300}, "train": {"max_length": 256}},
+            "so that every passage trains whole, got 300",
+        ),
+        ({"corpus": {"text_field": ""}}, "corpus.text_field: is empty"),
         ({"report": {"analysis_texts": -1}}, "report.analysis_texts: must be >= 1, got -1"),
         (
             {"report": {"baselines": ["none", "positon"]}},
@@ -88,6 +100,12 @@ def test_a_bad_key_fails_at_load_naming_it(tmp_path, sections, message):
     assert str(err.value).startswith(f"{path}: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_corpus_path_needs_no_qa_file(tmp_path):
+    corpus = {"bios": None, "path": "wiki", "chunk": 256, "text_field": "body"}
+    config = load_config(write(tmp_path, corpus=corpus))
+    assert (config.corpus.qa, config.corpus.chunk, config.corpus.text_field) == (None, 256, "body")
 
 
 def test_cli_run_refuses_a_bad_config_before_any_stage(tmp_path):

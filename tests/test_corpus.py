@@ -1,9 +1,14 @@
 import json
+import re
+import sys
 
+import datasets  # the dev extra brings it
 import pytest
+from typer.testing import CliRunner
 
 from elusive.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios, load_pools, write_bios
-from elusive.corpus import read_corpus, read_qa
+from elusive.cli import app
+from elusive.corpus import markdown_headings, read_corpus, read_qa
 from elusive.io import CorpusError
 
 
@@ -153,11 +158,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, lines, message):
 def test_reader_rejects_missing_and_unknown_inputs(tmp_path):
     with pytest.raises(CorpusError, match="no such file"):
         read_corpus(tmp_path / "nope.jsonl")
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(CorpusError, match="expected a .jsonl file"):
-        read_corpus(tmp_path / "x.csv")
+    (tmp_path / "x.pdf").write_text("a,b\n")
+    with pytest.raises(CorpusError, match=r"expected a .md, .txt or .jsonl file"):
+        read_corpus(tmp_path / "x.pdf")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CorpusError, match="no .txt files"):
+    (tmp_path / "empty" / "notes.pdf").write_text("not read")
+    with pytest.raises(CorpusError, match=r"no .md, .txt or .jsonl files"):
         read_corpus(tmp_path / "empty")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9".encode("latin-1"))
@@ -258,3 +264,169 @@ def test_a_file_too_large_for_memory_is_a_corpus_error(tmp_path, monkeypatch):
     monkeypatch.setattr(type(path), "read_text", too_large)
     with pytest.raises(CorpusError, match=f"^{path}: too large to read into memory$"):
         read_corpus(path)
+
+
+# --------------------------------------------------------------------------- Markdown, folders
+
+
+def test_markdown_file_is_one_record_titled_by_its_first_heading(tmp_path):
+    page = tmp_path / "guide.md"
+    text = "Intro line.\n\n```python\n# not a heading\n```\n\n## Setup ##\n\nRun it.\n\n# Use\n"
+    page.write_text("\n" + text + "\n\n")
+    (record,) = read_corpus(page)
+    assert record.id == "guide.md"
+    assert record.text == text.strip()  # Markdown kept as text, headings included
+    assert record.meta == {"source": str(page), "title": "Setup"}
+    headings = markdown_headings(record.text)
+    assert [(h.level, h.title) for h in headings] == [(2, "Setup"), (1, "Use")]
+    for h in headings:
+        assert record.text[h.start : h.end].lstrip("#").strip().startswith(h.title)
+    untitled = tmp_path / "notes.md"
+    untitled.write_text("Just text, #not a heading.\n")
+    assert read_corpus(untitled)[0].meta["title"] == "notes"
+
+
+def test_folder_reads_markdown_text_and_jsonl_sorted_with_relative_ids(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "b.md").write_text("# Bee\n\nBees make honey.\n")
+    (docs / "a.txt").write_text("A plain text.\n\nIts second paragraph.")
+    (docs / "sub" / "c.jsonl").write_text(
+        json.dumps({"id": "x1", "text": "First line.", "title": "Ex"})
+        + "\n"
+        + json.dumps({"text": "Second line."})
+        + "\n"
+    )
+    (docs / "image.png").write_bytes(b"\x89PNG\0\0")  # not a corpus file: left alone
+    records = read_corpus(docs)
+    assert [r.id for r in records] == ["a.txt", "b.md", "x1", "sub/c.jsonl:line-2"]
+    assert records[0].text == "A plain text.\n\nIts second paragraph."  # one record a file
+    assert records[1].meta["title"] == "Bee" and records[1].text.startswith("# Bee")
+    assert records[2].meta == {"title": "Ex"}
+    lines = tmp_path / "one.jsonl"
+    lines.write_text(json.dumps({"text": "T.", "title": 3}) + "\n")
+    with pytest.raises(CorpusError, match=r"one.jsonl:1: field 'title' must be a string"):
+        read_corpus(lines)
+
+
+def test_text_field_names_the_jsonl_field(tmp_path):
+    lines = tmp_path / "c.jsonl"
+    lines.write_text(json.dumps({"id": "a", "body": "The body.", "text": "other"}) + "\n")
+    (record,) = read_corpus(lines, text_field="body")
+    assert record.text == "The body." and "body" not in record.meta
+    with pytest.raises(CorpusError, match=r"c.jsonl:1: missing field 'content'"):
+        read_corpus(lines, text_field="content")
+
+
+def _bad_inputs(tmp_path):
+    """(path, message) of each kind of bad document."""
+    cases = []
+    for name, data, message in [
+        ("empty.md", b"  \n\n", "empty text"),
+        ("empty.txt", b"", "empty text"),
+        ("binary.md", b"# Title\n\x00\x01\x02 data", r"a binary file \(it holds NUL bytes\)"),
+        ("binary.txt", bytes(range(256)), r"a binary file"),
+        ("latin1.md", "# Caf\xe9\n".encode("latin-1"), r"not UTF-8 text .* at byte 5"),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        cases.append((path, message))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Fine\n")
+    (folder / "bad.txt").write_bytes(b"\xff\xfe\x00t\x00")
+    cases.append((folder, "bad.txt: a binary file"))
+    return cases
+
+
+def test_bad_documents_are_one_line_naming_the_file(tmp_path):
+    for path, message in _bad_inputs(tmp_path):
+        with pytest.raises(CorpusError, match=message) as caught:
+            read_corpus(path)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bad_documents_exit_2_on_the_command_line_writing_nothing(tmp_path):
+    for path, message in _bad_inputs(tmp_path):
+        out = tmp_path / "out"
+        args = ["train", "--model", "m", "--corpus", str(path), "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith(f"error: {path}") and re.search(message, line)
+        assert not out.exists()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _dataset():
+    return datasets.Dataset.from_dict(
+        {
+            "id": ["d0", "d1"],
+            "body": ["First text here.", "Second text."],
+            "title": ["One", "Two"],
+            "n": [1, 2],
+        }
+    )
+
+
+@pytest.mark.parametrize("kind", ["saved", "parquet", "json", "csv"])
+def test_hugging_face_datasets_are_read_with_their_text_field(tmp_path, kind):
+    data = _dataset()
+    path = tmp_path / (kind if kind == "saved" else f"data.{kind}")
+    {
+        "saved": data.save_to_disk,
+        "parquet": data.to_parquet,
+        "json": data.to_json,
+        "csv": data.to_csv,
+    }[kind](str(path))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    records = read_corpus(path, text_field="body")
+    assert [(r.id, r.text, r.meta) for r in records] == [
+        ("d0", "First text here.", {"title": "One", "n": 1}),
+        ("d1", "Second text.", {"title": "Two", "n": 2}),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # reading writes nothing
+    with pytest.raises(CorpusError) as caught:
+        read_corpus(path)
+    assert str(caught.value) == (
+        f"{path}: the dataset has no field 'text' (its fields: id, body, title, n): name the "
+        "text field with --text-field (corpus.text_field)"
+    )
+
+
+def test_dataset_rows_without_ids_and_a_dataset_dict(tmp_path):
+    data = datasets.Dataset.from_dict({"text": ["a text", "  "]})
+    data.to_parquet(str(tmp_path / "d.parquet"))
+    with pytest.raises(CorpusError, match=r"d.parquet: row 1: field 'text' is empty"):
+        read_corpus(tmp_path / "d.parquet")
+    data = datasets.Dataset.from_dict({"text": ["a text", "more"]})
+    data.save_to_disk(str(tmp_path / "saved"))
+    assert [r.id for r in read_corpus(tmp_path / "saved")] == ["row-0", "row-1"]
+    datasets.DatasetDict({"train": data, "test": data}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(CorpusError, match=r"holds the splits train, test: give the folder of one"):
+        read_corpus(tmp_path / "dict")
+    (tmp_path / "latin1.csv").write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1.csv: cannot be read as a dataset \(not UTF-8"):
+        read_corpus(tmp_path / "latin1.csv")
+
+
+def test_without_the_datasets_package_the_error_says_what_to_install(tmp_path, monkeypatch):
+    _dataset().to_parquet(str(tmp_path / "d.parquet"))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
+    with pytest.raises(CorpusError) as caught:
+        read_corpus(tmp_path / "d.parquet", text_field="body")
+    assert str(caught.value) == (
+        f"{tmp_path / 'd.parquet'}: reading a Hugging Face dataset needs the datasets package: "
+        "pip install 'elusive[datasets]'"
+    )
+
+
+def test_cli_text_field_reaches_the_reader(tmp_path):
+    _dataset().to_parquet(str(tmp_path / "d.parquet"))
+    out = tmp_path / "scores"
+    args = ["attention", "--corpus", str(tmp_path / "d.parquet"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--model", "m", "--text-field", "nope"])
+    assert result.exit_code == 2 and "has no field 'nope' (its fields: id, body" in result.output
+    assert not out.exists()

@@ -364,3 +364,39 @@ def test_probes_without_questions_get_cloze_metrics_only(tiny_model_dir, tmp_pat
             model, tok, items, dataclasses.replace(config, probes=False), progress=False
         )
     assert off.warnings["probe_only"] == 6 and [r["id"] for r in off.predictions] == ["q"]
+
+
+def test_a_baseline_is_the_base_model_evaluated_untrained_beside(tmp_path):
+    """`evaluate_model(..., baseline=base)`: OUT holds the adapter's evaluation as without a
+    baseline, OUT/untrained what the base model alone gives, and both folders are checked
+    before any work."""
+    from elusive.evaluate import evaluate_model
+    from elusive.io import OutputError
+
+    base = make_tiny_model(tmp_path / "base", seed=0)
+    records, questions = generate_bios(BiosConfig(n=4, seed=1))
+    config = TrainConfig(model=str(base), epochs=1, batch_size=4, lr=1e-2)
+    last = train(config, records, tmp_path / "run", progress=False)
+    options = EvalConfig(max_new_tokens=4)
+    both = evaluate_model(
+        str(base), questions, tmp_path / "both", last, options, progress=False, baseline=str(base)
+    )
+    alone = evaluate_model(str(base), questions, tmp_path / "alone", last, options, progress=False)
+    untrained = evaluate_model(str(base), questions, tmp_path / "base-only", None, options)
+    for name in ("metrics.json", "predictions.jsonl"):
+        assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    got = json.loads((tmp_path / "both" / "untrained" / "metrics.json").read_text())
+    want = json.loads((tmp_path / "base-only" / "metrics.json").read_text())
+    assert got == want and got["adapter"] is None
+    assert (tmp_path / "both" / "untrained" / "predictions.jsonl").read_bytes() == (
+        tmp_path / "base-only" / "predictions.jsonl"
+    ).read_bytes()
+    assert both.scores == alone.scores and both.baseline.scores == untrained.scores
+    assert alone.baseline is None
+    # trained on the corpus, the adapter's answers are not the base model's
+    assert both.predictions != both.baseline.predictions
+
+    (tmp_path / "refused" / "untrained" / "metrics.json").mkdir(parents=True)
+    with pytest.raises(OutputError, match="untrained/metrics.json: is a folder"):
+        evaluate_model(str(base), questions, tmp_path / "refused", last, baseline=str(base))
+    assert not (tmp_path / "refused" / "metrics.json").exists()  # nothing evaluated first

@@ -1,6 +1,7 @@
 import importlib.metadata
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -68,14 +69,16 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     ):
         assert (report / name).stat().st_size > 0, name
     summary = json.loads((report / "report.json").read_text())
-    policies = {row["policy"] for row in summary["rows"]}
+    assert summary["rows"][0]["policy"] == "untrained"
+    policies = {row["policy"] for row in summary["rows"][1:]}
     assert policies == {"none", "random", "contrast", "shuffled"}
-    for row in summary["rows"]:
+    for row in summary["rows"][1:]:
         assert row["seeds"] == [0, 1]
         assert set(row["test"]) >= {"date", "company", "overall"}
         assert 0.0 <= row["test"]["overall"]["f1"] <= 1.0
         assert 0.0 <= row["test"]["company"]["cloze_choice"] <= 1.0  # the probes reach the report
-    # The study statistics: 9 test people x 2 seeds, every policy paired with none.
+    # The study statistics: 9 test people x 2 seeds, every policy paired with none (untrained
+    # only with itself as a baseline).
     study = summary["study"]["small"]
     assert study["seeds"] == [0, 1] and set(study["differences"]) == policies - {"none"}
     company = study["means"]["none"]["company"]["cloze_em"]
@@ -136,7 +139,8 @@ def test_interrupted_training_resumes_to_the_same_numbers(tmp_path, tiny_pair, m
     run = run_experiment(broken, progress=False, echo=lambda _: None)
 
     def metrics(root: str) -> dict:
-        (path,) = Path(root, "eval").rglob("metrics.json")
+        found = Path(root, "eval").rglob("metrics.json")
+        (path,) = (p for p in found if p.parent.name != "untrained")  # the trained one
         return json.loads(path.read_text())["scores"]
 
     assert metrics(run.root) == metrics(whole.out)
@@ -197,7 +201,7 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
     questions = [json.loads(line) for line in run.path("corpus", "qa.jsonl").open()]
     assert len(texts) == 5 and len(questions) == 13
     summary = json.loads(run.path("report", "report.json").read_text())
-    assert {row["policy"] for row in summary["rows"]} == {"none", "contrast"}
+    assert [row["policy"] for row in summary["rows"]] == ["untrained", "none", "contrast"]
     for row in summary["rows"]:
         assert row["test"]["overall"]["n"] > 0
     assert "## Table 2" in run.path("report", "report.md").read_text()
@@ -206,7 +210,8 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
 
 def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     """`accelerate launch`/`torchrun` with 2 CPU processes: both score, train (data parallel),
-    evaluate (two checkpoints one each, the third's questions shared) and analyse for the report;
+    evaluate (the untrained model and a checkpoint one each, the second checkpoint's questions
+    shared) and analyse for the report;
     the main process alone writes the corpus, augmentations and report, and prints."""
     import socket
     import subprocess
@@ -217,12 +222,7 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
         port = s.getsockname()[1]
     overrides = {
         "seeds": [0],
-        "augment": {
-            "policies": ["none", "random", "contrast"],
-            "copies": 2,
-            "alpha": [0.7],
-            "beta": [0.03],
-        },
+        "augment": {"policies": ["none", "contrast"], "copies": 2, "alpha": [0.7], "beta": [0.03]},
         "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
         "report": {"analysis_texts": 4},
     }
@@ -236,10 +236,10 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("[4/6] train") == 1  # one process prints
     root = tmp_path / "run"
-    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3
+    assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3  # untrained included
     assert "[6/6] report" in done.stdout
     summary = json.loads(root.joinpath("report", "report.json").read_text())
-    assert {row["policy"] for row in summary["rows"]} == {"none", "random", "contrast"}
+    assert [row["policy"] for row in summary["rows"]] == ["untrained", "none", "contrast"]
     assert summary["figures"]["analysis_texts"] == 4
     manifest = json.loads(root.joinpath("scores", "manifest.json").read_text())
     assert [p["rank"] for p in manifest["processes"]] == [0, 1]
@@ -282,7 +282,8 @@ def changed_since(before: dict[str, int], root: Path) -> set[str]:
 
 def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeypatch):
     """A run that failed in evaluation, rerun with its config fixed, keeps corpus, scores,
-    augmented corpora and training; each later edit redoes what depends on it, and says so."""
+    augmented corpora and training; each later edit redoes what depends on it, and says so.
+    The untrained model's evaluation is redone by an evaluate option alone."""
     import elusive.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
@@ -292,29 +293,35 @@ def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeyp
         with pytest.raises(ZeroDivisionError):
             run_experiment(config, progress=False, echo=lambda _: None)
 
-    def rerun(key: str, value) -> tuple[set[str], list[str]]:
+    untrained = Path(config.out, "eval", "small", "untrained", "metrics.json")
+
+    def rerun(key: str, value) -> tuple[set[str], list[str], bool]:
+        """What the edit redid: the stages' folders, the lines said, whether untrained."""
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
         before, lines = snapshot(Path(config.out)), []
+        was = untrained.stat().st_mtime_ns if untrained.exists() else None
         run_experiment(config, progress=False, echo=lines.append)
-        return changed_since(before, Path(config.out)), lines
+        return changed_since(before, Path(config.out)), lines, untrained.stat().st_mtime_ns != was
 
-    changed, lines = rerun("evaluate.max_new_tokens", 4)  # "the fix"
-    assert changed == {"eval/small"}
+    changed, lines, redone = rerun("evaluate.max_new_tokens", 4)  # "the fix"
+    assert changed == {"eval/small"} and redone
     assert "evaluate.max_new_tokens (6 -> 4)" in lines[0]
-    changed, lines = rerun("evaluate.max_new_tokens", 5)
-    assert changed == {"eval/small"}
-    assert any("evaluate: redoing 2 made from other inputs" in line for line in lines)
+    changed, lines, redone = rerun("evaluate.max_new_tokens", 5)
+    assert changed == {"eval/small"} and redone
+    assert any("evaluate: redoing 3 made from other inputs" in line for line in lines)
     # A scoring batch size gives the same scores: nothing after them is redone.
-    changed, lines = rerun("attention.batch_size", 3)
-    assert changed == {"scores/scores.jsonl", "scores/manifest.json"}
-    changed, lines = rerun("augment.copies", 1)
-    assert changed == {"augment/small", "train/small", "eval/small"}
-    changed, lines = rerun("train.epochs", [2])  # a new largest epoch: its schedule differs
-    assert changed == {"train/small", "eval/small"}
+    changed, lines, redone = rerun("attention.batch_size", 3)
+    assert changed == {"scores/scores.jsonl", "scores/manifest.json"} and not redone
+    changed, lines, redone = rerun("augment.copies", 1)
+    assert changed == {"augment/small", "train/small", "eval/small"} and not redone
+    changed, lines, redone = rerun("train.epochs", [2])  # a new largest epoch: its schedule differs
+    assert changed == {"train/small", "eval/small"} and not redone
     assert any("train: redoing 2 made from other inputs" in line for line in lines)
-    changed, lines = rerun("train.epochs", [1, 2])  # a checkpoint below it: evaluated only
-    assert changed == {"eval/small"}
+    changed, lines, redone = rerun("train.epochs", [1, 2])  # a checkpoint below it: evaluated only
+    assert changed == {"eval/small"} and not redone
+    changed, lines, redone = rerun("train.warmup", 0.2)  # a scalar train option
+    assert changed == {"train/small", "eval/small"} and not redone
 
 
 def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
@@ -340,6 +347,25 @@ def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
     with pytest.raises(ConfigError, match="made by an older elusive with a different config"):
         Run(config).open()
     assert json.loads(run.manifest_path.read_text()) == manifest
+
+
+def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, tiny_pair):
+    """`train.report_to` changes what a training run logs, not its weights: no training
+    fingerprint changes with it; `train.packing` changes every one."""
+    import dataclasses
+
+    from elusive.runs import Run, fingerprints
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+
+    def prints(**train):
+        changed = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+        return fingerprints(Run(changed, tmp_path / "run"), "train")
+
+    before = prints()
+    assert prints(report_to="tensorboard") == before
+    packed = prints(packing=True)
+    assert packed.keys() == before.keys() and all(packed[k] != before[k] for k in before)
 
 
 def test_options_added_since_leave_the_study_folder_hash_as_it_was_recorded():
@@ -634,3 +660,205 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
     report = run.path("report", "report.md").read_text()
     assert "## Span-cloze probes" in report and "### cloze EM" in report
     assert "| date cloze EM |" in report and "| overall cloze logprob |" in report
+
+
+def _corpus_stage_only(monkeypatch) -> None:
+    import elusive.pipeline as pipeline
+
+    for stage in ("attention", "augment", "train", "evaluate", "report"):
+        monkeypatch.setattr(pipeline, f"stage_{stage}", lambda *a, **k: "not run here")
+
+
+def test_corpus_chunk_cuts_markdown_documents_into_passages(tmp_path, tiny_pair, monkeypatch):
+    from elusive.chunking import sequence_length
+    from elusive.corpus import read_corpus
+    from elusive.io import write_jsonl
+    from elusive.models import load_tokenizer
+    from elusive.runs import Run, fingerprints
+
+    _corpus_stage_only(monkeypatch)
+    pages = tmp_path / "wiki"
+    pages.mkdir()
+    for k in range(3):
+        sections = [f"## Part {j}\n\n" + f"Fact {j} of page {k} is here. " * 12 for j in range(3)]
+        (pages / f"page{k}.md").write_text(f"# Page {k}\n\n" + "\n\n".join(sections))
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [{"source_id": f"page{k}.md", "question": f"Q{k}?", "answer": "a"} for k in range(3)],
+    )
+    corpus = {"path": str(pages), "qa": str(qa), "chunk": 40}
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus=corpus, validation=0.3)
+    config = load_config(path)
+    run_experiment(config, progress=False, echo=lambda _: None)
+    passages = read_corpus(tmp_path / "run" / "corpus" / "corpus.jsonl")
+    tokenizer = load_tokenizer(tiny_pair[1])  # the trained (small) model's
+    documents = read_corpus(pages)
+    for document in documents:
+        mine = [p for p in passages if p.meta["doc_id"] == document.id]
+        assert len(mine) > 3 and "".join(p.text for p in mine) == document.text
+        assert [p.id for p in mine] == [f"{document.id}#{k}" for k in range(len(mine))]
+        assert all(sequence_length(tokenizer, p.text) <= 40 for p in mine)
+        assert {p.meta["title"] for p in mine} == {"Part 0", "Part 1", "Part 2"}
+    # a changed chunk, or another tokenizer for it, redoes the corpus (and what follows)
+    before = fingerprints(Run(config), "corpus")
+    config.corpus.chunk = 60
+    assert fingerprints(Run(config), "corpus") != before
+    config.corpus.chunk = 40
+    config.models.small = tiny_pair[0]
+    assert fingerprints(Run(config), "corpus") != before
+    config.corpus.chunk, config.models.small = None, tiny_pair[1]
+    config.train.max_length = 1024  # whole pages fit
+    lines = []
+    run_experiment(config, progress=False, echo=lines.append)
+    assert any("corpus: redoing 1 made from other inputs: corpus" in line for line in lines)
+    assert [r.id for r in read_corpus(tmp_path / "run" / "corpus" / "corpus.jsonl")] == [
+        d.id for d in documents
+    ]
+
+
+def test_a_text_longer_than_max_length_fails_the_corpus_stage_writing_nothing(
+    tmp_path, tiny_pair, monkeypatch
+):
+    from elusive.io import CorpusError, write_jsonl
+
+    _corpus_stage_only(monkeypatch)
+    long = "Many words follow here. " * 40
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl", [{"id": "a", "text": "Short."}, {"id": "b", "text": long}]
+    )
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [{"source_id": i, "question": "Who?", "answer": "x"} for i in "ab"],
+    )
+    train = {"lr": [1e-3], "epochs": [1], "max_length": 64}
+    path = write_config(
+        tmp_path / "c.yaml", tiny_pair, corpus={"path": str(corpus), "qa": str(qa)}, train=train
+    )
+    with pytest.raises(CorpusError) as caught:
+        run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    assert re.fullmatch(
+        r"text 'b' is \d+ tokens long for model .*small \(BOS and EOS included\), more than "
+        r"train.max_length 64: set corpus.chunk to cut texts into passages, or raise "
+        r"train.max_length",
+        str(caught.value),
+    )
+    assert not list((tmp_path / "run").glob("corpus/*"))
+    with pytest.raises(ConfigError, match=r"corpus.chunk: must be in \[2, train.max_length = 64\]"):
+        load_config(path, ["corpus.chunk=65"])
+    load_config(path, ["corpus.chunk=64"])
+
+
+def person_mean(rows: list[dict], person: str, metric: str, field: str = "company") -> float:
+    """A person's mean `metric` over their questions on `field`."""
+    values = [r[metric] for r in rows if r["source_id"] == person and r["field"] == field]
+    return sum(values) / len(values)
+
+
+def test_the_untrained_row_leads_the_report_and_is_one_evaluation(tmp_path, tiny_pair):
+    """Every run evaluates the trained role's base model, untrained, once: eval/small/untrained
+    holds what a direct `evaluate_qa` of the tiny model on the run's questions gives; it is the
+    first row of every table, its means have CIs over the test people, `report.baselines:
+    [untrained]` pairs each policy with it unit by unit (checked against a loop), and a run with
+    other policies and seeds gets the very same evaluation."""
+    from elusive.corpus import read_qa
+    from elusive.evaluate import evaluate_qa, load_for_eval
+
+    grid_ = {**SMALL_GRID, "seeds": [0, 1]}
+    grid_["report"] = {"analysis_texts": 4, "baselines": ["untrained", "none"]}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **grid_))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    folder = run.path("eval", "small", "untrained")
+    found = [json.loads(line) for line in (folder / "predictions.jsonl").open()]
+    model, tokenizer = load_for_eval(tiny_pair[1])
+    questions = read_qa(run.path("corpus", "qa.jsonl"))
+    direct = evaluate_qa(model, tokenizer, questions, config.evaluate, progress=False)
+    assert found == json.loads(json.dumps(direct.predictions))
+    assert json.loads((folder / "metrics.json").read_text())["untrained"]["role"] == "small"
+
+    summary = json.loads(run.path("report", "report.json").read_text())
+    rows = summary["rows"]
+    assert [r["policy"] for r in rows] == ["untrained", "none", "contrast"]
+    first = rows[0]
+    assert first["seeds"] == [] and first["lr"] is None and first["epochs"] == 0
+    test_ids = set(json.loads(run.path("corpus", "split.json").read_text())["test"])
+    tested = [row for row in direct.predictions if row["source_id"] in test_ids]
+    for field in ("company", "overall"):
+        mine = [r for r in tested if field == "overall" or r["field"] == field]
+        score = first["test"][field]
+        assert score["n"] == len(mine)
+        for metric in ("em", "f1", "cloze_em", "choice", "logprob"):
+            assert score[metric] == pytest.approx(sum(r[metric] for r in mine) / len(mine))
+            assert score[f"{metric}_std"] is None  # no seeds, no spread
+    text = run.path("report", "report.md").read_text()
+    for title in ("## Table 2", "## Knowledge probes", "## All fields"):
+        table = text.split(title, 1)[1].split("\n|", 3)
+        assert table[3].startswith(f" {tiny_pair[1]} | untrained | - | - | - | 0 |"), title
+    assert "untrained: the base model before any training" in text
+
+    # The study: untrained first with CIs over the test people, each policy paired with it.
+    study = summary["study"]["small"]
+    assert study["baseline"] == "untrained" and list(study["means"])[0] == "untrained"
+    assert set(study["differences"]) == {"none", "contrast"}
+    assert "### Paired differences against untrained" in text
+    people = sorted(test_ids)
+    for policy in ("none", "contrast"):
+        (chosen,) = [r for r in rows if r["policy"] == policy]
+        trained = {}
+        for seed in (0, 1):
+            cell = [c for c in grid(config) if c.policy == policy and c.seed == seed][0]
+            path = run.path("eval", f"{cell.train_tag}_e{chosen['epochs']}", "predictions.jsonl")
+            trained[seed] = [json.loads(line) for line in path.open()]
+        for metric in ("em", "logprob"):
+            by_person = []
+            for person in people:
+                base = person_mean(found, person, metric)
+                per_seed = [person_mean(trained[s], person, metric) - base for s in (0, 1)]
+                by_person.append(sum(per_seed) / 2)
+            cell = study["differences"][policy]["company"][metric]
+            assert cell["mean"] == pytest.approx(sum(by_person) / len(by_person), abs=1e-12)
+            assert cell["n_people"] == len(people) and cell["low"] <= cell["mean"] <= cell["high"]
+    base_means = study["means"]["untrained"]["company"]["em"]
+    assert base_means["n_people"] == len(people)
+    assert base_means["mean"] == pytest.approx(first["test"]["company"]["em"])
+    # Against none as well: untrained's means lead that table too, but it is not paired there.
+    against_none = summary["other_baselines"]["small"]["none"]
+    assert list(against_none["means"])[0] == "untrained"
+    assert set(against_none["differences"]) == {"contrast"}
+    assert against_none["means"]["untrained"] == study["means"]["untrained"]
+
+    # Other policies and seeds, another folder: the same evaluation, byte for byte.
+    other = {**grid_, "seeds": [3], "report": {"analysis_texts": 4}}
+    other["augment"] = {**grid_["augment"], "policies": ["random"]}
+    other_config = load_config(write_config(tmp_path / "o.yaml", tiny_pair, **other))
+    other_config.out = str(tmp_path / "other")
+    other_run = run_experiment(other_config, progress=False, echo=lambda _: None)
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (
+            other_run.path("eval", "small", "untrained", name).read_bytes()
+            == (folder / name).read_bytes()
+        )
+    other_summary = json.loads(other_run.path("report", "report.json").read_text())
+    assert other_summary["rows"][0] == first
+
+
+def test_probes_of_passages_from_probes_build_are_a_chunked_runs_qa(
+    tmp_path, tiny_pair, monkeypatch
+):
+    """`elusive probes build --chunk N --model M` names the passages a run with corpus.chunk N
+    cuts: given back as corpus.qa, its probes split the passages into validation and test."""
+    from elusive.cloze import probe_file
+
+    _corpus_stage_only(monkeypatch)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for k, town in enumerate(TOWNS.items()):
+        (pages / f"p{k}.md").write_text(f"# {town[0]}\n\n{town[1]}\n\n{town[1]}\n")
+    probes = tmp_path / "probes.jsonl"
+    probe_file(pages, probes, chunk=24, model=tiny_pair[1])
+    corpus = {"path": str(pages), "qa": str(probes), "chunk": 24}
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus=corpus, validation=0.3)
+    run = run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    passages = {json.loads(line)["id"] for line in run.path("corpus", "corpus.jsonl").open()}
+    split = json.loads(run.path("corpus", "split.json").read_text())
+    assert set(split["validation"] + split["test"]) <= passages
+    assert all("#" in source for source in split["test"])

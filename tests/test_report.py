@@ -98,3 +98,74 @@ def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
     lines = markdown_tables(summary).splitlines()
     probe_row = next(line for line in lines if line.startswith("| tiny") and "0.25" in line)
     assert probe_row.endswith("| - | 0.25 |")
+
+
+def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """After tiny training runs laid out as a run folder: loss-small.png with one line per
+    (policy, seed) of the chosen settings, the steps of each run's log.json; the untrained
+    reference row, which trained nothing, is left out."""
+    import json
+
+    import elusive.report as report_module
+    from elusive.config import RunConfig
+    from elusive.report import loss_curves
+    from elusive.runs import Cell, Run
+    from elusive.train import TrainConfig, train
+
+    run = Run(RunConfig(), tmp_path / "run")
+    records = generate_bios(BiosConfig(n=8, seed=1))[0]
+    rows = [
+        {"role": "small", "policy": "none", "alpha": None, "beta": None, "lr": 1e-2},
+        {"role": "small", "policy": "random", "alpha": 0.5, "beta": None, "lr": 1e-2},
+    ]
+    logs = {}
+    for row in rows:
+        row["seeds"] = [0, 1]
+        for seed in row["seeds"]:
+            cell = Cell(row["role"], row["policy"], row["alpha"], row["beta"], row["lr"], seed)
+            config = TrainConfig(
+                model=str(tiny_model_dir), epochs=2, lr=1e-2, batch_size=4, seed=seed,
+                mixed_precision="no",
+            )  # fmt: skip
+            train(config, records, run.path("train", cell.train_tag), progress=False)
+            log = json.loads(run.path("train", cell.train_tag, "log.json").read_text())
+            logs[f"{row['policy']} seed {seed}"] = [(s["step"], s["loss"]) for s in log["steps"]]
+    untrained = {"role": "small", "policy": "untrained", "alpha": None, "beta": None}
+    rows.append({**untrained, "lr": None, "seeds": [0, 1]})
+    drawn = []
+    plot = report_module.plot_loss_curves
+    monkeypatch.setattr(
+        report_module,
+        "plot_loss_curves",
+        lambda curves, title, out: drawn.append(curves) or plot(curves, title, out),
+    )
+    written, lines = loss_curves(run, rows, run.path("report"))
+    assert written == [run.path("report", "loss-small.png")]
+    assert (
+        written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[0].stat().st_size > 10_000
+    )
+    assert drawn == [logs] and len(logs) == 4 and all(len(p) == 4 for p in logs.values())
+    assert lines == [
+        f"- [loss-small.png](loss-small.png): training loss per optimizer step of "
+        f"{run.config.models.small} (small), one line per policy (at its chosen setting) and seed."
+    ]
+
+
+def test_the_untrained_row_comes_first_without_a_spread():
+    from elusive.report import markdown_tables
+
+    row = {"role": "small", "model": "tiny", "alpha": None, "beta": None}
+    untrained = {**row, "policy": "untrained", "lr": None, "epochs": 0, "seeds": []}
+    untrained["test"] = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
+    trained = {**row, "policy": "none", "lr": 1e-3, "epochs": 2, "seeds": [0, 1]}
+    trained["test"] = {"overall": {"n": 4, "em": 0.5, "em_std": 0.1, "f1": 0.75, "f1_std": 0.0}}
+    summary = {"rows": [untrained, trained], "select_on": [], "select_metric": "f1", "study": {}}
+    text = markdown_tables(summary)
+    assert "mean ± std over seeds [0, 1]. untrained: the base model before any training" in text
+    lines = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert lines[:2] == [
+        "| tiny | untrained | - | - | - | 0 | 0.25 | 0.50 |",
+        "| tiny | none | - | - | 0.001 | 2 | 0.50 ± 0.10 | 0.75 |",
+    ]

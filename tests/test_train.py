@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from typer.testing import CliRunner
 from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
 from elusive.evaluate import load_for_eval
-from elusive.io import DroppedDataWarning
 from elusive.models import (
     ModelSpecError,
     load_model,
@@ -31,6 +31,7 @@ from elusive.train import (
     _check_run_dir,
     _run_record,
     last_epoch,
+    make_batches,
     make_scheduler,
     pad_batch,
     tokenize_texts,
@@ -350,23 +351,22 @@ def test_run_json_waits_for_the_model_and_compares_resolved_paths(
         train(_config("qwen2.5-coder-0.5b", epochs=1), records, run, progress=False)
 
 
-def test_truncation_is_warned_and_logged(tiny_model_dir, records, tmp_path):
+def test_a_text_longer_than_max_length_is_refused_not_cut(tiny_model_dir, records, tmp_path):
     tokenizer = load_model(tiny_model_dir)[1]
     lengths = [len(s) for s in tokenize_texts([r.text for r in records], tokenizer, None)]
     limit = sorted(lengths)[len(lengths) // 2]  # about half the texts are longer
-    longer = [n - limit for n in lengths if n > limit]
-    assert longer
+    first = next(n for n, length in enumerate(lengths) if length > limit)
     config = _config(tiny_model_dir, epochs=1, max_length=limit)
-    with pytest.warns(DroppedDataWarning, match=f"{len(longer)} of {len(records)} texts"):
+    with pytest.raises(TrainError) as caught:
         train(config, records, tmp_path / "run", progress=False)
-    log = json.loads((tmp_path / "run" / "log.json").read_text())
-    assert log["truncation"] == {
-        "max_length": limit,
-        "texts_cut": len(longer),
-        "texts": len(records),
-        "tokens_cut": sum(longer),
-        "tokens": sum(lengths),
-    }
+    assert str(caught.value) == (
+        f"text {records[first].id!r} is {lengths[first]} tokens long (BOS and EOS included), "
+        f"more than max_length {limit}: cut the corpus into passages (corpus.chunk in a run "
+        "config) or raise --max-length (train.max_length)"
+    )
+    assert not (tmp_path / "run").exists()  # nothing written
+    config = _config(tiny_model_dir, epochs=1, max_length=max(lengths))  # every text fits
+    assert train(config, records, tmp_path / "run", progress=False).is_dir()
 
 
 def test_train_and_evaluate_raise_no_peft_deprecation_warning(tiny_model_dir, records, tmp_path):
@@ -423,13 +423,16 @@ def test_a_run_folder_from_before_an_option_resumes(tiny_model_dir, records, tmp
 NO_BNB = "--quantize 4bit needs bitsandbytes, which is not installed"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed"
-)
-def test_qlora_without_bitsandbytes_fails_in_one_line(tiny_model_dir, records, tmp_path):
+def test_qlora_without_bitsandbytes_fails_in_one_line(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """As where bitsandbytes is not installed: a None in sys.modules makes `find_spec` find
+    nothing and an import fail, whether or not it is installed here."""
     from elusive.config import ConfigError, load_config
 
-    with pytest.raises(TrainError, match="^" + NO_BNB):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    assert importlib.util.find_spec("bitsandbytes") is None
+    with pytest.raises(TrainError, match="^" + NO_BNB + r" \(pip install \"elusive\[qlora\]\""):
         train(_config(tiny_model_dir, quantize="4bit"), records, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(
@@ -439,11 +442,95 @@ def test_qlora_without_bitsandbytes_fails_in_one_line(tiny_model_dir, records, t
     )  # fmt: skip
     assert result.exit_code == 2
     assert result.output.startswith("error: " + NO_BNB) and result.output.count("\n") == 1
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--qa", str(tmp_path / "qa.jsonl"),
+         "--out", str(tmp_path / "eval"), "--quantize", "4bit"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and NO_BNB in result.output
     config = tmp_path / "c.yaml"
     models = {"large": str(tiny_model_dir), "small": str(tiny_model_dir)}
     config.write_text(json.dumps({"models": models, "train": {"quantize": "4bit"}}))
     with pytest.raises(ConfigError, match="c.yaml: train.quantize: 4bit needs bitsandbytes"):
         load_config(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_qlora_trains_resumes_exactly_and_evaluates(tiny_model_dir, records, tmp_path, monkeypatch):
+    """``quantize: 4bit`` on the CPU (bitsandbytes 0.50): LoRA trains over NF4 `Linear4bit`
+    layers, an interrupted run resumes to the uninterrupted one's adapter and losses, and the
+    adapter evaluates over the 4-bit base (what training computed) and merged into the
+    unquantized base (what `elusive run` evaluates and `elusive export` writes)."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+    from peft import PeftModel
+
+    import elusive.train as train_module
+
+    config = _config(
+        tiny_model_dir, quantize="4bit", batch_size=2, grad_accum=2, lora_dropout=0.1, warmup=0.3
+    )
+    step, seen = train_module._train_step, []
+    monkeypatch.setattr(
+        train_module, "_train_step", lambda model, batch: seen.append(model) or step(model, batch)
+    )
+    whole = train(config, records, tmp_path / "whole", progress=False)
+    trained = seen[-1].eval()
+    quantized = [m for m in trained.modules() if isinstance(m, Linear4bit)]
+    assert len(quantized) == 7 * 2  # q, k, v, o, gate, up, down of each layer
+    assert all(isinstance(m.weight, Params4bit) and not m.weight.requires_grad for m in quantized)
+    assert {n.split(".")[-2] for n, p in trained.named_parameters() if p.requires_grad} == {
+        "default"
+    }  # lora_A.default, lora_B.default: only the adapter trains
+    log = json.loads((tmp_path / "whole" / "log.json").read_text())
+    assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+
+    calls = []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 9:  # the 3rd micro-batch of epoch 2 (6 per epoch)
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1
+    monkeypatch.setattr(train_module, "_train_step", step)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    steps = [json.loads((d.parent / "log.json").read_text())["steps"] for d in (whole, resumed)]
+    for x, y in zip(*steps, strict=True):
+        assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
+
+    ids = torch.tensor([[3, 17, 42, 99, 5, 250]])
+    with torch.no_grad(), quiet_peft():
+        want = trained(input_ids=ids).logits
+        over_4bit, _ = load_for_eval(str(tiny_model_dir), whole, quantize="4bit")
+        assert isinstance(over_4bit, PeftModel)  # not merged: that would round to 4 bits again
+        got_4bit = over_4bit(input_ids=ids).logits
+        base, _ = load_model(tiny_model_dir)
+        unmerged = PeftModel.from_pretrained(base, whole)(input_ids=ids).logits
+        merged, _ = load_for_eval(str(tiny_model_dir), whole)
+        got_merged = merged(input_ids=ids).logits
+    torch.testing.assert_close(got_4bit, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_merged, unmerged, rtol=1e-4, atol=1e-4)
+    # the two differ by the base's rounding to 4 bits, which is what QLoRA saves memory by
+    assert not torch.allclose(got_merged, got_4bit, atol=1e-3)
+
+    people, qa = write_bios(BiosConfig(n=2, seed=3), tmp_path / "data")
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(whole), "--qa", str(qa),
+         "--out", str(tmp_path / "eval"), "--max-new-tokens", "3", "--quantize", "4bit"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["quantize"] == "4bit" and metrics["scores"]["overall"]["n"] == 10
 
 
 def test_qlora_is_lora_only(tiny_model_dir):
@@ -681,3 +768,270 @@ def test_a_nan_loss_stops_training_naming_the_step_and_saves_no_epoch(
     )
     assert last_epoch(tmp_path / "run") == 0
     assert not list((tmp_path / "run").glob("*epoch-*"))
+
+
+# --------------------------------------------------------------------------- batching options
+
+REFERENCE = Path(__file__).parent / "data" / "train_default_reference.json"
+"""Losses, learning rates and adapter sums of a default run (`_reference_config`), made by the
+code before `packing` and `group_by_length` existed, with the epochs' text orders."""
+
+
+def _reference_config(model_dir, **overrides) -> TrainConfig:
+    return _config(model_dir, epochs=2, lora_dropout=0.1, **overrides)
+
+
+def test_the_default_path_trains_as_the_saved_reference(tiny_model_dir, records, tmp_path):
+    """Both options off (explicitly, as the defaults): the same shuffles, losses and adapter as
+    before they existed (those bytes were compared equal when the reference was made; numbers
+    are compared here within float noise, so that another CPU or a GPU passes)."""
+    want = json.loads(REFERENCE.read_text())
+    for epoch, order in want["epoch_orders_n12_seed0"].items():
+        sampler = EpochShuffle(12, seed=0)
+        sampler.set_epoch(int(epoch))
+        assert list(sampler) == order
+    arch = load_model(tiny_model_dir)[0].config.model_type
+    config = _reference_config(tiny_model_dir, packing=False, group_by_length=False)
+    last = train(config, records, tmp_path / "run", progress=False)
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [s["loss"] for s in log["steps"]] == pytest.approx(want[arch]["losses"], rel=1e-5)
+    assert [s["lr"] for s in log["steps"]] == pytest.approx(want[arch]["lrs"], rel=1e-12)
+    adapter = _adapter(last.parent, 2)
+    assert sorted(adapter) == sorted(want[arch]["adapter"])
+    for key, (total, size) in want[arch]["adapter"].items():
+        value = adapter[key].double()
+        assert value.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4), key
+        assert value.abs().sum().item() == pytest.approx(size, rel=1e-5), key
+
+
+def _epoch_rows(loader, order, epoch) -> list[list[int]]:
+    """The unpadded rows of one epoch's micro-batches, as lists of token ids."""
+    order.set_epoch(epoch)
+    rows = []
+    for batch in loader:
+        for ids, mask, labels in zip(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
+        ):
+            n = int(mask.sum())
+            assert mask[:n].all() and not mask[n:].any()  # padded on the right only
+            assert labels[:n].tolist() == ids[:n].tolist()  # every real token is a target
+            assert (labels[n:] == -100).all()
+            rows.append(ids[:n].tolist())
+    return rows
+
+
+def test_packing_blocks_are_max_length_and_hold_every_token_once(tiny_model_dir, records):
+    _, tok = load_model(tiny_model_dir)
+    texts = [r.text for r in records]
+    config = _config(tiny_model_dir, packing=True, max_length=40, batch_size=3)
+    seqs = tokenize_texts(texts, tok, None)
+    assert max(len(s) for s in seqs) > 40  # some texts run on into the next block
+    loader, order = make_batches(seqs, config, tok.pad_token_id)
+    epochs = []
+    for epoch in (1, 2):
+        blocks = _epoch_rows(loader, order, epoch)
+        assert all(len(b) == 40 for b in blocks[:-1]) and 1 <= len(blocks[-1]) <= 40
+        # the slow reference: each text of the epoch's shuffle tokenized alone, then EOS
+        perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(epoch))
+        stream = []
+        for index in perm.tolist():
+            stream += tok(texts[index])["input_ids"] + [tok.eos_token_id]
+        assert [t for b in blocks for t in b] == stream
+        assert stream.count(tok.eos_token_id) == len(texts)  # one EOS after every text
+        epochs.append(blocks)
+    assert epochs[0] != epochs[1]
+
+
+def test_length_grouped_batches_hold_the_epochs_texts_with_less_padding(tiny_model_dir):
+    from elusive.batches import padded_share
+
+    _, tok = load_model(tiny_model_dir)
+    people = generate_bios(BiosConfig(n=48, seed=5))[0]
+    # a mixed-length corpus: a first sentence alone, or one to four biographies run together
+    texts = [
+        p.text.split(". ")[0] + "." if k % 2 else " ".join(q.text for q in people[k : k + k % 5])
+        for k, p in enumerate(people)
+    ]
+    seqs = tokenize_texts(texts, tok, 512)
+    plain_loader, plain_order = make_batches(seqs, _config(tiny_model_dir), tok.pad_token_id)
+    config = _config(tiny_model_dir, group_by_length=True)
+    loader, order = make_batches(seqs, config, tok.pad_token_id)
+    assert len(loader) == len(plain_loader) == 12
+    shares = {}
+    for name, (lo, od) in {
+        "plain": (plain_loader, plain_order),
+        "grouped": (loader, order),
+    }.items():
+        rows, batches = [], []
+        for epoch in (1, 2):
+            od.set_epoch(epoch)
+            for batch in lo:
+                n = batch["attention_mask"].sum(1).tolist()
+                batches.append(
+                    [ids[:k].tolist() for ids, k in zip(batch["input_ids"], n, strict=True)]
+                )
+                rows += batches[-1]
+        assert sorted(rows) == sorted(seqs + seqs)  # each text once an epoch
+        shares[name] = padded_share(batches)
+    assert shares["grouped"] < shares["plain"] / 2
+
+
+@pytest.mark.parametrize(
+    "options", [{"packing": True, "max_length": 40}, {"group_by_length": True}], ids=str
+)
+def test_resume_with_a_batching_option_equals_uninterrupted(
+    tiny_model_dir, records, tmp_path, monkeypatch, options
+):
+    import elusive.train as train_module
+
+    config = _config(tiny_model_dir, batch_size=2, grad_accum=2, lora_dropout=0.1, **options)
+    _, tok = load_model(tiny_model_dir)
+    loader, _ = make_batches(tokenize_texts([r.text for r in records], tok, None), config, 0)
+    per_epoch = len(loader)
+    whole = train(config, records, tmp_path / "whole", progress=False)
+
+    step, calls = train_module._train_step, []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == per_epoch + 2:  # the 2nd micro-batch of epoch 2
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, records, tmp_path / "cut", progress=False)
+    assert last_epoch(tmp_path / "cut") == 1
+    monkeypatch.setattr(train_module, "_train_step", step)
+    resumed = train(config, records, tmp_path / "cut", progress=False)
+
+    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    logs = [json.loads((d.parent / "log.json").read_text()) for d in (whole, resumed)]
+    steps = -(-per_epoch // 2)
+    assert [s["step"] for s in logs[1]["steps"]] == list(range(1, 3 * steps + 1))
+    for x, y in zip(logs[0]["steps"], logs[1]["steps"], strict=True):
+        assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
+
+
+def test_the_loss_log_has_a_line_per_step_and_their_epoch_means(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """With packing, 3 micro-batches of blocks per optimizer step: one log line per step, and
+    each epoch's loss is the mean of its steps'; each step's is its micro-batches' mean."""
+    import elusive.train as train_module
+
+    config = _config(tiny_model_dir, packing=True, max_length=32, batch_size=2, grad_accum=3)
+    _, tok = load_model(tiny_model_dir)
+    loader, _ = make_batches(tokenize_texts([r.text for r in records], tok, None), config, 0)
+    per_epoch = -(-len(loader) // 3)
+    losses, step = [], train_module._train_step
+
+    def recorded(model, batch):
+        loss = step(model, batch)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(train_module, "_train_step", recorded)
+    train(config, records, tmp_path / "run", progress=False)
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [s["step"] for s in log["steps"]] == list(range(1, 3 * per_epoch + 1))
+    groups = [losses[e * len(loader) : (e + 1) * len(loader)] for e in range(3)]
+    want = [
+        sum(g[k : k + 3]) / len(g[k : k + 3]) for g in groups for k in range(0, len(g), 3)
+    ]  # the micro-batches of an optimizer step, by epoch (an epoch's last step may hold fewer)
+    assert [s["loss"] for s in log["steps"]] == pytest.approx(want, rel=1e-6)
+    for entry in log["epochs"]:
+        mine = [s["loss"] for s in log["steps"] if s["epoch"] == entry["epoch"]]
+        assert len(mine) == per_epoch
+        assert entry["loss"] == pytest.approx(sum(mine) / len(mine), rel=1e-12)
+
+
+def test_packing_and_length_grouping_are_one_or_the_other(tiny_model_dir):
+    with pytest.raises(TrainError, match="^--packing makes every block .* --group-by-length"):
+        _config(tiny_model_dir, packing=True, group_by_length=True).validate()
+    with pytest.raises(TrainError, match=r"--report-to must be one of \('none', 'tensorboard'\)"):
+        _config(tiny_model_dir, report_to="wandb").validate()
+
+
+NO_TENSORBOARD = "--report-to tensorboard needs tensorboard, which is not installed"
+
+
+def test_tensorboard_asked_for_without_it_fails_in_one_line(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    import importlib.util as util
+
+    find_spec = util.find_spec
+    missing = {"tensorboard", "tensorboardX"}
+    monkeypatch.setattr(
+        util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a)
+    )
+    with pytest.raises(TrainError, match="^" + NO_TENSORBOARD):
+        train(_config(tiny_model_dir, report_to="tensorboard"), records, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    write_bios(BiosConfig(n=4, seed=1), tmp_path / "bios")
+    result = CliRunner().invoke(
+        app,
+        ["train", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "bios"),
+         "--out", str(tmp_path / "cli"), "--report-to", "tensorboard"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.startswith("error: " + NO_TENSORBOARD) and result.output.count("\n") == 1
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of every TensorBoard event file under `folder`, read as the
+    TFRecord files they are (length, CRC, an Event message, CRC) with the installed writer's
+    own Event message."""
+    import struct
+
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+    except ImportError:
+        from tensorboardX.proto.event_pb2 import Event
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def test_tensorboard_tracker_logs_the_losses_of_log_json(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """Through accelerate's tracker, into RUN_DIR/tensorboard: the loss and learning rate of
+    every step, and the epoch means. The tracker is no input of the weights: a run begun
+    without it resumes with it."""
+    import elusive.train as train_module
+
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.importorskip("tensorboardX", reason="report_to tensorboard needs a writer")
+    run, step, calls = tmp_path / "run", train_module._train_step, []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 4:  # the first micro-batch of epoch 2 (3 per epoch)
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_model_dir, epochs=2), records, run, progress=False)
+    monkeypatch.setattr(train_module, "_train_step", step)
+    train(_config(tiny_model_dir, epochs=2, report_to="tensorboard"), records, run, False)
+    log = json.loads((run / "log.json").read_text())
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    later = [s for s in log["steps"] if s["epoch"] == 2]  # epoch 1 ran before the tracker
+    assert [step for step, _ in scalars["train/loss"]] == [s["step"] for s in later]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([s["loss"] for s in later])
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([s["lr"] for s in later])
+    assert scalars["train/epoch_loss"] == [
+        (later[-1]["step"], pytest.approx(log["epochs"][1]["loss"]))
+    ]

@@ -892,9 +892,10 @@ def score_corpus(
     progress: bool = True,
     device_map: Any = None,
     max_memory: dict | None = None,
+    text_field: str = "text",
 ) -> list[TextScores]:
     """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`);
-    `device_map` and `max_memory` as in `score_records`.
+    `device_map` and `max_memory` as in `score_records`, `text_field` as in `read_corpus`.
 
     The manifest names the corpus relative to the scores folder, so `augment` finds it from
     any working folder, and after both are moved together; its ``processes`` say what each
@@ -907,7 +908,7 @@ def score_corpus(
     check_apart(
         [Path(out_dir, name) for name in ("scores.jsonl", "manifest.json")], {"--corpus": corpus}
     )
-    records = read_corpus(corpus)
+    records = read_corpus(corpus, text_field)
     try:
         rows, fingerprints, processes = score_records(
             records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory

@@ -496,10 +496,13 @@ def augment(
 
 
 def load_inputs(
-    scores_dir: str | Path, corpus: str | Path | None, config: AugmentConfig
+    scores_dir: str | Path,
+    corpus: str | Path | None,
+    config: AugmentConfig,
+    text_field: str = "text",
 ) -> tuple[list[Record], list[TextScores], AugmentConfig]:
     """Read a scores directory and its corpus (the manifest's, unless given; a relative path
-    there is relative to the scores directory).
+    there is relative to the scores directory; `text_field` as in `read_corpus`).
 
     `score_of` defaults to the manifest's trained role when the scores hold it.
     """
@@ -522,7 +525,7 @@ def load_inputs(
     trained = manifest.get("trained")
     if config.score_of is None and rows and trained in rows[0].scores:
         config = replace(config, score_of=trained)
-    return read_corpus(corpus), rows, config
+    return read_corpus(corpus, text_field), rows, config
 
 
 def augment_file(
@@ -531,6 +534,7 @@ def augment_file(
     config: AugmentConfig,
     corpus: str | Path | None = None,
     progress: bool = False,
+    text_field: str = "text",
 ) -> int:
     """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows.
     `out` must be none of the inputs; the temp files a killed earlier run left for it go."""
@@ -538,7 +542,7 @@ def augment_file(
 
     config.validate()
     check_out_file(out)
-    records, rows, config = load_inputs(scores_dir, corpus, config)
+    records, rows, config = load_inputs(scores_dir, corpus, config, text_field)
     if corpus is None:  # the manifest's, which load_inputs has read and found
         corpus = Path(scores_dir) / read_manifest(scores_dir)["corpus"]
     scores = {f"--scores {n}": Path(scores_dir, n) for n in ("scores.jsonl", "manifest.json")}
@@ -594,10 +598,11 @@ def show(
     out_prefix: str | Path,
     config: AugmentConfig,
     corpus: str | Path | None = None,
+    text_field: str = "text",
 ) -> tuple[Path, Path]:
     """Write `<prefix>.html` and `<prefix>.png`: text `text_id` coloured by keep probability."""
     config.validate()
-    records, rows, config = load_inputs(scores_dir, corpus, config)
+    records, rows, config = load_inputs(scores_dir, corpus, config, text_field)
     record = next((r for r in records if r.id == text_id), None)
     if record is None:
         raise AugmentError(f"text {text_id!r} is not in the corpus")

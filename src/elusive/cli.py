@@ -26,7 +26,7 @@ import typer
 from .augment import AugmentConfig
 from .bios import BiosConfig
 from .cloze import ProbeConfig
-from .config import ModelsSection, load_config
+from .config import CorpusSection, ModelsSection, load_config
 from .errors import ElusiveError
 from .io import check_apart, folder_lock, os_reason
 from .options import AttentionConfig, EvalConfig, TrainConfig
@@ -241,10 +241,15 @@ def bios_generate(
 
 # --- attention commands (issue 3)
 
+CORPUS_HELP = (
+    "Corpus: .md, .txt or .jsonl, a folder of them, or a Hugging Face dataset (save_to_disk "
+    "folder, .parquet, .json, .csv)."
+)
+
 
 @app.command("attention")
 def attention_cmd(
-    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt, or a folder of .txt.")],
+    corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
     large: Annotated[
         str | None,
@@ -266,6 +271,7 @@ def attention_cmd(
     cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
     device_map: str | None = config_option(ModelsSection, "device_map"),
     max_memory: str | None = config_option(ModelsSection, "max_memory"),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
@@ -289,7 +295,8 @@ def attention_cmd(
         dtype=dtype,
         cache_dir=cache_dir,
     )
-    rows = score_corpus(specs, corpus, out, config, **parse_placement(device_map, max_memory))
+    placement = parse_placement(device_map, max_memory)
+    rows = score_corpus(specs, corpus, out, config, **placement, text_field=text_field)
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
@@ -318,6 +325,7 @@ def augment_command(
     replace_with_spaces: bool = config_option(AugmentConfig, "replace_with_spaces"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
     protect: str = config_option(AugmentConfig, "protect", ",".join),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
     from .augment import augment_file
@@ -325,7 +333,7 @@ def augment_command(
     config = AugmentConfig(
         policy, alpha, beta, copies, seed, replace_with_spaces, score_of, parse_names(protect)
     )
-    n = augment_file(scores, out, config, corpus=corpus, progress=True)
+    n = augment_file(scores, out, config, corpus=corpus, progress=True, text_field=text_field)
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
 
 
@@ -341,6 +349,7 @@ def show_command(
     seed: int = config_option(AugmentConfig, "seed"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
     protect: str = config_option(AugmentConfig, "protect", ",".join),
+    text_field: str = config_option(CorpusSection, "text_field"),
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
     from .augment import show
@@ -348,7 +357,7 @@ def show_command(
     config = AugmentConfig(
         policy, alpha, beta, seed=seed, score_of=score_of, protect=parse_names(protect)
     )
-    html_path, png_path = show(text_id, scores, out, config, corpus=corpus)
+    html_path, png_path = show(text_id, scores, out, config, corpus=corpus, text_field=text_field)
     typer.echo(f"wrote {html_path} and {png_path}")
 
 
@@ -358,7 +367,7 @@ def show_command(
 @app.command("train")
 def train_command(
     model: Annotated[str, typer.Option(help=field_help(TrainConfig, "model"))],
-    corpus: Annotated[Path, typer.Option(help="Corpus: .jsonl, .txt or a folder of .txt.")],
+    corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
     full: bool = config_option(TrainConfig, "full"),
     epochs: int = config_option(TrainConfig, "epochs"),
@@ -376,6 +385,10 @@ def train_command(
     lora_alpha: int = config_option(TrainConfig, "lora_alpha"),
     lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
     quantize: str = config_option(TrainConfig, "quantize"),
+    text_field: str = config_option(CorpusSection, "text_field"),
+    packing: bool = config_option(TrainConfig, "packing"),
+    group_by_length: bool = config_option(TrainConfig, "group_by_length"),
+    report_to: str = config_option(TrainConfig, "report_to"),
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import train
@@ -384,13 +397,14 @@ def train_command(
         model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
         schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
-        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize,
+        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize, packing=packing,
+        group_by_length=group_by_length, report_to=report_to,
     )  # fmt: skip
     from .parallel import process_state
 
     check_apart([out], {"--corpus": corpus})
     with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
-        last = train(config, corpus, out)
+        last = train(config, corpus, out, text_field=text_field)
     typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
 
 
@@ -427,6 +441,21 @@ def evaluate_command(
     choices: int = config_option(EvalConfig, "choices"),
     device_map: str | None = config_option(ModelsSection, "device_map"),
     max_memory: str | None = config_option(ModelsSection, "max_memory"),
+    quantize: Annotated[
+        str,
+        typer.Option(
+            help="Base weights: no (as --dtype, the adapter merged in), or 4bit (NF4 as QLoRA "
+            "trains them, the adapter beside them; needs bitsandbytes)."
+        ),
+    ] = "no",
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also evaluate the adapter's base model (--model) untrained, on the same "
+            "questions, into OUT/untrained/.",
+        ),
+    ] = False,
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -437,13 +466,22 @@ def evaluate_command(
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if baseline and adapter is None:
+        fail("--baseline evaluates the base model of --adapter untrained: give --adapter")
     config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
     placement = parse_placement(device_map, max_memory)
-    result = evaluate_model(model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement)
+    result = evaluate_model(
+        model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement,
+        quantize=quantize, baseline=model if baseline else None,
+    )  # fmt: skip
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
+    if result.baseline is not None:
+        Console().print(scores_table(result.baseline.scores, f"closed-book QA: {model}, untrained"))
     Console().print(scores_table(result.scores, f"closed-book QA: {model}"))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+    if result.baseline is not None:
+        typer.echo(f"wrote the untrained base model's two files into {out / 'untrained'}")
 
 
 @app.command("table1")
@@ -474,8 +512,46 @@ def table1_command(
     result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
+    Console().print(scores_table(result.baseline.scores, f"Table 1: {model}, untrained"))
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
-    typer.echo(f"wrote {out / 'eval' / 'metrics.json'} and {out / 'figure1.png'}")
+    evals = f"{out / 'eval' / 'metrics.json'}, {out / 'eval' / 'untrained' / 'metrics.json'}"
+    typer.echo(f"wrote {evals} and {out / 'figure1.png'}")
+
+
+@app.command("export")
+def export_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An adapter (RUN_DIR/epoch-N), a training run folder (its last epoch) or an "
+            "`elusive run` folder (the setting its report selected on validation)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="New or empty folder for the merged model.")],
+    policy: Annotated[
+        str | None, typer.Option(help="Of an `elusive run` folder: this policy's selected setting.")
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option(help="Of an `elusive run` folder: this trained role's setting.")
+    ] = None,
+    epoch: Annotated[
+        int | None, typer.Option(help="Of a run folder: this epoch instead of the selected one.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Of an `elusive run` folder: this seed's training run.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Base model spec (default: the one the run records).")
+    ] = None,
+) -> None:
+    """A model out: the adapter merged into its base, a Hugging Face folder with a model card."""
+    from .export import export_model
+
+    checkpoint = export_model(
+        source, out, policy=policy, role=role, epoch=epoch, seed=seed, model=model
+    )
+    what = "model" if checkpoint.full else f"{checkpoint.base} + adapter"
+    typer.echo(f"wrote {what} {checkpoint.folder} ({checkpoint.dtype}) to {out}")
 
 
 # --- squad commands (issue 7)
@@ -533,7 +609,11 @@ def probes_build(
     out: Annotated[Path, typer.Option(help="The probes' JSONL (qa.jsonl without questions).")],
     max_probes: int | None = config_option(ProbeConfig, "max_probes"),
     seed: int = config_option(ProbeConfig, "seed"),
-    text_field: Annotated[str, typer.Option(help="The key of a JSONL corpus's texts.")] = "text",
+    text_field: str = config_option(CorpusSection, "text_field"),
+    chunk: int | None = config_option(CorpusSection, "chunk"),
+    model: Annotated[
+        str | None, typer.Option(help="With --chunk: the trained model, whose tokens count.")
+    ] = None,
 ) -> None:
     """Write one cloze probe per span of the texts (their own spans, else dates, numbers with
     units and names found in them), to read, edit and give a run as corpus.qa."""
@@ -541,7 +621,8 @@ def probes_build(
 
     from .cloze import probe_file
 
-    probes = probe_file(corpus, out, ProbeConfig(max_probes=max_probes, seed=seed), text_field)
+    config = ProbeConfig(max_probes=max_probes, seed=seed)
+    probes = probe_file(corpus, out, config, text_field, chunk, model)
     kinds = Counter(item.field for item in probes.items)
     typer.echo(
         f"wrote {len(probes.items)} probes ("

@@ -21,7 +21,7 @@ is the sentence's start alone. A span that starts its sentence gets the subject 
 subject before the span goes without it ("Anna Bell was born on"). A prompt never contains its
 answer: a probe whose prompt would (the title names the answer, the value repeats earlier in
 the sentence) is skipped and counted (`ProbeSkips`). Sentences are pysbd's (rule-based,
-abbreviation-aware).
+abbreviation-aware), and a line break starts one too (Markdown headings and list items).
 
 SQuAD questions (`squad_clozes`) get the same cloze from their gold answer's ``answer_start``,
 after the article title, and a ``kind`` from the answer's text (`answer_kind`): the distractor
@@ -156,20 +156,22 @@ def span_kind(key: str) -> str:
 
 
 def sentence_starts(text: str) -> list[int]:
-    """The character offset of each sentence of `text` (pysbd, English), ascending; the first
-    is 0."""
+    """The character offset of each sentence of `text`, ascending, the first 0: pysbd's
+    sentences (English), and each line too, since a line break ends a Markdown heading, list
+    item or table row that no period ends."""
     import pysbd
 
     segments = pysbd.Segmenter(language="en", clean=False).segment(text)
-    starts, at = [], 0
+    starts, at = {0}, 0
     for segment in segments:
         # pysbd without cleaning gives back the text's characters in order; `find` keeps the
         # offsets right should a version ever drop whitespace between sentences
         found = text.find(segment.strip(), at) if segment.strip() else -1
         if found >= 0:
-            starts.append(found)
+            starts.add(found)
             at = found + len(segment.strip())
-    return [0, *(s for s in starts if s > 0)] if starts else [0]
+    starts.update(m.end() for m in re.finditer(r"\n\s*", text))
+    return sorted(starts)
 
 
 def _sentence_of(starts: Sequence[int], pos: int) -> int:
@@ -314,10 +316,13 @@ def subject(record: Record) -> str | None:
 
 def cloze_prompt(about: str | None, text: str, start: int, starts: Sequence[int]) -> str:
     """``"{about}: {the sentence up to start}"``, the sentence's whitespace collapsed and its
-    end stripped (a candidate answer is scored as ``" " + answer``); the sentence alone where
+    end stripped (a candidate answer is scored as ``" " + answer``; marks without a word, such
+    as a Markdown heading's ``#``, count as nothing); the sentence alone where
     it names `about` already ("Anna Bell was born on") or there is no `about`; "" when both
     are empty."""
     before = " ".join(text[_sentence_of(starts, start) : start].split())
+    if not re.search(r"[^\W_]", before):  # only marks before the span ("#", "-", a quote)
+        before = ""
     if about is None or re.search(rf"(?<!\w){re.escape(about)}(?!\w)", before):
         return before
     return f"{about}: {before}" if before else f"{about}:"
@@ -483,14 +488,30 @@ def probe_file(
     out: str | Path,
     config: ProbeConfig | None = None,
     text_field: str = "text",
+    chunk: int | None = None,
+    model: str | None = None,
 ) -> Probes:
     """`elusive probes build`: the probes of a user corpus (`read_corpus`) written to `out`
-    for a user to read, edit and give as ``corpus.qa``. The output is checked before the corpus
-    is read (a folder, a link, the corpus itself are refused)."""
+    for a user to read, edit and give as ``corpus.qa``. With `chunk`, the probes are of the
+    passages a run with that ``corpus.chunk`` and `model` trained trains on (the same ids,
+    ``doc#k``), cut with `model`'s tokenizer. The output is checked before the corpus is read
+    (a folder, a link, the corpus itself are refused)."""
+    from .errors import ElusiveError
+
     config = config or ProbeConfig()
     config.validate()
+    if chunk is not None and model is None:
+        raise ElusiveError("--chunk needs --model: passages are counted in its tokens")
+    if chunk is not None and chunk < 2:
+        raise ElusiveError(f"--chunk must be at least 2, got {chunk}")
     check_out_file(out)
     check_apart([out], {"CORPUS": corpus})
-    probes = build_probes(read_corpus(corpus, text_field=text_field), config)
+    records = read_corpus(corpus, text_field=text_field)
+    if chunk is not None:
+        from .chunking import chunk_records
+        from .models import load_tokenizer
+
+        records = chunk_records(records, load_tokenizer(model), chunk)
+    probes = build_probes(records, config)
     write_probes(probes.items, out)
     return probes

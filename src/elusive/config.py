@@ -52,6 +52,11 @@ class ConfigError(ElusiveError):
     """A config file that does not fit the schema; the message names the file and key."""
 
 
+UNTRAINED = "untrained"
+"""The report's row (and a `report.baselines` name) of a trained role's base model evaluated
+before any training; also its evaluation folder's name (`elusive.runs.untrained_dirs`)."""
+
+
 def section_of(
     config: type,
     name: str,
@@ -89,12 +94,21 @@ class CorpusSection:
 
     bios: BiosConfig | None = None
     path: str | None = None
-    """A corpus for `read_corpus` (JSONL, .txt, folder); `qa` names its questions."""
+    """A corpus for `read_corpus`: a .md, .txt or .jsonl file, a folder of them, or a Hugging
+    Face dataset (a save_to_disk folder, .parquet, .json, .csv); `qa` names its questions."""
     qa: str | None = None
     """Questions (and probes) about `path`'s texts, for `read_qa`; None: span-cloze probes built
-    from the texts (`elusive.cloze.build_probes`, options in `probes`)."""
+    from the texts, passages if chunked (`elusive.cloze.build_probes`, options in `probes`)."""
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     """How a `path` corpus without `qa` gets its probes (`elusive.cloze.ProbeConfig`)."""
+    text_field: str = "text"
+    """The field that holds each text in a JSONL or dataset corpus."""
+    chunk: int | None = None
+    """Cut each text into passages of at most this many tokens of the trained model's
+    tokenizer (BOS and EOS included, as training counts), at paragraph, then sentence
+    boundaries (docs/corpus.md); scoring, augmentation, training and probes then run on
+    passages. None: one passage per text, and a text longer than train.max_length is an
+    error."""
     squad: str | None = None
     """A SQuAD v1.1-format JSON file: paragraphs become texts, questions the QA set."""
     max_paragraphs: int | None = None
@@ -162,8 +176,9 @@ class ReportSection:
     """Biographies analysed for Figures 2 and 3 (attention at the token before the company)."""
     baselines: list[str] = field(default_factory=lambda: ["none"])
     """Policies every other policy is paired against (same test person, same seed), each in a
-    table of its own; the first also in the paired-differences figure. The default's ``none``
-    is left out where it did not run."""
+    table of its own; the first also in the paired-differences figure. ``untrained`` (the base
+    model before training, evaluated in every run) may be one: each policy's gain over what the
+    model already knew. The default's ``none`` is left out where it did not run."""
 
 
 @dataclass
@@ -189,6 +204,13 @@ class RunConfig:
         sources = [x for x in (self.corpus.bios, self.corpus.path, self.corpus.squad) if x]
         if len(sources) != 1:
             fail("corpus needs exactly one of bios, path or squad")
+        if self.corpus.chunk is not None and not 2 <= self.corpus.chunk <= self.train.max_length:
+            fail(
+                f"corpus.chunk: must be in [2, train.max_length = {self.train.max_length}] so "
+                f"that every passage trains whole, got {self.corpus.chunk}"
+            )
+        if not self.corpus.text_field:
+            fail("corpus.text_field: is empty")
         if not 0 < self.validation < 1:
             fail(f"validation must be in (0, 1), got {self.validation}")
         if not self.seeds:
@@ -213,10 +235,11 @@ class RunConfig:
                 f"(one of {', '.join(METRICS)})"
             )
         for index, policy in enumerate(self.report.baselines):
-            if policy not in self.augment.policies and self.report.baselines != ["none"]:
+            known = (*self.augment.policies, UNTRAINED)
+            if policy not in known and self.report.baselines != ["none"]:
                 fail(
                     f"report.baselines[{index}]: {shorten(policy)} is not one of augment.policies "
-                    f"({', '.join(self.augment.policies)})"
+                    f"({', '.join(self.augment.policies)}) nor {UNTRAINED}"
                 )
         if self.report.analysis_texts < 1:
             fail(f"report.analysis_texts: must be >= 1, got {self.report.analysis_texts}")

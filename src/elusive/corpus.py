@@ -7,6 +7,7 @@ JSON in `elusive.squad`, the JSONL and atomic-write helpers in `elusive.io`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,6 @@ from .io import (
     CorpusError,
     check_out_dir,
     iter_jsonl,
-    read_text,
     text_sha256,
     write_jsonl,
 )
@@ -103,29 +103,54 @@ def write_corpus_and_qa(
 
 # --------------------------------------------------------------------------- readers
 
+DOCUMENT_SUFFIXES = (".md", ".txt", ".jsonl")
+"""The files a corpus folder is read from (`read_corpus`); others in it are left alone."""
+
 
 def read_corpus(path: str | Path, text_field: str = "text") -> list[Record]:
-    """Read a user corpus into records.
+    """Read a user corpus into records (docs/corpus.md).
 
-    - ``*.jsonl``: one object a line with a non-empty string `text_field`; optional ``id`` (else
-      ``line-N``) and ``spans`` (field -> [start, end]); other keys go to `meta`.
-    - a folder: every ``*.txt`` file below it, sorted, one record each (id = relative path).
-    - a ``*.txt`` file: one record per paragraph (paragraphs are separated by blank lines).
+    - ``*.md``: one record, the Markdown kept as text; ``meta["title"]`` is the text of its
+      first heading, else the file stem.
+    - ``*.txt``: one record per paragraph (paragraphs are separated by blank lines).
+    - ``*.jsonl``: one object a line with a non-empty string `text_field`; optional ``id``
+      (else ``line-N``), ``title`` and ``spans`` (field -> [start, end]); other keys go to
+      `meta`.
+    - a folder: every ``.md``, ``.txt`` and ``.jsonl`` file below it, sorted; a Markdown or
+      text file is one record each (id = relative path), a JSONL file one per line.
+    - a Hugging Face dataset: a `save_to_disk` folder, or a ``.parquet``, ``.json`` or ``.csv``
+      file, one record per row from its `text_field` column (`elusive.hfdatasets`).
+
+    An empty document, a binary file, a file that is not UTF-8 and a dataset without the text
+    field are CorpusErrors naming the file.
     """
+    from .hfdatasets import DATASET_SUFFIXES, is_saved_dataset
+
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if path.is_dir() and is_saved_dataset(path):
+        records = _dataset_records(path, text_field)
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in DOCUMENT_SUFFIXES and p.is_file())
         if not files:
-            raise CorpusError(f"{path}: folder holds no .txt files")
-        records = [_txt_record(p, p.relative_to(path).as_posix()) for p in files]
-    elif path.suffix == ".txt":
-        records = _read_paragraphs(path)
-    elif path.suffix == ".jsonl":
-        records = [_json_record(path, number, obj, text_field) for number, obj in iter_jsonl(path)]
+            raise CorpusError(f"{path}: folder holds no .md, .txt or .jsonl files")
+        records = []
+        for file in files:
+            records += _folder_records(file, file.relative_to(path).as_posix(), text_field)
     elif not path.exists():
         raise CorpusError(f"{path}: no such file or folder")
+    elif path.suffix == ".txt":
+        records = _read_paragraphs(path)
+    elif path.suffix == ".md":
+        records = [_markdown_record(path, path.name)]
+    elif path.suffix == ".jsonl":
+        records = _jsonl_records(path, text_field, "line-")
+    elif path.suffix in DATASET_SUFFIXES:
+        records = _dataset_records(path, text_field)
     else:
-        raise CorpusError(f"{path}: expected a .jsonl file, a .txt file or a folder of .txt files")
+        raise CorpusError(
+            f"{path}: expected a .md, .txt or .jsonl file, a folder of them, or a dataset "
+            f"({', '.join(DATASET_SUFFIXES)} or a save_to_disk folder)"
+        )
     if not records:
         raise CorpusError(f"{path}: corpus is empty")
     seen: set[str] = set()
@@ -136,16 +161,52 @@ def read_corpus(path: str | Path, text_field: str = "text") -> list[Record]:
     return records
 
 
-def _txt_record(path: Path, rid: str) -> Record:
-    text = read_text(path).strip()
-    if not text:
+def _folder_records(path: Path, rel: str, text_field: str) -> list[Record]:
+    """The records of one file of a corpus folder; a JSONL line without an id gets
+    ``REL:line-N``, so that the lines of two files never share one."""
+    if path.suffix == ".jsonl":
+        return _jsonl_records(path, text_field, f"{rel}:line-")
+    if path.suffix == ".md":
+        return [_markdown_record(path, rel)]
+    return [_txt_record(path, rel)]
+
+
+def read_document(path: Path) -> str:
+    """The text of a Markdown or plain-text file, stripped: a binary file (one holding NUL
+    bytes), a file that is not UTF-8 and an empty one are CorpusErrors naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except MemoryError:
+        raise CorpusError(f"{path}: too large to read into memory") from None
+    if b"\0" in data:
+        raise CorpusError(f"{path}: a binary file (it holds NUL bytes), not text")
+    try:
+        text = data.decode("utf-8-sig")  # without a leading byte-order mark
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
+        ) from None
+    if not text.strip():
         raise CorpusError(f"{path}: empty text")
-    return Record(id=rid, text=text, meta={"source": str(path)})
+    return text.strip()
+
+
+def _txt_record(path: Path, rid: str) -> Record:
+    return Record(id=rid, text=read_document(path), meta={"source": str(path)})
+
+
+def _markdown_record(path: Path, rid: str) -> Record:
+    text = read_document(path)
+    titles = [h.title for h in markdown_headings(text)]
+    meta = {"source": str(path), "title": titles[0] if titles else path.stem}
+    return Record(id=rid, text=text, meta=meta)
 
 
 def _read_paragraphs(path: Path) -> list[Record]:
     paragraphs, current = [], []
-    for line in read_text(path).splitlines() + [""]:
+    for line in read_document(path).splitlines() + [""]:
         if line.strip():
             current.append(line.strip())
         elif current:
@@ -154,20 +215,38 @@ def _read_paragraphs(path: Path) -> list[Record]:
     return [Record(id=f"{path.stem}-{i}", text=p) for i, p in enumerate(paragraphs)]
 
 
-def _json_record(path: Path, number: int, obj: dict[str, Any], text_field: str = "text") -> Record:
-    where = f"{path}:{number}"
+def _jsonl_records(path: Path, text_field: str, default_id: str) -> list[Record]:
+    return [
+        _json_record(f"{path}:{number}", obj, text_field, f"{default_id}{number}")
+        for number, obj in iter_jsonl(path)
+    ]
+
+
+def _dataset_records(path: Path, text_field: str) -> list[Record]:
+    from .hfdatasets import dataset_rows
+
+    return [
+        _json_record(f"{path}: row {index}", row, text_field, f"row-{index}")
+        for index, row in enumerate(dataset_rows(path, text_field))
+    ]
+
+
+def _json_record(where: str, obj: dict[str, Any], text_field: str, default_id: str) -> Record:
+    """A record from a JSON object (a JSONL line, a dataset row); `where` names it in errors."""
     text = obj.get(text_field)
-    if text is None:
+    if text_field not in obj:
         raise CorpusError(f"{where}: missing field {text_field!r}")
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         raise CorpusError(
             f"{where}: field {text_field!r} must be a string, got {type(text).__name__}"
         )
-    if not text.strip():
+    if text is None or not text.strip():  # null: a dataset's missing value
         raise CorpusError(f"{where}: field {text_field!r} is empty")
-    rid = obj.get("id", f"line-{number}")
+    rid = obj.get("id", default_id)
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise CorpusError(f"{where}: field 'id' must be a string or integer")
+    if "title" in obj and not isinstance(obj["title"], str):
+        raise CorpusError(f"{where}: field 'title' must be a string")
     spans: dict[str, tuple[int, int]] = {}
     for key, span in (obj.get("spans") or {}).items():
         if (
@@ -180,6 +259,37 @@ def _json_record(path: Path, number: int, obj: dict[str, Any], text_field: str =
         spans[key] = (span[0], span[1])
     meta = {k: v for k, v in obj.items() if k not in ("id", text_field, "spans")}
     return Record(id=str(rid), text=text, spans=spans, meta=meta)
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A Markdown heading: its line's ``[start, end)`` characters (line break included), its
+    level (the number of ``#``) and its text."""
+
+    start: int
+    end: int
+    level: int
+    title: str
+
+
+_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+def markdown_headings(text: str) -> list[Heading]:
+    """The ATX headings of Markdown `text` (``# Title``, ``## Part ##``), in order, leaving out
+    empty ones and lines inside fenced code blocks (a ``# comment`` in code is no heading).
+    Setext headings (a line underlined with ``===``) are read as text."""
+    headings, fence, start = [], "", 0
+    for line in text.splitlines(keepends=True):
+        content = line.splitlines()[0] if line.strip() else ""
+        opening = _FENCE.match(content)
+        if opening and (not fence or opening.group(1)[0] == fence):
+            fence = "" if fence else opening.group(1)[0]
+        elif not fence and (match := _ATX.fullmatch(content)) and match.group(2):
+            headings.append(Heading(start, start + len(line), len(match.group(1)), match.group(2)))
+        start += len(line)
+    return headings
 
 
 def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QAItem]:

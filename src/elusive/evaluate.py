@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .config import UNTRAINED
 from .corpus import QAItem
 from .errors import ElusiveError
 from .io import DroppedDataWarning, atomic_write_text, write_jsonl
@@ -232,6 +233,9 @@ class EvalResult:
     warnings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What makes some scores less than they seem, by kind (see `evaluate_qa`); metrics.json
     keeps it under ``warnings``."""
+    baseline: EvalResult | None = None
+    """The base model's result on the same questions, untrained, where `evaluate_model` was
+    given a `baseline`."""
 
 
 def score_predictions(items: Sequence[QAItem], outputs: Sequence[str]) -> list[dict]:
@@ -451,12 +455,26 @@ def load_for_eval(
     *,
     device_map: Any = None,
     max_memory: dict | None = None,
+    quantize: str = "no",
 ):
     """(model, tokenizer) for evaluation: the base model with the LoRA adapter merged in.
     An adapter trained on another base model is refused (`check_adapter_base`). `device_map`
-    and `max_memory` dispatch the model over several devices (`elusive.models.load_model`)."""
-    from .models import ModelSpecError, check_adapter_base, load_model, offloaded, quiet_peft
+    and `max_memory` dispatch the model over several devices (`elusive.models.load_model`).
 
+    ``quantize="4bit"`` loads the base as QLoRA trains it (`elusive.models.load_4bit`) with the
+    adapter beside its 4-bit layers, not merged: merging would round the sum to 4 bits again.
+    This measures a QLoRA adapter where it was trained; the default, the adapter merged into
+    the unquantized base, is the model `elusive export` writes."""
+    from .models import (
+        ModelSpecError,
+        check_adapter_base,
+        load_4bit,
+        load_model,
+        offloaded,
+        quiet_peft,
+    )
+
+    check_quantize(quantize, device_map)
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelSpecError(
@@ -464,7 +482,12 @@ def load_for_eval(
                 "(a --full run's epoch folder is a model: pass it as --model)"
             )
         check_adapter_base(adapter, spec)
-    model, tokenizer = load_model(spec, dtype=dtype, device_map=device_map, max_memory=max_memory)
+    if quantize == "4bit":
+        model, tokenizer = load_4bit(spec, dtype)
+    else:
+        model, tokenizer = load_model(
+            spec, dtype=dtype, device_map=device_map, max_memory=max_memory
+        )
     if adapter is not None:
         from peft import PeftModel
 
@@ -478,9 +501,24 @@ def load_for_eval(
             )
 
         with quiet_peft():
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model = PeftModel.from_pretrained(model, adapter)
+        if quantize == "no":
+            model = model.merge_and_unload()
     model.eval()
     return model, tokenizer
+
+
+def check_quantize(quantize: str, device_map: Any = None) -> None:
+    """Refuse a `load_for_eval` quantization that is not one of `QUANTIZE`, or 4bit without
+    bitsandbytes or with a device map (4-bit weights load onto one device)."""
+    from .options import QUANTIZE, check_bitsandbytes
+
+    if quantize not in QUANTIZE:
+        raise ElusiveError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "4bit":
+        check_bitsandbytes("--quantize 4bit", ElusiveError)
+        if device_map is not None:
+            raise ElusiveError("--quantize 4bit loads the model on one device: no --device-map")
 
 
 def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Path, Path]:
@@ -526,32 +564,55 @@ def evaluate_model(
     *,
     device_map: Any = None,
     max_memory: dict | None = None,
+    quantize: str = "no",
+    baseline: str | Path | None = None,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions;
-    `device_map` and `max_memory` as in `load_for_eval`. Under `accelerate launch` the
-    processes share the questions and the main one writes."""
+    `device_map`, `max_memory` and `quantize` as in `load_for_eval`. Under `accelerate launch`
+    the processes share the questions and the main one writes.
+
+    `baseline` (a model spec: the adapter's base, ``elusive evaluate --baseline``) is evaluated
+    too, untrained, on the same questions with the same options, into OUT_DIR/untrained/ (the
+    same two files); its result is the returned one's ``baseline``. Both folders are checked
+    before any work."""
     from .corpus import read_qa
     from .io import check_apart, check_out_dir
     from .parallel import process_state
 
     config = config or EvalConfig()
     config.validate()
-    check_out_dir(out_dir, ("metrics.json", "predictions.jsonl"))
+    check_quantize(quantize, device_map)
+    outs = [Path(out_dir)] + ([Path(out_dir, UNTRAINED)] if baseline is not None else [])
     given = {"--qa": qa if isinstance(qa, (str, Path)) else None, "--shots-from": shots_from}
-    check_apart([Path(out_dir, n) for n in ("metrics.json", "predictions.jsonl")], given)
+    for out in outs:
+        check_out_dir(out, ("metrics.json", "predictions.jsonl"))
+        check_apart([out / n for n in ("metrics.json", "predictions.jsonl")], given)
     items = read_qa(qa) if isinstance(qa, (str, Path)) else list(qa)
     pool = read_qa(shots_from) if shots_from is not None else None
-    model, tokenizer = load_for_eval(
-        spec, adapter, dtype, device_map=device_map, max_memory=max_memory
-    )
-    result = evaluate_qa(model, tokenizer, items, config, pool, progress)
-    meta = {
-        "model": str(spec),
-        "adapter": None if adapter is None else str(adapter),
-        "qa": str(qa) if isinstance(qa, (str, Path)) else None,
-        "shots_from": None if shots_from is None else str(shots_from),
-        "config": dataclasses.asdict(config),
-    }
-    if process_state().is_main_process:
-        write_eval(out_dir, result, meta)
-    return result
+    evaluated = [(spec, adapter)] + ([(baseline, None)] if baseline is not None else [])
+    results = []
+    for out, (model_spec, model_adapter) in zip(outs, evaluated, strict=True):
+        model, tokenizer = load_for_eval(
+            model_spec,
+            model_adapter,
+            dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            quantize=quantize,
+        )
+        result = evaluate_qa(model, tokenizer, items, config, pool, progress)
+        meta = {
+            "model": str(model_spec),
+            "adapter": None if model_adapter is None else str(model_adapter),
+            "qa": str(qa) if isinstance(qa, (str, Path)) else None,
+            "shots_from": None if shots_from is None else str(shots_from),
+            "config": dataclasses.asdict(config),
+        }
+        if quantize != "no":  # only where used: an unquantized evaluation keeps its keys
+            meta["quantize"] = quantize
+        if process_state().is_main_process:
+            write_eval(out, result, meta)
+        results.append(result)
+    if baseline is not None:
+        results[0].baseline = results[1]
+    return results[0]

@@ -5,6 +5,7 @@
 - Figure 4 (`render_html`, `render_png`): a text with each token coloured by its keep
   probability, from `elusive.augment.token_views`.
 - The paired differences of the study statistics (`plot_paired_differences`, `elusive.stats`).
+- The training loss curves of a run (`plot_loss_curves`), from each training run's log.json.
 """
 
 from __future__ import annotations
@@ -134,6 +135,31 @@ def plot_accuracy_vs_distance(
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(f"{name} vs distance from the name")
+    path = save_png(fig, out_png)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]], title: str, out_png: str | Path
+) -> Path:
+    """Training loss over optimizer steps: one line per run in `curves` (label -> (step, loss)
+    points), on a log scale where every loss is positive (training drives it toward 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        ax.plot([s for s, _ in points], [loss for _, loss in points], label=label, linewidth=1)
+    if all(loss > 0 for points in curves.values() for _, loss in points):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean next-token cross-entropy)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     path = save_png(fig, out_png)
     plt.close(fig)
     return path

@@ -156,6 +156,30 @@ def load_model(
     return model.eval(), load_tokenizer(folder)
 
 
+def load_4bit(
+    spec: str | Path, dtype: torch.dtype = torch.float32, *, cache_dir: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) with every linear layer but the output head quantized to 4-bit
+    NF4 as it loads (bitsandbytes `Linear4bit`, the QLoRA paper's format, double-quantized), on
+    :func:`default_device`: this process's GPU, or the CPU, where bitsandbytes 0.50 runs it too.
+    The layers compute in `dtype` and store their packed weights as `dtype`, like the weights
+    left unquantized, so FSDP can shard them all alike."""
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+    # a device map, not `.to`: bitsandbytes quantizes each weight as it is placed
+    device_map = {"": str(default_device())}
+    return load_model(
+        spec, dtype, cache_dir=cache_dir, device_map=device_map, quantization_config=quantization
+    )
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where a model takes its inputs. A model dispatched by a device map runs its first module
     on the first device of the map that is not cpu or disk (the CPU if there is none), as

@@ -34,6 +34,11 @@ MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 QUANTIZE = ("no", "4bit")
 """Autocast of training and generation; auto becomes one of the others on the device
 (`elusive.models.resolve_mixed_precision`)."""
+REPORT_TO = ("none", "tensorboard")
+"""Trackers of `TrainConfig.report_to` (accelerate's ``log_with``)."""
+LOGGING_ONLY = ("report_to",)
+"""`TrainConfig` options that change what a run reports, not what it trains: a training run
+resumes under other values of them, and the run pipeline retrains nothing for them."""
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -128,8 +133,18 @@ class TrainConfig:
     is bf16 where the device computes in bf16 natively, else no
     (`elusive.models.resolve_mixed_precision`). A run folder records the resolved value."""
     quantize: str = "no"
-    """Base weights of a LoRA run: no (as dtype), or 4bit (QLoRA: NF4 weights, computed in dtype;
-    needs bitsandbytes and a GPU)."""
+    """Base weights of a LoRA run: no (as dtype), or 4bit (QLoRA: NF4 weights, computed in dtype,
+    on a GPU or the CPU; needs bitsandbytes). Evaluation and export merge the adapter into the
+    unquantized base."""
+    packing: bool = False
+    """Join the epoch's shuffled texts, each ending in EOS, into blocks of exactly max_length
+    tokens (the last block holds the rest) instead of one padded text a row; nothing is cut."""
+    group_by_length: bool = False
+    """Batch texts of similar length together (seeded, shuffled batches), so that batches hold
+    little padding; every text is still trained on once an epoch."""
+    report_to: str = "none"
+    """Also log loss and learning rate through accelerate's trackers: none, or tensorboard (into
+    RUN_DIR/tensorboard; needs tensorboard). log.json has them either way."""
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise TrainError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
@@ -154,6 +169,7 @@ class TrainConfig:
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             ("quantize", self.quantize in QUANTIZE, f"must be one of {QUANTIZE}"),
+            ("report_to", self.report_to in REPORT_TO, f"must be one of {REPORT_TO}"),
         ]
         for field_name, ok, message in checks:
             if not ok:
@@ -165,11 +181,19 @@ class TrainConfig:
                     f"{name('quantize')} 4bit trains a LoRA adapter on frozen 4-bit weights: "
                     f"not with {name('full')}"
                 )
-            if importlib.util.find_spec("bitsandbytes") is None:
-                raise TrainError(
-                    f"{name('quantize')} 4bit needs bitsandbytes, which is not installed "
-                    "(pip install bitsandbytes; it runs on a GPU)"
-                )
+            check_bitsandbytes(f"{name('quantize')} 4bit", TrainError)
+        if self.packing and self.group_by_length:
+            raise TrainError(
+                f"{name('packing')} makes every block max_length tokens long, so there are no "
+                f"lengths to group: give {name('group_by_length')} without it"
+            )
+        if self.report_to == "tensorboard" and not any(
+            importlib.util.find_spec(package) for package in ("tensorboard", "tensorboardX")
+        ):
+            raise TrainError(
+                f"{name('report_to')} tensorboard needs tensorboard, which is not installed "
+                "(pip install 'elusive[tensorboard]')"
+            )
 
 
 @dataclass
@@ -215,6 +239,16 @@ class EvalConfig:
                 f"{name('mixed_precision')} must be auto or one of {MIXED_PRECISIONS[1:]}, "
                 f"got {shorten(self.mixed_precision)}"
             )
+
+
+def check_bitsandbytes(what: str, error: type[ElusiveError]) -> None:
+    """Raise `error` saying that `what` (an option asking for 4-bit weights) needs bitsandbytes,
+    if it is not installed: one line, before any model loads, not transformers' traceback."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise error(
+            f"{what} needs bitsandbytes, which is not installed "
+            '(pip install "elusive[qlora]", or pip install bitsandbytes)'
+        )
 
 
 def check_finite(config: object, name: Callable[[str], str], error: type[ElusiveError]) -> None:

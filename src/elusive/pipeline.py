@@ -7,6 +7,7 @@ Stages, each writing into the run folder and skipped when its outputs are alread
     augment/    one JSONL per (policy, alpha, beta, seed)
     train/      one run folder per (trained role, augmentation, lr); epochs resume
     eval/       metrics.json + predictions.jsonl per (train run, epoch)
+                and per trained role, its base model untrained (ROLE/untrained/)
     report/     report.md, report.json and the figures
     run.json    the manifest: config, versions, input hashes, stage timings
     .elusive.lock  held by the process writing the folder (its pid and host)
@@ -27,10 +28,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .bios import generate_bios
-from .config import ConfigError, RunConfig, options
+from .config import UNTRAINED, ConfigError, CorpusSection, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
-from .io import atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
-from .runs import STAGES, Run, eval_dirs, grid
+from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
+from .runs import STAGES, Cell, Run, eval_dirs, grid, untrained_dirs
 
 # --------------------------------------------------------------------------- stages
 
@@ -41,6 +42,9 @@ def stage_corpus(run: Run) -> str:
     split_path = run.path("corpus", "split.json")
     if not split_path.exists():
         records, questions = _load_source(run.config)
+        documents, records = records, _passages(run.config, records)
+        if run.config.corpus.path is not None:
+            questions = _path_questions(run.config.corpus, documents, records)
         sources = sorted({q.source_id for q in questions})
         random.Random(run.config.corpus.seed).shuffle(sources)
         n_val = max(1, math.ceil(run.config.validation * len(sources)))
@@ -65,6 +69,8 @@ def stage_corpus(run: Run) -> str:
 
 
 def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
+    """The documents and questions of the config's corpus; a `corpus.path`'s questions come
+    once its passages are cut (`_path_questions`)."""
     section = config.corpus
     if section.bios is not None:
         return generate_bios(section.bios)
@@ -80,14 +86,47 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
                 seed=section.seed,
             ),
         )
-    records = read_corpus(section.path)
-    if section.qa is None:  # no questions: span-cloze probes from the texts themselves
-        from .cloze import build_probes, warn_skipped
+    return read_corpus(section.path, section.text_field), []  # questions: `_path_questions`
 
-        probes = build_probes(records, section.probes)
-        warn_skipped(probes, str(section.path))
-        return records, probes.items
-    return records, read_qa(section.qa, sources={r.id for r in records})
+
+def _path_questions(
+    section: CorpusSection, documents: list[Record], passages: list[Record]
+) -> list[QAItem]:
+    """The questions of a `corpus.path`: its `corpus.qa`, each about a document or a passage
+    (as `elusive probes build --chunk` writes them), or without one the span-cloze probes of
+    the passages (`elusive.cloze`)."""
+    if section.qa is not None:
+        return read_qa(section.qa, sources={r.id for r in (*documents, *passages)})
+    from .cloze import build_probes, warn_skipped
+
+    probes = build_probes(passages, section.probes)
+    warn_skipped(probes, str(section.path))
+    return probes.items
+
+
+def _passages(config: RunConfig, records: list[Record]) -> list[Record]:
+    """The documents cut into passages of `corpus.chunk` tokens of the (first) trained model's
+    tokenizer, or, without chunk, the documents as they are; either way a text longer than
+    `train.max_length` for a trained model is refused here, before anything is written or
+    scored (`elusive.train.train` refuses it too)."""
+    from .chunking import chunk_records, sequence_lengths
+    from .models import load_tokenizer
+
+    models, limit = config.models, config.train.max_length
+    specs = dict.fromkeys(getattr(models, role) for role in models.trained)
+    tokenizers = {spec: load_tokenizer(spec) for spec in specs}
+    if config.corpus.chunk is not None:
+        records = chunk_records(records, tokenizers[next(iter(specs))], config.corpus.chunk)
+    for spec, tokenizer in tokenizers.items():
+        lengths = sequence_lengths(tokenizer, [r.text for r in records])
+        for record, length in zip(records, lengths, strict=True):
+            if length > limit:
+                raise CorpusError(
+                    f"text {record.id!r} is {length} tokens long for model {spec} (BOS and EOS "
+                    f"included), more than train.max_length {limit}: set corpus.chunk to cut "
+                    "texts into passages, or raise train.max_length"
+                )
+    return records
 
 
 def stage_attention(run: Run, progress: bool) -> str:
@@ -160,10 +199,12 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
 
 
 def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
-    """Evaluate every (training run, epoch) not yet evaluated. While at least `world` are left,
-    process `rank` takes every world-th one alone (nothing to exchange); all processes share the
-    questions of the last ones (fewer than `world`), so none waits idle for a whole checkpoint.
-    Either way each checkpoint's answers are the ones a single process gives."""
+    """Evaluate every (training run, epoch) not yet evaluated, and each trained role's base
+    model untrained (`elusive.runs.untrained_dirs`: one evaluation per role, on the same
+    questions and options). While at least `world` are left, process `rank` takes every
+    world-th one alone (nothing to exchange); all processes share the questions of the last ones
+    (fewer than `world`), so none waits idle for a whole checkpoint. Either way each
+    checkpoint's answers are the ones a single process gives."""
     from .evaluate import evaluate_qa, load_for_eval, write_eval
     from .models import DTYPES
     from .parallel import process_state
@@ -171,29 +212,43 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     questions = read_qa(run.path("corpus", "qa.jsonl"))
     models = run.config.models
     placement = {"device_map": models.device_map, "max_memory": models.max_memory}
+    dtype = DTYPES[run.config.train.dtype]
+
+    def load(cell: Cell | None, role: str, epoch: int):
+        spec = getattr(models, role)
+        if cell is None:  # the base model, untrained
+            return load_for_eval(spec, dtype=dtype, **placement)
+        checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
+        if run.config.train.full:
+            return load_for_eval(str(checkpoint), dtype=dtype, **placement)
+        return load_for_eval(spec, adapter=checkpoint, dtype=dtype, **placement)
+
+    # (cell or None for the untrained base model, role, epoch, folder, metrics.json's meta)
+    jobs: list[tuple[Cell | None, str, int, Path, dict]] = [
+        (None, role, 0, out, {UNTRAINED: {"role": role, "model": getattr(models, role)}})
+        for role, out in untrained_dirs(run)
+    ]
+    jobs += [
+        (cell, cell.role, epoch, out, {"cell": cell.__dict__, "epoch": epoch})
+        for cell, epoch, out in eval_dirs(run)
+    ]
     done = 0
-    todo = [(c, e, d) for c, e, d in eval_dirs(run) if not (d / "metrics.json").exists()]
+    todo = [job for job in jobs if not (job[3] / "metrics.json").exists()]
     process_state().wait_for_everyone()  # every process has listed the work before any writes
     rounds = len(todo) - len(todo) % world  # the checkpoints evaluated one per process
-    for index, (cell, epoch, out) in enumerate(todo):
+    for index, (cell, role, epoch, out, meta) in enumerate(todo):
         shared = index >= rounds
         if not shared and index % world != rank:
             continue
-        checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
-        spec = getattr(models, cell.role)
-        dtype = DTYPES[run.config.train.dtype]
-        if run.config.train.full:
-            model, tokenizer = load_for_eval(str(checkpoint), dtype=dtype, **placement)
-        else:
-            model, tokenizer = load_for_eval(spec, adapter=checkpoint, dtype=dtype, **placement)
+        model, tokenizer = load(cell, role, epoch)
         result = evaluate_qa(
             model, tokenizer, questions, run.config.evaluate, progress=progress, shared=shared
         )
         if run.is_main or not shared:
-            write_eval(out, result, {"cell": cell.__dict__, "epoch": epoch})
+            write_eval(out, result, meta)
             done += 1
-    total = sum(1 for _ in eval_dirs(run))
-    return f"{total} evaluations ({done} new)"
+    untrained = len(run.config.models.trained)
+    return f"{len(jobs) - untrained} evaluations + {untrained} untrained ({done} new)"
 
 
 def stage_report(run: Run) -> str:

@@ -236,10 +236,12 @@ def model_cache(output):
 
 def _cache_argument(model, cache) -> dict:
     """The keyword a model's forward takes its key/value cache by (`cache` from transformers
-    5.x, `past_key_values` before)."""
+    5.x, `past_key_values` before). A peft model (an adapter left unmerged, over 4-bit
+    weights) passes its keywords on to the model it wraps: that one's forward tells."""
     import inspect
 
-    takes = inspect.signature(model.forward).parameters
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = inspect.signature(inner.forward).parameters
     return {"cache": cache} if "cache" in takes else {"past_key_values": cache}
 
 

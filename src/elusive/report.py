@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bios import FIELDS, SPANS
+from .config import UNTRAINED
 from .corpus import Record
 from .errors import ElusiveError
-from .figures import plot_accuracy_vs_distance, plot_paired_differences, plot_rank_categories
+from .figures import (
+    plot_accuracy_vs_distance,
+    plot_loss_curves,
+    plot_paired_differences,
+    plot_rank_categories,
+)
 from .io import read_json
 from .metrics import LABELS, METRICS, FieldScore
 from .stats import study_markdown
@@ -80,6 +86,13 @@ def summarize(run) -> dict:
     and seeds of those settings: ``study`` pairs every policy with the first of
     ``report.baselines`` that ran (``none`` by default), ``other_baselines`` with each other.
 
+    Each role's rows begin with ``untrained``: its base model evaluated without training
+    (`elusive.runs.untrained_dirs`), one evaluation that no seed changes, so it has no seeds
+    and no standard deviation (``None``). Its scores stand for every seed in the study, so its
+    means have CIs over the test people like every policy's, and ``report.baselines`` may name
+    it: each policy is then paired with it, unit by unit. It is paired with no other baseline
+    (its distance from a trained policy would dwarf the policies' differences in the figure).
+
     The selection score is the mean validation ``report.select_metric`` (F1 by default) over
     the ``report.select_on`` fields (the paper's university and company), or over all questions
     for corpora without those fields. A run whose items are probes without questions (a user
@@ -89,8 +102,8 @@ def summarize(run) -> dict:
     """
     from .io import iter_jsonl
     from .metrics import aggregate
-    from .runs import eval_dirs
-    from .stats import summarize_study, unit_scores
+    from .runs import eval_dirs, untrained_dirs
+    from .stats import policy_means, summarize_study, unit_scores
 
     config = run.config
     metric = config.report.select_metric
@@ -128,7 +141,27 @@ def summarize(run) -> dict:
             per_seed.append(sum(values) / len(values))
         return sum(per_seed) / len(per_seed)
 
-    rows, study_tables = [], {}
+    by_role: dict[str, list[dict]] = {}  # role -> its rows, untrained first
+    study_tables: dict[str, dict] = {}  # role -> policy -> score table
+    untrained_tables = {}  # role -> the untrained base model's score table
+    for role, folder in untrained_dirs(run):
+        answers = [row for _, row in iter_jsonl(folder / "predictions.jsonl")]
+        scores = {
+            name: aggregate(r for r in answers if r["source_id"] in ids)
+            for name, ids in subsets.items()
+        }
+        tested = [r for r in answers if r["source_id"] in subsets["test"]]
+        # the same answers under every seed: a policy's (seed, person, field) units pair with it
+        untrained_tables[role] = unit_scores({seed: tested for seed in config.seeds}, METRICS)
+        test = {}
+        for f, score in scores["test"].items():
+            test[f] = {"n": score.n}
+            for name, value in score.present().items():
+                test[f].update({name: value, f"{name}_std": None})  # no seeds: no spread
+        row = {"role": role, "model": getattr(config.models, role), "policy": UNTRAINED}
+        row |= {"alpha": None, "beta": None, "lr": None, "epochs": 0, "seeds": []}
+        row |= {"validation_score": selection_score({0: scores}), "test": test}
+        by_role[role] = [row]
     for (role, policy), settings in table.items():
         best = max(settings, key=lambda k: selection_score(settings[k]))
         by_seed = settings[best]
@@ -144,7 +177,7 @@ def summarize(run) -> dict:
                 mean, std = _mean_std([score.present()[name] for score in per_seed])
                 test[f].update({name: mean, f"{name}_std": std})
         alpha, beta, lr, epoch = best
-        rows.append(
+        by_role[role].append(
             {
                 "role": role,
                 "model": getattr(config.models, role),
@@ -169,18 +202,25 @@ def summarize(run) -> dict:
     }
     study_metrics = METRICS if "em" in scored else tuple(m for m in METRICS if m in scored)
     # per role, the study against the first baseline run, then against each other one
-    studies = {
-        role: [
-            summarize_study(tables, baseline=baseline, metrics=study_metrics)
-            for baseline in config.report.baselines
-            if baseline in tables
-        ]
-        for role, tables in study_tables.items()
-    }
+    studies: dict[str, list[dict]] = {}
+    for role, tables in study_tables.items():
+        untrained = untrained_tables[role]
+        studies[role] = []
+        for baseline in config.report.baselines:
+            if baseline == UNTRAINED:
+                tables_ = {UNTRAINED: untrained, **tables}
+                studies[role].append(summarize_study(tables_, UNTRAINED, metrics=study_metrics))
+            elif baseline in tables:
+                study = summarize_study(tables, baseline=baseline, metrics=study_metrics)
+                options = {k: study[k] for k in ("fields", "metrics", "level", "n_boot")}
+                means = policy_means(untrained, seed=study["bootstrap_seed"], **options)
+                study["policies"] = [UNTRAINED, *study["policies"]]
+                study["means"] = {UNTRAINED: means, **study["means"]}
+                studies[role].append(study)
     return {
         "select_on": config.report.select_on,
         "select_metric": metric,
-        "rows": rows,
+        "rows": [row for role_rows in by_role.values() for row in role_rows],
         "study": {role: found[0] for role, found in studies.items() if found},
         "other_baselines": {
             role: {study["baseline"]: study for study in found[1:]}
@@ -191,8 +231,9 @@ def summarize(run) -> dict:
 
 
 def _cell(score: dict, metric: str) -> str:
-    """`metric`'s mean (± std over seeds) in one field's scores; "-" where the field has none
-    (a choice probe where no question of the field got a distractor)."""
+    """`metric`'s mean (± std over seeds, where there are seeds) in one field's scores; "-"
+    where the field has none (a choice probe where no question of the field got a
+    distractor)."""
     if metric not in score:
         return "-"
     mean, std = score[metric], score[f"{metric}_std"]
@@ -220,25 +261,37 @@ def markdown_tables(summary: dict) -> str:
                 r["policy"],
                 "-" if r["alpha"] is None else f"{r['alpha']:g}",
                 "-" if r["beta"] is None else f"{r['beta']:g}",
-                f"{r['lr']:g}",
+                "-" if r["lr"] is None else f"{r['lr']:g}",
                 str(r["epochs"]),
             ]
             cells += [_cell(r["test"][f], m) for f in columns for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
 
-    seeds = rows[0]["seeds"]
+    seeds = next((r["seeds"] for r in rows if r["seeds"]), [])
     n_test = rows[0]["test"]["overall"]["n"]
     note = (
         f"{n_test} test questions; settings chosen per policy on validation "
         f"{LABELS.get(summary['select_metric'], summary['select_metric'])} of "
         f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
     )
+    if any(r["policy"] == UNTRAINED for r in rows):
+        note += (
+            f" {UNTRAINED}: the base model before any training, evaluated once on the same "
+            "questions; no seed changes it, so it has no ± std."
+        )
     models = {r["role"]: r["model"] for r in rows}
     studies = []
     for role, study in summary["study"].items():
         studies += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting."]
-        studies += ["", study_markdown(study)]
+        studies += [""]
+        if UNTRAINED in study["means"]:
+            studies += [
+                f"{UNTRAINED}: one evaluation of the base model, standing for every seed; "
+                "its CI is over the test people alone.",
+                "",
+            ]
+        studies += [study_markdown(study)]
         for other in summary["other_baselines"].get(role, {}).values():
             studies += [study_markdown(other, means=False)]
     if "em" not in measured:  # probes without questions: their cloze metrics per span kind
@@ -448,6 +501,8 @@ def _drops(run, records: Sequence[Record], rows: Sequence[dict]) -> dict[str, di
     texts = [scores[record.id] for record in records]
     out = {}
     for r in rows:
+        if r["policy"] == UNTRAINED:  # trained on nothing: drops nothing
+            continue
         configs = [
             AugmentConfig(
                 r["policy"],
@@ -481,6 +536,33 @@ def _drops_markdown(drops: dict[str, dict[str, float]], protect: Sequence[str]) 
     return "\n".join([*lines, ""])
 
 
+def loss_curves(run, rows: Sequence[dict], out: Path) -> tuple[list[Path], list[str]]:
+    """Per trained role, loss-ROLE.png: the training loss per optimizer step of each (policy,
+    seed) of `rows` (the summary's, each policy at its chosen setting), from the training run's
+    log.json; rows without a training run (the untrained reference) are left out. Returns the
+    figures and their lines for report.md's figure list, which link them."""
+    from .runs import Cell
+
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}  # role -> label -> points
+    for r in rows:
+        for seed in r["seeds"] if r["policy"] != "untrained" else []:
+            cell = Cell(r["role"], r["policy"], r["alpha"], r["beta"], r["lr"], seed)
+            log = run.path("train", cell.train_tag, "log.json")
+            if log.is_file():
+                points = [(s["step"], s["loss"]) for s in read_json(log)["steps"]]
+                curves.setdefault(r["role"], {})[f"{r['policy']} seed {seed}"] = points
+    written, lines = [], []
+    for role, by_run in curves.items():
+        name, model = f"loss-{role}.png", getattr(run.config.models, role)
+        title = f"{model} ({role}): training loss, each policy at its chosen setting"
+        written.append(plot_loss_curves(by_run, title, out / name))
+        lines.append(
+            f"- [{name}]({name}): training loss per optimizer step of {model} ({role}), one "
+            "line per policy (at its chosen setting) and seed."
+        )
+    return written, lines
+
+
 PAIRED_METRICS = ("em", "cloze_em", "cloze_choice", "choice", "logprob")
 """The metrics of the paired-difference figure (report.json has every metric)."""
 
@@ -506,9 +588,11 @@ def write_report(run) -> list[Path]:
             name = f"paired-{role}.png"
             written.append(plot_paired_differences(study, out / name, metrics=PAIRED_METRICS))
             figures.append(
-                f"- {name}: per field and metric, each policy's paired difference from none "
-                "(same test people, same seeds) with its 95% bootstrap CI."
+                f"- {name}: per field and metric, each policy's paired difference from "
+                f"{study['baseline']} (same test people, same seeds) with its 95% bootstrap CI."
             )
+    curves, curve_lines = loss_curves(run, summary["rows"], out)
+    written, figures = written + curves, figures + curve_lines
     if config.corpus.bios is not None:  # the figures need biography fields
         records = read_corpus(run.path("corpus", "corpus.jsonl"))
         tokenizer = load_tokenizer(getattr(config.models, config.models.trained[0]))

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, to_dict
+from .config import UNTRAINED, ConfigError, RunConfig, to_dict
 from .io import (
     OutputError,
     atomic_write_text,
@@ -38,7 +38,7 @@ from .io import (
     read_json,
     remove_temp_files,
 )
-from .options import EvalConfig
+from .options import LOGGING_ONLY, EvalConfig
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
@@ -211,7 +211,13 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
     if stage == "corpus":
         section = config.corpus
         sources = [_content(Path(s)) for s in (section.path, section.qa, section.squad) if s]
-        return {"corpus": _digest(_changed(section), config.validation, sources)}
+        if section.chunk is None:
+            return {"corpus": _digest(_changed(section), config.validation, sources)}
+        from .models import spec_key
+
+        # passages are cut with the first trained model's tokenizer
+        tokenizer = spec_key(getattr(models, models.trained[0]))
+        return {"corpus": _digest(_changed(section), config.validation, sources, tokenizer)}
     corpus = _content(run.path("corpus", "corpus.jsonl"))
     if stage == "attention":
         from .models import spec_key
@@ -238,10 +244,12 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
         from .models import spec_key
 
         section = config.train
+        # what a run logs to is no input of its weights: switching trackers retrains nothing
+        changed = {k: v for k, v in _changed(section).items() if k not in LOGGING_ONLY}
         return {
             f"train/{cell.train_tag}": _digest(
                 _content(run.path(_augment_path(cell))),
-                _changed(section),
+                changed,
                 max(section.epochs),
                 cell.lr,
                 spec_key(getattr(models, cell.role)),
@@ -250,14 +258,29 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
             for cell in grid(config)
         }
     if stage == "evaluate":
+        from .models import spec_key
+
         trained = fingerprints(run, "train")
         questions = _content(run.path("corpus", "qa.jsonl"))
-        return {
+        evaluations = {
             str(out.relative_to(run.root)): _digest(
                 trained[f"train/{cell.train_tag}"], epoch, questions, _changed(config.evaluate)
             )
             for cell, epoch, out in eval_dirs(run)
         }
+        # The base model as it loads for evaluation (its spec and train.dtype, the weights'
+        # dtype), the questions and the evaluation options: no other option reaches it.
+        untrained = {
+            str(out.relative_to(run.root)): _digest(
+                UNTRAINED,
+                spec_key(getattr(models, role)),
+                config.train.dtype,
+                questions,
+                _changed(config.evaluate),
+            )
+            for role, out in untrained_dirs(run)
+        }
+        return {**untrained, **evaluations}
     return {}
 
 
@@ -300,10 +323,17 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 
 _ADDED_LATER = {
-    "train": {"lora_dropout": 0.0, "weight_decay": 0.0, "quantize": "no"},
+    "train": {
+        "lora_dropout": 0.0,
+        "weight_decay": 0.0,
+        "quantize": "no",
+        "packing": False,
+        "group_by_length": False,
+        "report_to": "none",
+    },
     "models": {"device_map": None, "max_memory": None},
     "augment": {"protect": []},
-    "corpus": {"probes": {"max_probes": None, "seed": 0}},
+    "corpus": {"text_field": "text", "chunk": None, "probes": {"max_probes": None, "seed": 0}},
 }
 """Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
 
@@ -345,6 +375,14 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[package] = "missing"
     return out
+
+
+def untrained_dirs(run: Run) -> Iterator[tuple[str, Path]]:
+    """Every trained role with the folder of its base model's evaluation, eval/ROLE/untrained:
+    one per role, shared by every cell (greedy answers and the probes are deterministic, so
+    policy, seed and epoch cannot change it)."""
+    for role in run.config.models.trained:
+        yield role, run.path("eval", role, UNTRAINED)
 
 
 def eval_dirs(run: Run) -> Iterator[tuple[Cell, int, Path]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bios import BiosConfig, write_bios
+from .config import UNTRAINED
 from .corpus import read_corpus, read_qa
 from .evaluate import EvalConfig, EvalResult, evaluate_model
 from .figures import plot_accuracy_vs_distance
@@ -24,7 +25,9 @@ def run_table1(
     """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
 
     Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
-    predictions) and OUT/figure1.png; returns the evaluation result. Resumes training.
+    predictions), OUT/eval/untrained (the same for the base model before training) and
+    OUT/figure1.png; returns the evaluation result, the untrained one as its ``baseline``.
+    Resumes training.
     """
     from .parallel import process_state
 
@@ -38,10 +41,13 @@ def run_table1(
     last = train(config, records, out / "run", progress=progress)
     spec, adapter = (str(last), None) if config.full else (config.model, last)
     result = evaluate_model(
-        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None, progress
-    )
+        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None,
+        progress, baseline=config.model,
+    )  # fmt: skip
     if state.is_main_process:
         distances = field_token_distances(records, load_tokenizer(spec))
-        label = f"{Path(config.model).name} ({'full' if config.full else 'LoRA'})"
-        plot_accuracy_vs_distance(distances, {label: result.scores}, out / "figure1.png")
+        name = Path(config.model).name
+        label = f"{name} ({'full' if config.full else 'LoRA'})"
+        results = {f"{name} ({UNTRAINED})": result.baseline.scores, label: result.scores}
+        plot_accuracy_vs_distance(distances, results, out / "figure1.png")
     return result

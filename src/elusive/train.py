@@ -11,6 +11,11 @@ output head, 10-30 epochs, learning rate in [5e-5, 1e-3]. One text is one sequen
   and loss (by the attention mask, not by token id: Qwen pads with its EOS token).
 - The loss is the mean next-token cross-entropy over the target tokens of a micro-batch.
 
+With ``packing`` a row is instead a block of exactly `max_length` tokens cut from the epoch's
+texts joined in shuffled order (`elusive.batches.PackedBlocks`), every token a target; with
+``group_by_length`` the rows of a batch are texts of similar length
+(`elusive.batches.LengthGroupedBatches`).
+
 Runs go through `accelerate.Accelerator`, so the same code runs on CPU, one GPU or several
 (`accelerate launch -m elusive.cli train ...`). Shuffling is a permutation seeded by
 (seed, epoch): the same seed gives the same batches, loss log and weights.
@@ -19,8 +24,10 @@ Run folder layout::
 
     RUN_DIR/run.json       the config and corpus hash, written once the model has loaded; a rerun
                            must match it
-    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [...],
-                           "truncation": what max_length cut (see `truncation`)}
+    RUN_DIR/log.json       {"steps": [{"step", "epoch", "loss", "lr"}], "epochs": [{"epoch",
+                           "loss": the mean of its steps' losses, "seconds"}], "texts": how many}
+    RUN_DIR/tensorboard/   with ``report_to: tensorboard``: the same losses and learning rates
+                           as TensorBoard event files (accelerate's tracker)
     RUN_DIR/epoch-N/       the adapter (or full model + tokenizer) and log.json up to epoch N,
                            written to a temp folder and renamed; the last one also holds
                            trainer_state.pt (optimizer, scheduler, RNG) to resume from.
@@ -29,13 +36,13 @@ Run folder layout::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,9 +50,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .batches import LengthGroupedBatches, PackedBlocks, epoch_generator
 from .corpus import Record, read_corpus
 from .io import (
-    DroppedDataWarning,
     atomic_write_text,
     check_out_dir,
     name_failed_write,
@@ -54,7 +61,7 @@ from .io import (
     temp_beside,
 )
 from .models import DTYPES, resolve_mixed_precision
-from .options import MIXED_PRECISIONS, TrainConfig, TrainError
+from .options import LOGGING_ONLY, MIXED_PRECISIONS, TrainConfig, TrainError
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.json"
@@ -73,17 +80,16 @@ def tokenize_texts(
     return [(seq + eos)[:max_length] for seq in ids]
 
 
-def truncation(seqs: Sequence[Sequence[int]], max_length: int) -> dict[str, int]:
-    """What cutting the whole sequences `seqs` to `max_length` loses, for log.json: texts cut
-    out of all texts, tokens cut out of all tokens."""
-    over = [len(s) - max_length for s in seqs if len(s) > max_length]
-    return {
-        "max_length": max_length,
-        "texts_cut": len(over),
-        "texts": len(seqs),
-        "tokens_cut": sum(over),
-        "tokens": sum(len(s) for s in seqs),
-    }
+def check_lengths(records: Sequence[Record], seqs: Sequence[Sequence[int]], max_length: int):
+    """Refuse a text whose sequence is longer than `max_length`: cut, its end would never be
+    trained on, and nothing would say so."""
+    for record, seq in zip(records, seqs, strict=True):
+        if len(seq) > max_length:
+            raise TrainError(
+                f"text {record.id!r} is {len(seq)} tokens long (BOS and EOS included), more "
+                f"than max_length {max_length}: cut the corpus into passages (corpus.chunk in "
+                "a run config) or raise --max-length (train.max_length)"
+            )
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -108,7 +114,7 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = epoch_generator(self.seed, self.epoch)
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
     def __len__(self) -> int:
@@ -122,6 +128,23 @@ def make_loader(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int) 
         sampler=EpochShuffle(len(seqs), seed),
         collate_fn=lambda batch: pad_batch(batch, pad_id),
     )
+
+
+def make_batches(seqs: list[list[int]], config: TrainConfig, pad_id: int):
+    """(loader of the micro-batches, the object that orders an epoch): one shuffled text a row
+    (`make_loader`), or with ``config.packing`` blocks of the packed texts, or with
+    ``config.group_by_length`` texts grouped by length. Call the object's ``set_epoch`` before
+    each epoch: under several processes accelerate's loader does not reach the last two."""
+    collate = functools.partial(pad_batch, pad_id=pad_id)
+    if config.packing:
+        blocks = PackedBlocks(seqs, config.max_length, config.seed)
+        # blocks follow the epoch's shuffled text order: read in order, not shuffled again
+        return DataLoader(blocks, batch_size=config.batch_size, collate_fn=collate), blocks
+    if config.group_by_length:
+        batches = LengthGroupedBatches([len(s) for s in seqs], config.batch_size, config.seed)
+        return DataLoader(seqs, batch_sampler=batches, collate_fn=collate), batches
+    loader = make_loader(seqs, config.batch_size, pad_id, config.seed)
+    return loader, loader.sampler
 
 
 # --------------------------------------------------------------------------- model
@@ -172,29 +195,19 @@ def build_model(config: TrainConfig, resume_dir: Path | None = None):
 def _load_base(config: TrainConfig, dtype: torch.dtype):
     """(base model of a LoRA run, tokenizer): on the CPU, for `Accelerator.prepare` to move to
     this process's device, or with ``quantize: 4bit`` quantized as it loads onto this process's
-    GPU (QLoRA; accelerate leaves a quantized model where it is)."""
-    from .models import default_device, load_model
+    device, a GPU or the CPU (QLoRA, `elusive.models.load_4bit`; accelerate leaves a quantized
+    model where it is)."""
+    from .models import load_4bit, load_model, quiet_peft
 
     if config.quantize == "no":
         return load_model(config.model, dtype=dtype, device="cpu")
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype,  # stored like the other weights, FSDP can shard them all
-    )
-    model, tokenizer = load_model(
-        config.model,
-        dtype=dtype,
-        device_map={"": str(default_device())},
-        quantization_config=quantization,
-    )
-    # norms in float32 and gradients into the embedding output, as QLoRA training needs
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
+    model, tokenizer = load_4bit(config.model, dtype)
+    # the weights left unquantized (norms, embeddings) in float32, as QLoRA trains
+    with quiet_peft():
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, tokenizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
@@ -263,7 +276,7 @@ def _check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
     diff = [
         f"{key} ({old.get(key)!r} there, {value!r} now)"
         for key, value in want["config"].items()
-        if old.get(key) != value
+        if old.get(key) != value and key not in LOGGING_ONLY
     ]
     if have.get("corpus_sha256") != want["corpus_sha256"]:
         diff.append("corpus")
@@ -402,6 +415,13 @@ def _load_optimizer_state(accelerator, model, optimizer, state: dict[str, Any]) 
 # --------------------------------------------------------------------------- training
 
 
+def _close_trackers(accelerator) -> None:
+    """Flush and close the trackers' files. Not `Accelerator.end_training`: that also destroys
+    the process group, which later training runs and stages of `accelerate launch` go on using."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def _train_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss of one micro-batch (the model shifts labels itself)."""
     return model(**batch, use_cache=False).loss
@@ -412,14 +432,15 @@ def train(
     corpus: Sequence[Record] | str | Path,
     run_dir: str | Path,
     progress: bool = True,
+    text_field: str = "text",
 ) -> Path:
     """Train on `corpus` (records or a corpus path) into `run_dir`; returns the last epoch folder.
 
     Resumes after the last saved epoch; a finished run returns at once. run.json is written
     only once the model has loaded, so a bad model spec leaves nothing that refuses the fixed
-    command. Texts cut to `max_length` are counted in a DroppedDataWarning and in log.json. A
+    command. A text longer than `max_length` is a TrainError naming it (`check_lengths`). A
     loss that is NaN or infinite stops training with a TrainError naming the step, before the
-    epoch is saved.
+    epoch is saved. `text_field` names the text field of a JSONL or dataset corpus path.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -427,7 +448,7 @@ def train(
 
     config.validate()
     run_dir = check_out_dir(run_dir, ("run.json", "log.json"))
-    records = read_corpus(corpus) if isinstance(corpus, (str, Path)) else list(corpus)
+    records = read_corpus(corpus, text_field) if isinstance(corpus, (str, Path)) else list(corpus)
     if not records:
         raise TrainError("the corpus is empty")
     config = _resolve_precision(run_dir, config)
@@ -440,31 +461,30 @@ def train(
     # accelerate keeps one process-wide state that refuses a second mixed precision; reset it
     # (not the process group) so that one process can train runs of different precisions.
     AcceleratorState._reset_state()
+    trackers = {}
+    if config.report_to != "none":
+        trackers = {"log_with": config.report_to, "project_dir": run_dir}
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision=config.mixed_precision,
+        **trackers,
     )
     resume_dir = run_dir / f"epoch-{start}" if start else None
     # Python's RNG, saved with the torch one at each epoch, starts from the seed too, so the
     # saved state (and trainer_state.pt's bytes) do not depend on what ran before in the process
     random.seed(config.seed)
     model, tokenizer = build_model(config, resume_dir)
-    whole = tokenize_texts([r.text for r in records], tokenizer, None)
-    cut = truncation(whole, config.max_length)
-    seqs = [s[: config.max_length] for s in whole]
+    seqs = tokenize_texts([r.text for r in records], tokenizer, None)
+    if config.packing and tokenizer.eos_token_id is None:
+        raise TrainError(f"packing separates texts by EOS, and {config.model} has no EOS token")
+    if not config.packing:  # packed, a long text runs on into the next block: nothing is cut
+        check_lengths(records, seqs, config.max_length)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_temp_files(run_dir)  # left by a killed run
         if not (run_dir / "run.json").exists():
             atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
-        if cut["texts_cut"]:
-            warnings.warn(
-                f"{cut['texts_cut']} of {cut['texts']} texts are longer than max_length "
-                f"{config.max_length}: {cut['tokens_cut']} of the corpus's {cut['tokens']} "
-                "tokens are cut and never trained on (raise --max-length)",
-                DroppedDataWarning,
-                stacklevel=2,
-            )
-    loader = make_loader(seqs, config.batch_size, tokenizer.pad_token_id, config.seed)
+    loader, epoch_order = make_batches(seqs, config, tokenizer.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -482,15 +502,18 @@ def train(
         log = read_json(saved)
         log["steps"] = [s for s in log["steps"] if s["epoch"] <= start]
         log["epochs"] = [e for e in log["epochs"] if e["epoch"] <= start]
-    log["truncation"] = cut
+    log["texts"] = len(records)
 
     step = start * steps_per_epoch
+    if trackers:
+        accelerator.init_trackers("tensorboard")  # RUN_DIR/tensorboard
     bar = tqdm(
         total=(config.epochs - start) * steps_per_epoch,
         desc="train",
         disable=not (progress and accelerator.is_local_main_process),
     )
     for epoch in range(start + 1, config.epochs + 1):
+        epoch_order.set_epoch(epoch)
         loader.set_epoch(epoch)
         began, window, epoch_losses = time.perf_counter(), [], []
         for batch in loader:
@@ -506,12 +529,15 @@ def train(
                 mean = sum(window) / len(window)
                 if not math.isfinite(mean):  # every later step, and the saved weights, are NaN
                     bar.close()
+                    _close_trackers(accelerator)
                     raise TrainError(
                         f"{run_dir}: loss is {mean} at step {step} (epoch {epoch}): lower the "
                         f"learning rate (--lr, now {config.lr:g}); epochs saved before are kept"
                     )
                 lr = scheduler.get_last_lr()[0]
                 log["steps"].append({"step": step, "epoch": epoch, "loss": mean, "lr": lr})
+                if trackers:
+                    accelerator.log({"train/loss": mean, "train/lr": lr}, step=step)
                 epoch_losses.append(mean)
                 window = []
                 bar.update(1)
@@ -523,6 +549,8 @@ def train(
                 "seconds": round(time.perf_counter() - began, 3),
             }
         )
+        if trackers:
+            accelerator.log({"train/epoch_loss": log["epochs"][-1]["loss"]}, step=step)
         state = {
             "epoch": epoch,
             "step": step,
@@ -532,4 +560,5 @@ def train(
         }
         _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, log)
     bar.close()
+    _close_trackers(accelerator)
     return run_dir / f"epoch-{config.epochs}"
