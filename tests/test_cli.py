@@ -76,7 +76,8 @@ def _config_options():
     sets a config field, walked from the click commands that typer builds."""
     from elusive.augment import AugmentConfig
     from elusive.bios import BiosConfig
-    from elusive.config import ModelsSection
+    from elusive.cloze import ProbeConfig
+    from elusive.config import CorpusSection, ModelsSection
     from elusive.options import AttentionConfig, EvalConfig, TrainConfig
     from elusive.squad import SquadConfig
 
@@ -89,6 +90,7 @@ def _config_options():
         "evaluate": [EvalConfig, TrainConfig],  # --dtype: the base weights, as in training
         "table1": [TrainConfig, EvalConfig],
         "squad convert": [SquadConfig],
+        "probes build": [ProbeConfig, CorpusSection],
     }
     renamed = {("table1", "n"): (BiosConfig, "n"), ("table1", "bios_seed"): (BiosConfig, "seed")}
     for command in ("attention", "evaluate"):  # options of a run config's models section

@@ -16,6 +16,7 @@ from elusive.evaluate import (
     load_for_eval,
     write_eval,
 )
+from elusive.io import DroppedDataWarning
 from elusive.metrics import aggregate, best_scores
 from elusive.models import ModelSpecError, make_tiny_model
 from elusive.train import TrainConfig, train
@@ -306,6 +307,63 @@ def test_questions_longer_than_the_context_are_counted_and_recorded(
     assert shot.warnings["over_context"]["fields"] == fields
     model.config.max_position_embeddings = shot.warnings["over_context"]["longest"]
     assert "over_context" not in evaluate_qa(model, tok, items, one_shot, progress=False).warnings
+
+
+def test_probes_without_questions_get_cloze_metrics_only(tiny_model_dir, tmp_path):
+    """Span-cloze probes (no question) beside one QA question: the probes' fields hold the
+    cloze metrics alone, with no QA metric and no warning that one is missing; each probe's
+    cloze log-prob and choice are those `elusive.probes.probe` gives it alone."""
+    import warnings
+
+    from elusive.cloze import build_probes
+    from elusive.corpus import Record
+    from elusive.models import load_model
+    from elusive.probes import pick_distractors, probe
+
+    texts = {
+        "Oslo": "Oslo was founded in 1048. It lies 12 metres above the sea.",
+        "Bergen": "Bergen was founded in 1070. It gets 2,250 millimetres of rain.",
+        "Turku": "Turku was founded in 1229. Its harbour is 9 metres deep.",
+    }
+    records = [Record(title, text, meta={"title": title}) for title, text in texts.items()]
+    probes = build_probes(records).items
+    # a question whose distractors are the other towns' dates
+    question = QAItem("q", "Oslo", "When was Oslo founded?", ("1048",), "all", kind="date")
+    items = [question, *probes]
+    model, tok = load_model(tiny_model_dir)
+    config = EvalConfig(max_new_tokens=3, choices=2, batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_qa(model, tok, items, config, progress=False)
+    assert not [w for w in caught if "left out" in str(w.message)]
+    assert "missing_metrics" not in result.warnings
+    cloze = {"cloze_em", "cloze_f1", "cloze_choice", "cloze_logprob"}
+    for kind in ("date", "number"):
+        assert set(result.scores[kind].present()) == cloze and result.scores[kind].n == 3
+        assert result.scores[kind].em is None and result.scores[kind].choice is None
+    assert {"em", "f1", "choice", "logprob"} <= set(result.scores["all"].present())
+    assert result.scores["overall"].n == 7
+    rows = {row["id"]: row for row in result.predictions}
+    assert rows["q"]["question"] == question.question and "em" in rows["q"]
+    distractors = pick_distractors(items, config.choices, config.probe_seed)
+    alone = probe(model, tok, [p.cloze for p in probes], probes, distractors[1:], progress=False)
+    for item, want in zip(probes, alone, strict=True):
+        row = rows[item.id]
+        assert "em" not in row and "question" not in row and "logprob" not in row
+        assert row["cloze"] == item.cloze and row["distractors"] == list(
+            distractors[items.index(item)]
+        )
+        assert row["cloze_logprob"] == pytest.approx(want["logprob"], abs=1e-4)
+        assert row["cloze_choice"] == want["choice"]
+    metrics, _ = write_eval(tmp_path, result, {})
+    saved = json.loads(metrics.read_text())["scores"]
+    assert set(saved["date"]) == cloze | {"n"}
+
+    with pytest.warns(DroppedDataWarning, match="6 probes without a question are left out"):
+        off = evaluate_qa(
+            model, tok, items, dataclasses.replace(config, probes=False), progress=False
+        )
+    assert off.warnings["probe_only"] == 6 and [r["id"] for r in off.predictions] == ["q"]
 
 
 def test_a_baseline_is_the_base_model_evaluated_untrained_beside(tmp_path):

@@ -172,6 +172,11 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
         ({"validation": 1.5}, "validation must be in"),
         ({"modles": {}}, r"modles: unknown key \(did you mean 'models'\?\)"),
         ({"models": {"trained": ["medium"]}}, "unknown role 'medium'"),
+        (
+            {"corpus": {"path": "c.jsonl", "probes": {"max_probes": 0}}},
+            r"corpus.probes.max_probes: must be at least 1, got 0",
+        ),
+        ({"corpus": {"path": "c.jsonl", "probes": {"seeds": 1}}}, r"corpus.probes.seeds: unknown"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, tiny_pair, overrides, message):
@@ -603,6 +608,60 @@ def test_a_split_without_test_questions_fails_before_the_corpus_is_written(tmp_p
     assert not list((tmp_path / "run").glob("corpus/*"))
 
 
+TOWNS = {
+    "Oslo": "Oslo was founded in 1048. It lies 12 metres above the sea in Norway.",
+    "Bergen": "Bergen was founded in 1070. It gets 2,250 millimetres of rain a year.",
+    "Turku": "Turku was founded in 1229. Its harbour is 9 metres deep, near Ruissalo Island.",
+    "Tartu": "Tartu was first named in 1030. The Emajõgi River runs 101 kilometres through it.",
+    "Lund": "Lund was founded around 990. Its cathedral was consecrated in 1145 by Eskil.",
+    "Umeå": "Umeå was founded in 1622. It lies 600 kilometres north of Stockholm.",
+}
+
+
+@pytest.mark.parametrize("form", ["jsonl", "txt"])
+def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair, form):
+    """No corpus.qa: the run builds span-cloze probes from the texts, splits their sources into
+    validation and test, and reports cloze EM/F1, choice and log-prob per span kind."""
+    from elusive.io import write_jsonl
+
+    if form == "jsonl":
+        rows = [{"id": t, "title": t, "text": text} for t, text in TOWNS.items()]
+        corpus = write_jsonl(tmp_path / "towns.jsonl", rows)
+    else:
+        corpus = tmp_path / "towns.txt"
+        corpus.write_text("\n\n".join(TOWNS.values()) + "\n")
+    overrides = {
+        "seeds": [0],
+        "corpus": {"path": str(corpus)},
+        "validation": 0.34,
+        "augment": {"policies": ["none", "contrast"], "copies": 1, "alpha": [0.7], "beta": [0.03]},
+        "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
+    }
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **overrides))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    probes = [json.loads(line) for line in run.path("corpus", "qa.jsonl").open()]
+    assert probes and all("question" not in p and p["cloze"] for p in probes)
+    split = json.loads(run.path("corpus", "split.json").read_text())
+    assert sorted(split["validation"] + split["test"]) == sorted({p["person_id"] for p in probes})
+    cloze = {"cloze_em", "cloze_f1", "cloze_choice", "cloze_logprob"}
+    kinds = {p["field"] for p in probes}
+    assert {"date", "number"} <= kinds
+    for metrics in run.root.joinpath("eval").rglob("metrics.json"):
+        saved = json.loads(metrics.read_text())
+        assert set(saved["scores"]) == kinds | {"overall"}
+        for scores in saved["scores"].values():
+            assert set(scores) == cloze | {"n"}
+        assert "missing_metrics" not in saved["warnings"]
+    summary = json.loads(run.path("report", "report.json").read_text())
+    assert summary["select_metric"] == "cloze_f1"  # no QA F1: its cloze counterpart
+    assert set(summary["study"]["small"]["metrics"]) == cloze  # no empty QA columns
+    for row in summary["rows"]:
+        assert cloze <= set(row["test"]["date"]) and "em" not in row["test"]["overall"]
+    report = run.path("report", "report.md").read_text()
+    assert "## Span-cloze probes" in report and "### cloze EM" in report
+    assert "| date cloze EM |" in report and "| overall cloze logprob |" in report
+
+
 def _corpus_stage_only(monkeypatch) -> None:
     import elusive.pipeline as pipeline
 
@@ -780,3 +839,26 @@ def test_the_untrained_row_leads_the_report_and_is_one_evaluation(tmp_path, tiny
         )
     other_summary = json.loads(other_run.path("report", "report.json").read_text())
     assert other_summary["rows"][0] == first
+
+
+def test_probes_of_passages_from_probes_build_are_a_chunked_runs_qa(
+    tmp_path, tiny_pair, monkeypatch
+):
+    """`elusive probes build --chunk N --model M` names the passages a run with corpus.chunk N
+    cuts: given back as corpus.qa, its probes split the passages into validation and test."""
+    from elusive.cloze import probe_file
+
+    _corpus_stage_only(monkeypatch)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for k, town in enumerate(TOWNS.items()):
+        (pages / f"p{k}.md").write_text(f"# {town[0]}\n\n{town[1]}\n\n{town[1]}\n")
+    probes = tmp_path / "probes.jsonl"
+    probe_file(pages, probes, chunk=24, model=tiny_pair[1])
+    corpus = {"path": str(pages), "qa": str(probes), "chunk": 24}
+    path = write_config(tmp_path / "c.yaml", tiny_pair, corpus=corpus, validation=0.3)
+    run = run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    passages = {json.loads(line)["id"] for line in run.path("corpus", "corpus.jsonl").open()}
+    split = json.loads(run.path("corpus", "split.json").read_text())
+    assert set(split["validation"] + split["test"]) <= passages
+    assert all("#" in source for source in split["test"])

@@ -25,6 +25,7 @@ import typer
 
 from .augment import AugmentConfig
 from .bios import BiosConfig
+from .cloze import ProbeConfig
 from .config import CorpusSection, ModelsSection, load_config
 from .errors import ElusiveError
 from .io import check_apart, folder_lock, os_reason
@@ -588,6 +589,50 @@ def squad_convert(
     corpus, qa = write_corpus_and_qa(records, questions, out)
     typer.echo(
         f"wrote {len(records)} paragraphs to {corpus} and {len(questions)} questions to {qa}"
+    )
+
+
+# --- probes commands
+
+probes_app = ElusiveTyper(
+    help="Span-cloze probes built from a corpus's own texts (no QA file needed).",
+    no_args_is_help=True,
+)
+app.add_typer(probes_app, name="probes")
+
+
+@probes_app.command("build")
+def probes_build(
+    corpus: Annotated[
+        Path, typer.Argument(help="A corpus: .jsonl (with or without spans), .txt or a folder.")
+    ],
+    out: Annotated[Path, typer.Option(help="The probes' JSONL (qa.jsonl without questions).")],
+    max_probes: int | None = config_option(ProbeConfig, "max_probes"),
+    seed: int = config_option(ProbeConfig, "seed"),
+    text_field: str = config_option(CorpusSection, "text_field"),
+    chunk: int | None = config_option(CorpusSection, "chunk"),
+    model: Annotated[
+        str | None, typer.Option(help="With --chunk: the trained model, whose tokens count.")
+    ] = None,
+) -> None:
+    """Write one cloze probe per span of the texts (their own spans, else dates, numbers with
+    units and names found in them), to read, edit and give a run as corpus.qa."""
+    from collections import Counter
+
+    from .cloze import probe_file
+
+    config = ProbeConfig(max_probes=max_probes, seed=seed)
+    probes = probe_file(corpus, out, config, text_field, chunk, model)
+    kinds = Counter(item.field for item in probes.items)
+    typer.echo(
+        f"wrote {len(probes.items)} probes ("
+        + ", ".join(f"{kind} {n}" for kind, n in kinds.items())
+        + f") to {out}"
+        + (
+            f"; skipped {probes.skipped.total}: {probes.skipped.describe()}"
+            if probes.skipped.total
+            else ""
+        )
     )
 
 

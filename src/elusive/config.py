@@ -40,6 +40,7 @@ import yaml
 
 from .augment import POLICIES, AugmentConfig
 from .bios import FIELDS, SPANS, BiosConfig
+from .cloze import ProbeConfig
 from .errors import ElusiveError
 from .metrics import METRICS
 from .options import AttentionConfig, EvalConfig, TrainConfig, shorten
@@ -96,8 +97,10 @@ class CorpusSection:
     """A corpus for `read_corpus`: a .md, .txt or .jsonl file, a folder of them, or a Hugging
     Face dataset (a save_to_disk folder, .parquet, .json, .csv); `qa` names its questions."""
     qa: str | None = None
-    """Questions about the texts of `path` (`read_qa`); without them the run's probes are built
-    from the corpus."""
+    """Questions (and probes) about `path`'s texts, for `read_qa`; None: span-cloze probes built
+    from the texts, passages if chunked (`elusive.cloze.build_probes`, options in `probes`)."""
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    """How a `path` corpus without `qa` gets its probes (`elusive.cloze.ProbeConfig`)."""
     text_field: str = "text"
     """The field that holds each text in a JSONL or dataset corpus."""
     chunk: int | None = None
@@ -287,6 +290,7 @@ class RunConfig:
         corpus = self.corpus
         if corpus.bios is not None:
             corpus.bios.validate(lambda f: f"corpus.bios.{f}:")
+        corpus.probes.validate(lambda f: f"corpus.probes.{f}:")
         SquadConfig(
             max_paragraphs=corpus.max_paragraphs,
             max_questions=corpus.max_questions,

@@ -45,16 +45,21 @@ class Record:
 
 @dataclass(frozen=True)
 class QAItem:
-    """One closed-book question about a record; any of `answers` counts as correct."""
+    """One closed-book question about a record, or a probe without a question (`question`
+    None: only its `cloze` is asked); any of `answers` counts as correct."""
 
     id: str
     source_id: str
-    question: str
+    question: str | None
     answers: tuple[str, ...]
     field: str = "all"
     cloze: str | None = None
     """The fact as a sentence to complete, cut right before the answer ("Liam Thompson was
-    born on"); biographies have one per question (see `elusive.probes`)."""
+    born on"); biographies have one per question (see `elusive.probes`), span-cloze probes and
+    SQuAD questions one from the answer's span (see `elusive.cloze`)."""
+    kind: str | None = None
+    """The answer's kind (``date``, ``number``, ``name``, ...; `elusive.cloze`): its distractors
+    are other sources' answers of the same kind. None: other answers of the same `field`."""
 
 
 def record_to_json(record: Record) -> dict[str, Any]:
@@ -69,19 +74,19 @@ def record_to_json(record: Record) -> dict[str, Any]:
 
 def qa_to_json(item: QAItem, source_key: str = "person_id") -> dict[str, Any]:
     """The qa.jsonl form: one gold answer is written as `answer`, several as `answers`; the
-    source record id goes under `source_key` (``person_id`` or ``source_id``, see read_qa)."""
-    out: dict[str, Any] = {
-        "id": item.id,
-        source_key: item.source_id,
-        "field": item.field,
-        "question": item.question,
-    }
+    source record id goes under `source_key` (``person_id`` or ``source_id``, see read_qa); a
+    probe without a question has no ``question``, an item without a kind no ``kind``."""
+    out: dict[str, Any] = {"id": item.id, source_key: item.source_id, "field": item.field}
+    if item.question is not None:
+        out["question"] = item.question
     if len(item.answers) == 1:
         out["answer"] = item.answers[0]
     else:
         out["answers"] = list(item.answers)
     if item.cloze is not None:
         out["cloze"] = item.cloze
+    if item.kind is not None:
+        out["kind"] = item.kind
     return out
 
 
@@ -290,7 +295,8 @@ def markdown_headings(text: str) -> list[Heading]:
 def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QAItem]:
     """Read QA JSONL: ``question`` plus ``answer`` (one) or ``answers`` (a list); the source
     text is ``person_id`` or ``source_id``; optional ``id``, ``field`` (not ``overall``, the
-    name of the scores over every field) and ``cloze``.
+    name of the scores over every field), ``cloze`` and ``kind``. A line without ``question``
+    is a probe (what `elusive probes build` writes) and must have ``cloze``.
 
     With `sources` (the ids of the corpus trained on), every question must name one of them: a
     question about a text never trained on would measure nothing."""
@@ -300,8 +306,12 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
     for number, obj in iter_jsonl(path):
         where = f"{path}:{number}"
         question = obj.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise CorpusError(f"{where}: missing or empty field 'question'")
+        if question is None and obj.get("cloze") is None:
+            raise CorpusError(
+                f"{where}: missing field 'question' (or 'cloze', for a probe without a question)"
+            )
+        if question is not None and (not isinstance(question, str) or not question.strip()):
+            raise CorpusError(f"{where}: field 'question' must be a non-empty string")
         if obj.get("field") == "overall":  # the scores' name for all fields together
             raise CorpusError(
                 f"{where}: field 'field' is 'overall', the name reserved for the scores over "
@@ -330,6 +340,9 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
         cloze = obj.get("cloze")
         if cloze is not None and (not isinstance(cloze, str) or not cloze.strip()):
             raise CorpusError(f"{where}: field 'cloze' must be a non-empty string")
+        kind = obj.get("kind")
+        if kind is not None and (not isinstance(kind, str) or not kind.strip()):
+            raise CorpusError(f"{where}: field 'kind' must be a non-empty string")
         source = obj.get("source_id", obj.get("person_id", ""))
         if sources is not None and str(source) not in sources:
             if source == "":
@@ -348,6 +361,7 @@ def read_qa(path: str | Path, sources: Collection[str] | None = None) -> list[QA
                 answers=tuple(answers),
                 field=str(obj.get("field", "all")),
                 cloze=cloze,
+                kind=kind,
             )
         )
     if not items:

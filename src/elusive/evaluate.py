@@ -276,19 +276,34 @@ def evaluate_qa(
     Both choices use the same distractors. `shared`: the launched processes share the
     questions (see `answer_and_score`).
 
+    An item without a question (a span-cloze probe, `elusive.cloze`) gets only the cloze
+    metrics: its prediction row has no ``em``/``f1``/``choice``/``logprob``, so a field of such
+    probes is scored by its cloze metrics alone and nothing warns of the QA ones. Without
+    ``config.probes`` such items are left out (counted under ``probe_only``): nothing is asked.
+
     The result's `warnings` (each also a DroppedDataWarning, from the process that would write
     it) record ``over_context``, questions whose prompt needs more than the model's context
     (`context_overflow`); ``fewer_distractors``, questions with fewer than ``config.choices``
-    distractors (`elusive.probes.distractor_shortage`); and ``missing_metrics``, per field a
-    metric no question has a value for, which the scores leave out (`unmeasured`)."""
+    distractors (`elusive.probes.distractor_shortage`); ``probe_only``, the probes left out;
+    and ``missing_metrics``, per field a metric no question has a value for, which the scores
+    leave out (`unmeasured`)."""
     from .probes import candidates, distractor_shortage, judge, pick_distractors
 
     config = config or EvalConfig()
-    prompts = build_prompts(items, config, pool)
-    asked = [i for i, item in enumerate(items) if item.cloze is not None]
     found: dict[str, Any] = {}
+    if not config.probes and any(item.question is None for item in items):
+        found["probe_only"] = sum(item.question is None for item in items)
+        items = [item for item in items if item.question is not None]
+    qa = [i for i, item in enumerate(items) if item.question is not None]
+    shots = [item for item in (pool if pool is not None else items) if item.question is not None]
+    prompts = build_prompts([items[i] for i in qa], config, shots)
+    asked = [i for i, item in enumerate(items) if item.cloze is not None]
     clozes = {i: [items[i].cloze] for i in asked} if config.probes else {}
-    asks = [[prompt, *clozes.get(i, [])] for i, prompt in enumerate(prompts)]
+    qa_prompts = dict(zip(qa, prompts, strict=True))
+    asks = [
+        [*([qa_prompts[i]] if i in qa_prompts else []), *clozes.get(i, [])]
+        for i in range(len(items))
+    ]
     if overflow := context_overflow(model, tokenizer, items, asks, config.max_new_tokens):
         found["over_context"] = overflow
     cands = None  # without probes: the greedy answers alone
@@ -297,14 +312,31 @@ def evaluate_qa(
         cands = candidates(items, distractors)
         if short := distractor_shortage(items, distractors, config.choices):
             found["fewer_distractors"] = {"choices": config.choices, "fields": short}
-    outputs, scores = answer_and_score(model, tokenizer, prompts, config, progress, cands, shared)
-    rows = score_predictions(items, outputs)
+    rows: list[dict] = [
+        {
+            "id": item.id,
+            "source_id": item.source_id,
+            "field": item.field,
+            "answers": list(item.answers),
+        }
+        for item in items
+    ]
+    if qa:
+        outputs, scores = answer_and_score(
+            model, tokenizer, prompts, config, progress,
+            None if cands is None else [cands[i] for i in qa], shared,
+        )  # fmt: skip
+        for i, row in zip(qa, score_predictions([items[i] for i in qa], outputs), strict=True):
+            rows[i] = row
+        if config.probes:
+            qa_items = [items[i] for i in qa]
+            wrong = [distractors[i] for i in qa]
+            for i, probed in zip(qa, judge(qa_items, wrong, scores), strict=True):
+                rows[i].update(probed)
     if not config.probes:
         return _result(rows, found, shared)
-    for row, wrong, probed in zip(
-        rows, distractors, judge(items, distractors, scores), strict=True
-    ):
-        row.update(probed, distractors=list(wrong))
+    for row, wrong in zip(rows, distractors, strict=True):
+        row["distractors"] = list(wrong)
 
     if asked:
         cloze_items = [items[i] for i in asked]
@@ -392,6 +424,11 @@ def _warning_lines(found: dict[str, Any], n: int) -> list[str]:
             f"{fields['overall']} of {n} questions need more than the model's {over['context']} "
             f"positions (prompt, shots included, plus the answer's new tokens; the longest "
             f"{over['longest']}): their answers come from positions it never learnt"
+        )
+    if skipped := found.get("probe_only"):
+        lines.append(
+            f"{skipped} probes without a question are left out: evaluate.probes is off, and "
+            "a probe is only its cloze"
         )
     if short := found.get("fewer_distractors"):
         fields, k = short["fields"], short["choices"]

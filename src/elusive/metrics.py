@@ -82,10 +82,11 @@ LABELS: dict[str, str] = {
 @dataclass(frozen=True)
 class FieldScore:
     """Mean scores over the `n` questions of a field; a probe is None where it was not run
-    (``cloze_*`` needs QA lines with a cloze prompt)."""
+    (``cloze_*`` needs QA lines with a cloze prompt), and so are `em` and `f1` for a field of
+    probes without questions (span-cloze probes, `elusive.cloze`)."""
 
-    em: float
-    f1: float
+    em: float | None
+    f1: float | None
     n: int
     choice: float | None = None
     """Share of questions whose gold answer out-scores every distractor (chance 1/(k+1))."""
@@ -120,7 +121,11 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[str, FieldScore]:
                     pair[1] += 1
     order = [k for k in counts if k != "overall"] + (["overall"] if counts else [])
     return {
-        key: FieldScore(n=counts[key], **{m: total / n for m, (total, n) in sums[key].items()})
+        key: FieldScore(
+            n=counts[key],
+            # a field of probes alone has no QA answer: no em, no f1
+            **{"em": None, "f1": None, **{m: t / n for m, (t, n) in sums[key].items()}},
+        )
         for key in order
     }
 

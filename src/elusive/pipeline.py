@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .bios import generate_bios
-from .config import UNTRAINED, ConfigError, RunConfig, options
+from .config import UNTRAINED, ConfigError, CorpusSection, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
 from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
 from .runs import STAGES, Cell, Run, eval_dirs, grid, untrained_dirs
@@ -42,7 +42,9 @@ def stage_corpus(run: Run) -> str:
     split_path = run.path("corpus", "split.json")
     if not split_path.exists():
         records, questions = _load_source(run.config)
-        records = _passages(run.config, records)
+        documents, records = records, _passages(run.config, records)
+        if run.config.corpus.path is not None:
+            questions = _path_questions(run.config.corpus, documents, records)
         sources = sorted({q.source_id for q in questions})
         random.Random(run.config.corpus.seed).shuffle(sources)
         n_val = max(1, math.ceil(run.config.validation * len(sources)))
@@ -67,8 +69,8 @@ def stage_corpus(run: Run) -> str:
 
 
 def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
-    """The documents and questions of the config's corpus. A `corpus.path` without `corpus.qa`
-    has no questions here: its probes are made from the passages."""
+    """The documents and questions of the config's corpus; a `corpus.path`'s questions come
+    once its passages are cut (`_path_questions`)."""
     section = config.corpus
     if section.bios is not None:
         return generate_bios(section.bios)
@@ -84,10 +86,22 @@ def _load_source(config: RunConfig) -> tuple[list[Record], list[QAItem]]:
                 seed=section.seed,
             ),
         )
-    records = read_corpus(section.path, section.text_field)
-    if section.qa is None:
-        return records, []
-    return records, read_qa(section.qa, sources={r.id for r in records})
+    return read_corpus(section.path, section.text_field), []  # questions: `_path_questions`
+
+
+def _path_questions(
+    section: CorpusSection, documents: list[Record], passages: list[Record]
+) -> list[QAItem]:
+    """The questions of a `corpus.path`: its `corpus.qa`, each about a document or a passage
+    (as `elusive probes build --chunk` writes them), or without one the span-cloze probes of
+    the passages (`elusive.cloze`)."""
+    if section.qa is not None:
+        return read_qa(section.qa, sources={r.id for r in (*documents, *passages)})
+    from .cloze import build_probes, warn_skipped
+
+    probes = build_probes(passages, section.probes)
+    warn_skipped(probes, str(section.path))
+    return probes.items
 
 
 def _passages(config: RunConfig, records: list[Record]) -> list[Record]:

@@ -46,20 +46,34 @@ class CandidateScore:
 
 def pick_distractors(items: Sequence[QAItem], k: int, seed: int = 0) -> list[tuple[str, ...]]:
     """For each item, up to `k` wrong answers drawn from the answers of the other items of the
-    same field (distinct after normalisation, never equal to one of the item's golds).
+    same pool (distinct after normalisation, never equal to one of the item's golds).
 
-    The draw for an item depends only on (`seed`, item id) and the set of answers (not their
-    order), so every checkpoint evaluated on the same questions gets the same distractors.
+    An item's pool is its `field`; an item with a `kind` (span-cloze probes, SQuAD questions:
+    `elusive.cloze`) draws from the items of that kind instead, leaving out every answer of
+    items about its own source (a passage's other facts are not what a wrong answer about it
+    should be). The draw for an item depends only on (`seed`, item id) and the set of answers
+    (not their order), so every checkpoint evaluated on the same questions gets the same
+    distractors.
     """
-    pools: dict[str, dict[str, str]] = {}  # field -> normalised answer -> first spelling
+
+    def pool_of(item: QAItem) -> tuple[str, str]:
+        return ("kind", item.kind) if item.kind is not None else ("field", item.field)
+
+    pools: dict[tuple[str, str], dict[str, str]] = {}  # pool -> normalised answer -> spelling
+    own: dict[tuple[str, str, str], set[str]] = {}  # (pool, source) -> its normalised answers
     for item in items:
-        pool = pools.setdefault(item.field, {})
+        pool = pools.setdefault(pool_of(item), {})
         for answer in item.answers:
             pool.setdefault(normalize_answer(answer), answer)
+        if item.kind is not None:
+            own.setdefault((*pool_of(item), item.source_id), set()).update(
+                normalize_answer(a) for a in item.answers
+            )
     out = []
     for item in items:
         golds = {normalize_answer(a) for a in item.answers}
-        wrong = [a for norm, a in sorted(pools[item.field].items()) if norm not in golds]
+        golds |= own.get((*pool_of(item), item.source_id), set())
+        wrong = [a for norm, a in sorted(pools[pool_of(item)].items()) if norm not in golds]
         rng = random.Random(f"{seed}:{item.id}")
         out.append(tuple(rng.sample(wrong, min(k, len(wrong)))))
     return out

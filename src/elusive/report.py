@@ -65,6 +65,9 @@ def field_token_distances(
 
 PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
 """The probes the report's probe table shows (every probe is in report.json)."""
+CLOZE_COLUMNS = ("cloze_em", "cloze_f1", "cloze_choice", "cloze_logprob")
+"""The tables of a run of probes without questions, one per metric with a column per span
+kind."""
 
 
 # --------------------------------------------------------------------------- the run report
@@ -92,7 +95,10 @@ def summarize(run) -> dict:
 
     The selection score is the mean validation ``report.select_metric`` (F1 by default) over
     the ``report.select_on`` fields (the paper's university and company), or over all questions
-    for corpora without those fields.
+    for corpora without those fields. A run whose items are probes without questions (a user
+    corpus without ``corpus.qa``: `elusive.cloze`) has no QA EM or F1: there ``em``/``f1``
+    select by their cloze counterpart (``cloze_em``/``cloze_f1``) over all probes, and the
+    summary's ``select_metric`` says so.
     """
     from .io import iter_jsonl
     from .metrics import aggregate
@@ -117,6 +123,12 @@ def summarize(run) -> dict:
         table.setdefault(key, {}).setdefault(setting, {})[cell.seed] = scores
         test = [r for r in rows if r["source_id"] in subsets["test"]]
         test_rows.setdefault(key, {}).setdefault(setting, {})[cell.seed] = test
+
+    if metric in ("em", "f1") and table:  # probes without questions: their cloze EM/F1
+        by_seed = next(iter(next(iter(table.values())).values()))
+        overall = next(iter(by_seed.values()))["validation"].get("overall")
+        if overall is not None and metric not in overall.present():
+            metric = f"cloze_{metric}"
 
     def selection_score(by_seed: dict[int, dict]) -> float:
         per_seed = []
@@ -179,6 +191,16 @@ def summarize(run) -> dict:
                 "test": test,
             }
         )
+    # a run of probes without questions has no QA metric anywhere: its study shows the cloze
+    # metrics alone rather than columns of "-"
+    scored = {
+        m
+        for tables in study_tables.values()
+        for t in tables.values()
+        for u in t.values()
+        for m in u
+    }
+    study_metrics = METRICS if "em" in scored else tuple(m for m in METRICS if m in scored)
     # per role, the study against the first baseline run, then against each other one
     studies: dict[str, list[dict]] = {}
     for role, tables in study_tables.items():
@@ -187,9 +209,9 @@ def summarize(run) -> dict:
         for baseline in config.report.baselines:
             if baseline == UNTRAINED:
                 tables_ = {UNTRAINED: untrained, **tables}
-                studies[role].append(summarize_study(tables_, UNTRAINED, metrics=METRICS))
+                studies[role].append(summarize_study(tables_, UNTRAINED, metrics=study_metrics))
             elif baseline in tables:
-                study = summarize_study(tables, baseline=baseline, metrics=METRICS)
+                study = summarize_study(tables, baseline=baseline, metrics=study_metrics)
                 options = {k: study[k] for k in ("fields", "metrics", "level", "n_boot")}
                 means = policy_means(untrained, seed=study["bootstrap_seed"], **options)
                 study["policies"] = [UNTRAINED, *study["policies"]]
@@ -226,7 +248,8 @@ def markdown_tables(summary: dict) -> str:
         return "No results.\n"
     fields = [f for f in rows[0]["test"] if f != "overall"] + ["overall"]
     chosen = [f for f in summary["select_on"] if f in rows[0]["test"]] or ["overall"]
-    probes = [m for m in PROBE_COLUMNS if m in rows[0]["test"]["overall"]]
+    measured = rows[0]["test"]["overall"]
+    probes = [m for m in PROBE_COLUMNS if m in measured]
 
     def table(columns: list[str], metrics: Sequence[str]) -> list[str]:
         head = ["model", "policy", "α", "β", "lr", "epochs"]
@@ -257,6 +280,33 @@ def markdown_tables(summary: dict) -> str:
             f" {UNTRAINED}: the base model before any training, evaluated once on the same "
             "questions; no seed changes it, so it has no ± std."
         )
+    models = {r["role"]: r["model"] for r in rows}
+    studies = []
+    for role, study in summary["study"].items():
+        studies += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting."]
+        studies += [""]
+        if UNTRAINED in study["means"]:
+            studies += [
+                f"{UNTRAINED}: one evaluation of the base model, standing for every seed; "
+                "its CI is over the test people alone.",
+                "",
+            ]
+        studies += [study_markdown(study)]
+        for other in summary["other_baselines"].get(role, {}).values():
+            studies += [study_markdown(other, means=False)]
+    if "em" not in measured:  # probes without questions: their cloze metrics per span kind
+        out = ["## Span-cloze probes", "", note.replace("questions", "probes", 1), ""]
+        out += [
+            "Each span of the texts (a date, a number with its unit, a name, ...) as a cloze: "
+            "its sentence after the text's title, cut right before the span; columns are the "
+            "span kinds. EM/F1: the greedy continuation; choice: the span out-scores every "
+            "distractor (spans of the same kind from other texts) by log-probability; logprob: "
+            "mean log-probability per token of the span.",
+            "",
+        ]
+        for metric in (m for m in CLOZE_COLUMNS if m in measured):
+            out += [f"### {LABELS.get(metric, metric)}", "", *table(fields, [metric]), ""]
+        return "\n".join([*out, *studies])
     out = ["## Table 2: QA after continual pretraining", "", note, "", *table(chosen, ["em", "f1"])]
     if probes:
         out += [
@@ -271,19 +321,7 @@ def markdown_tables(summary: dict) -> str:
             *table(chosen, probes),
         ]
     out += ["", "## All fields", "", *table(fields, ["em", "f1"]), ""]
-    models = {r["role"]: r["model"] for r in rows}
-    for role, study in summary["study"].items():
-        out += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting.", ""]
-        if UNTRAINED in study["means"]:
-            out += [
-                f"{UNTRAINED}: one evaluation of the base model, standing for every seed; "
-                "its CI is over the test people alone.",
-                "",
-            ]
-        out += [study_markdown(study)]
-        for other in summary["other_baselines"].get(role, {}).values():
-            out += [study_markdown(other, means=False)]
-    return "\n".join(out)
+    return "\n".join([*out, *studies])
 
 
 # --------------------------------------------------------------------------- Figures 2 and 3

@@ -333,7 +333,7 @@ _ADDED_LATER = {
     },
     "models": {"device_map": None, "max_memory": None},
     "augment": {"protect": []},
-    "corpus": {"text_field": "text", "chunk": None},
+    "corpus": {"text_field": "text", "chunk": None, "probes": {"max_probes": None, "seed": 0}},
 }
 """Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
 

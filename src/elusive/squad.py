@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cloze import squad_clozes
 from .corpus import QAItem, Record
 from .errors import flag
 from .io import CorpusError, DroppedDataWarning, parse_json, read_text
@@ -61,7 +62,9 @@ def read_squad(
     Record ids are ``{title}-p{k}`` (spaces in the title become ``_``; k counts that title's
     paragraphs in file order, so ids do not depend on sampling). A record's `meta` holds the
     title and its `spans` map each kept question id to its first answer in the paragraph.
-    QAItem.source_id is the paragraph's record id; duplicate gold answers are merged. The whole
+    QAItem.source_id is the paragraph's record id; duplicate gold answers are merged. Each
+    question gets the answer-span cloze and the answer kind of `elusive.cloze.squad_clozes`
+    (a DroppedDataWarning counts those whose prompt would hold a gold answer). The whole
     file is checked before sampling: bad JSON, a missing or mistyped field, a duplicate question
     id, or an `answer_start` whose span is not the answer text is a CorpusError naming the
     paragraph or question. SQuAD v2.0 questions marked ``is_impossible`` are skipped with a
@@ -113,7 +116,15 @@ def read_squad(
         if span is not None:
             spans.setdefault(item.source_id, {})[item.id] = span
     records = [replace(record, spans=spans.get(record.id, {})) for record, _ in kept]
-    return records, [item for item, _ in chosen]
+    items, held = squad_clozes(records, [item for item, _ in chosen])
+    if held:
+        warnings.warn(
+            f"{path}: {held} questions get no answer-span cloze: the sentence before the answer, "
+            "or the title, holds a gold answer",
+            DroppedDataWarning,
+            stacklevel=2,
+        )
+    return records, items
 
 
 def _sample(items: list, limit: int | None, rng: random.Random) -> list:
