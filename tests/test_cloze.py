@@ -36,8 +36,8 @@ SQUAD_FIXTURES = [DATA / "squad_small.json", DATA / "squad_wiki_sample.json"]
 TEXT = (
     "Lake Varren is a lake in St. Louis County. It was formed on January 5, 1821 and is "
     "112 metres deep. In 1968 the University of Oxford sent J. R. Smith there; Smith's report "
-    "cost $2.5 million. The lake covers 3,400 km² and 40% of it freezes in April. Paris. "
-    "Yesterday Anna Bell left for the 1990s, on 4 July 2001 (2001-07-04)."
+    "cost $2.5 million. The lake covers 3,400 km² and 40% of it freezes in April, at -12 °C. "
+    "Paris. Yesterday Anna Bell left for the 1990s, on 4 July 2001 (2001-07-04)."
 )
 # Written by hand from the rule of elusive.cloze, in text order.
 EXPECTED = [
@@ -52,7 +52,8 @@ EXPECTED = [
     ("number.2", "$2.5 million"),
     ("number.3", "3,400 km²"),
     ("number.4", "40%"),
-    ("date.3", "April"),  # a month alone; "Paris." alone starts a sentence: not taken
+    ("date.3", "April"),  # a month alone
+    ("number.5", "-12 °C"),  # with its sign; "Paris." alone starts a sentence: not taken
     ("name.6", "Anna Bell"),  # "Yesterday" dropped; "1990s" is a decade, not a year
     ("date.4", "4 July 2001"),
     ("date.5", "2001-07-04"),

@@ -119,7 +119,8 @@ UNITS = (
 """The units a number takes to be a `number` span (regex alternatives, case-sensitive)."""
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s+(?:thousand|million|billion|trillion))?"
 _NUMBER = re.compile(
-    rf"(?<![\w.,])(?:(?:US\$|[$£€¥])\s?{_NUM}|{_NUM}(?:\s?(?:%)|[\s-](?:{UNITS})(?![\w/²])))"
+    # a sign belongs to a measure ("-34.8 °C"), so that the cloze prompt does not end in it
+    rf"(?<![\w.,])(?:(?:US\$|[$£€¥])\s?{_NUM}|[-−]?{_NUM}(?:\s?(?:%)|[\s-](?:{UNITS})(?![\w/²])))"
 )
 
 _WORD = re.compile(r"[^\W\d_](?:[\w'’-]*[^\W_])?")
