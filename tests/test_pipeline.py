@@ -618,13 +618,22 @@ TOWNS = {
 }
 
 
-@pytest.mark.parametrize("form", ["jsonl", "txt"])
+@pytest.mark.parametrize("form", ["jsonl", "txt", "md"])
 def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair, form):
-    """No corpus.qa: the run builds span-cloze probes from the texts, splits their sources into
-    validation and test, and reports cloze EM/F1, choice and log-prob per span kind."""
+    """No corpus.qa: the run builds span-cloze probes from the texts (a folder of Markdown pages
+    cut into passages too), splits their sources into validation and test, and reports cloze
+    EM/F1, choice and log-prob per span kind, the untrained model's row first."""
     from elusive.io import write_jsonl
 
-    if form == "jsonl":
+    chunk = {}
+    if form == "md":
+        corpus = tmp_path / "towns"
+        corpus.mkdir()
+        for town, text in TOWNS.items():
+            paragraphs = text.replace(". ", ".\n\n")  # a paragraph a sentence
+            (corpus / f"{town}.md").write_text(f"# {town}\n\n{paragraphs}\n")
+        chunk = {"chunk": 24}
+    elif form == "jsonl":
         rows = [{"id": t, "title": t, "text": text} for t, text in TOWNS.items()]
         corpus = write_jsonl(tmp_path / "towns.jsonl", rows)
     else:
@@ -632,7 +641,7 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
         corpus.write_text("\n\n".join(TOWNS.values()) + "\n")
     overrides = {
         "seeds": [0],
-        "corpus": {"path": str(corpus)},
+        "corpus": {"path": str(corpus), **chunk},
         "validation": 0.34,
         "augment": {"policies": ["none", "contrast"], "copies": 1, "alpha": [0.7], "beta": [0.03]},
         "train": {"lr": [1e-3], "epochs": [1], "batch_size": 4},
@@ -657,6 +666,12 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
     assert set(summary["study"]["small"]["metrics"]) == cloze  # no empty QA columns
     for row in summary["rows"]:
         assert cloze <= set(row["test"]["date"]) and "em" not in row["test"]["overall"]
+    assert [row["policy"] for row in summary["rows"]] == ["untrained", "none", "contrast"]
+    if form == "md":  # probes ask about passages, each named after its page and titled by it
+        passages = [json.loads(line) for line in run.path("corpus", "corpus.jsonl").open()]
+        assert len(passages) > len(TOWNS) and all("#" in p["id"] for p in passages)
+        titles = {p["id"]: p["title"] for p in passages}
+        assert all(p["cloze"].startswith(titles[p["person_id"]]) for p in probes)
     report = run.path("report", "report.md").read_text()
     assert "## Span-cloze probes" in report and "### cloze EM" in report
     assert "| date cloze EM |" in report and "| overall cloze logprob |" in report
