@@ -674,6 +674,7 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
         assert all(p["cloze"].startswith(titles[p["person_id"]]) for p in probes)
     report = run.path("report", "report.md").read_text()
     assert "## Span-cloze probes" in report and "### cloze EM" in report
+    assert "## Statistics over test texts and seeds" in report and "test people" not in report
     assert "| date cloze EM |" in report and "| overall cloze logprob |" in report
 
 

@@ -68,6 +68,8 @@ PROBE_COLUMNS = ("cloze_em", "cloze_choice", "choice", "logprob")
 CLOZE_COLUMNS = ("cloze_em", "cloze_f1", "cloze_choice", "cloze_logprob")
 """The tables of a run of probes without questions, one per metric with a column per span
 kind."""
+UNITS = {"bios": ("person", "people"), "texts": ("text", "texts")}
+"""What a run's questions are about (singular, plural): the units its statistics resample."""
 
 
 # --------------------------------------------------------------------------- the run report
@@ -218,6 +220,7 @@ def summarize(run) -> dict:
                 study["means"] = {UNTRAINED: means, **study["means"]}
                 studies[role].append(study)
     return {
+        "unit": list(UNITS["bios" if config.corpus.bios is not None else "texts"]),
         "select_on": config.report.select_on,
         "select_metric": metric,
         "rows": [row for role_rows in by_role.values() for row in role_rows],
@@ -281,6 +284,7 @@ def markdown_tables(summary: dict) -> str:
             "questions; no seed changes it, so it has no ± std."
         )
     models = {r["role"]: r["model"] for r in rows}
+    one, many = summary.get("unit", UNITS["bios"])
     studies = []
     for role, study in summary["study"].items():
         studies += [f"Trained model: {models[role]} ({role}), each policy at its chosen setting."]
@@ -288,12 +292,12 @@ def markdown_tables(summary: dict) -> str:
         if UNTRAINED in study["means"]:
             studies += [
                 f"{UNTRAINED}: one evaluation of the base model, standing for every seed; "
-                "its CI is over the test people alone.",
+                f"its CI is over the test {many} alone.",
                 "",
             ]
-        studies += [study_markdown(study)]
+        studies += [study_markdown(study, unit=(one, many))]
         for other in summary["other_baselines"].get(role, {}).values():
-            studies += [study_markdown(other, means=False)]
+            studies += [study_markdown(other, means=False, unit=(one, many))]
     if "em" not in measured:  # probes without questions: their cloze metrics per span kind
         out = ["## Span-cloze probes", "", note.replace("questions", "probes", 1), ""]
         out += [
@@ -589,7 +593,8 @@ def write_report(run) -> list[Path]:
             written.append(plot_paired_differences(study, out / name, metrics=PAIRED_METRICS))
             figures.append(
                 f"- {name}: per field and metric, each policy's paired difference from "
-                f"{study['baseline']} (same test people, same seeds) with its 95% bootstrap CI."
+                f"{study['baseline']} (same test {summary['unit'][1]}, same seeds) with its 95% "
+                "bootstrap CI."
             )
     curves, curve_lines = loss_curves(run, summary["rows"], out)
     written, figures = written + curves, figures + curve_lines

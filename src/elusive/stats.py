@@ -232,10 +232,14 @@ def _interval(cell: dict, signed: bool = False) -> str:
     return f"{mean} [{cell['low']:.2f}, {cell['high']:.2f}]"
 
 
-def study_markdown(summary: dict, means: bool = True) -> str:
+def study_markdown(
+    summary: dict, means: bool = True, unit: tuple[str, str] = ("person", "people")
+) -> str:
     """Markdown: the mean and CI of every policy per field and metric (unless `means` is
     False), the paired differences against the baseline, and sentences naming the differences
-    whose CI excludes 0."""
+    whose CI excludes 0. `unit`: what the questions are about, singular and plural (the
+    resampled clusters: people of biographies, texts of any other corpus)."""
+    one, many = unit
     baseline, metrics = summary["baseline"], summary["metrics"]
     level = f"{summary['level']:.0%}"
 
@@ -262,11 +266,11 @@ def study_markdown(summary: dict, means: bool = True) -> str:
         people = {c["n_people"] for c in cells}  # one number unless some fields miss people
         n_people = "/".join(str(n) for n in sorted(people))
         out += [
-            "## Statistics over test people and seeds",
+            f"## Statistics over test {many} and seeds",
             "",
-            f"Mean and {level} percentile-bootstrap CI over {n_people} test people "
-            f"(each person's score averaged over seeds {summary['seeds']}; {summary['n_boot']} "
-            f"resamples of people, bootstrap seed {summary['bootstrap_seed']}).",
+            f"Mean and {level} percentile-bootstrap CI over {n_people} test {many} "
+            f"(each {one}'s score averaged over seeds {summary['seeds']}; {summary['n_boot']} "
+            f"resamples of {many}, bootstrap seed {summary['bootstrap_seed']}).",
             "",
             *table("policy", summary["means"], signed=False),
             "",
@@ -278,7 +282,7 @@ def study_markdown(summary: dict, means: bool = True) -> str:
     out += [
         f"### Paired differences against {baseline}",
         "",
-        f"Per unit (same seed, same person), policy minus {baseline}; mean and {level} CI.",
+        f"Per unit (same seed, same {one}), policy minus {baseline}; mean and {level} CI.",
         "",
         *table("difference", labels, signed=True),
         "",
