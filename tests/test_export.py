@@ -118,6 +118,12 @@ def test_exported_folder_loads_and_answers_as_base_plus_adapter(tiny_model_dir, 
     base, _ = load_model(tiny_model_dir)
     assert _greedy(base, tokenizer) != _greedy(reference, tokenizer)  # training changed answers
 
+    import stat
+
+    from test_io import _plain_mode
+
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes.values()) == {_plain_mode(tmp_path)}, modes  # safetensors' 0600 opened
     card = (out / "README.md").read_text()
     assert f"spec: `{tiny_model_dir.resolve()}`" in card
     assert model_fingerprint(tiny_model_dir) in card

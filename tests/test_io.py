@@ -151,3 +151,32 @@ def test_a_damaged_run_manifest_is_one_error_naming_it(tmp_path, content, reason
         Run(RunConfig(), tmp_path).open(echo=lambda line: None)
     assert len(str(caught.value).splitlines()) == 1
     assert (tmp_path / "run.json").read_bytes() == content  # nothing rewritten
+
+
+def _plain_mode(folder) -> int:
+    """The mode a plain open gives a new file here (0666 cut by the umask)."""
+    import os
+    import stat
+
+    probe = folder / "probe"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    return mode
+
+
+def test_plain_modes_opens_what_a_private_temp_file_closed(tmp_path):
+    import stat
+
+    from elusive.io import plain_modes
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "model.safetensors").chmod(0o600)  # what safetensors leaves
+    (folder / "config.json").write_text("{}")
+    plain_modes(folder)
+    want = _plain_mode(tmp_path)
+    assert want != 0o600
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {want}
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]

@@ -1035,3 +1035,15 @@ def test_tensorboard_tracker_logs_the_losses_of_log_json(
     assert scalars["train/epoch_loss"] == [
         (later[-1]["step"], pytest.approx(log["epochs"][1]["loss"]))
     ]
+
+
+def test_a_saved_epoch_is_readable_like_any_other_output(tiny_model_dir, records, tmp_path):
+    """safetensors writes the adapter mode 0600; the epoch folder's files get a plain open's."""
+    import stat
+
+    from test_io import _plain_mode
+
+    final = train(_config(tiny_model_dir, epochs=1), records, tmp_path / "run", progress=False)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in final.iterdir()}
+    assert "adapter_model.safetensors" in modes
+    assert set(modes.values()) == {_plain_mode(tmp_path)}

@@ -44,6 +44,7 @@ from .io import (
     check_apart,
     check_out_dir,
     name_failed_write,
+    plain_modes,
     read_json,
     remove_temps_of,
     temp_beside,
@@ -371,6 +372,7 @@ def export_model(
         merged.save_pretrained(tmp)  # model.safetensors: transformers writes nothing else
         tokenizer.save_pretrained(tmp)
         (tmp / CARD).write_text(card, encoding="utf-8")
+        plain_modes(tmp)
         os.replace(tmp, out)  # onto an empty folder, too
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -123,6 +123,21 @@ def _new_file_beside(path: Path, suffix: str) -> Path:
     raise FileExistsError(f"{path}: no free temp file name beside it")
 
 
+def plain_modes(folder: str | Path) -> None:
+    """Give every file directly in `folder` the mode a plain `open` gives (0666 cut by the
+    umask). safetensors writes its files through a private temp file, mode 0600, so a saved
+    model or adapter would otherwise be readable by its owner alone, unlike every other output."""
+    folder = Path(folder)
+    probe = _new_file_beside(folder / "mode", "")
+    try:
+        mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def remove_temp_files(folder: str | Path, recursive: bool = False) -> int:
     """Remove the temp files and folders elusive leaves when its process is killed (SIGKILL
     runs no cleanup): names with `TEMP_MARK`, in `folder` (and below it, if `recursive`). Call

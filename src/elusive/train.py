@@ -56,6 +56,7 @@ from .io import (
     atomic_write_text,
     check_out_dir,
     name_failed_write,
+    plain_modes,
     read_json,
     remove_temp_files,
     temp_beside,
@@ -325,6 +326,7 @@ def _save_epoch(accelerator, model, tokenizer, config, run_dir, epoch, state, lo
                 tokenizer.save_pretrained(tmp)
             _save_state(state, tmp / STATE_FILE)
             atomic_write_text(tmp / LOG_FILE, json.dumps(log, indent=1) + "\n")
+            plain_modes(tmp)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint is left
             name_failed_write(exc, final)
