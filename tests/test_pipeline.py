@@ -10,7 +10,7 @@ import yaml
 from elusive.config import ConfigError, load_config
 from elusive.models import make_tiny_model
 from elusive.pipeline import run_experiment
-from elusive.runs import STAGES, grid
+from elusive.runs import STAGES, Run, grid
 
 
 @pytest.fixture(scope="module")
@@ -878,3 +878,31 @@ def test_probes_of_passages_from_probes_build_are_a_chunked_runs_qa(
     split = json.loads(run.path("corpus", "split.json").read_text())
     assert set(split["validation"] + split["test"]) <= passages
     assert all("#" in source for source in split["test"])
+
+
+def test_figures_2_3_follow_a_change_of_model_not_a_stale_cache(tmp_path, tiny_pair, monkeypatch):
+    """report/analysis.json (the attention rows of Figures 2-3) is reused only while the models,
+    the scoring options and the generator are the ones it was computed from."""
+    import elusive.report as report
+
+    large, small = tiny_pair
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
+    config.report.analysis_texts = 3
+    run = Run(config)
+    run.path("report").mkdir(parents=True)
+    first = report._analysis(run)
+    computed = report.company_query_rows
+    calls = []
+    monkeypatch.setattr(report, "company_query_rows", lambda *a: calls.append(1) or computed(*a))
+    assert report._analysis(run) == first and not calls  # the same inputs: the cache
+
+    config.models.large = small  # the small model scored in the large one's place
+    swapped = report._analysis(run)
+    assert calls == [1] and swapped != first
+    assert swapped["large"] == swapped["small"] == first["small"]
+
+    config.attention.prefix = "Text: "
+    assert report._analysis(run) != swapped and calls == [1, 1]
+    fresh = Run(config, out=tmp_path / "fresh")
+    fresh.path("report").mkdir(parents=True)
+    assert report._analysis(fresh) == report._analysis(run)  # what a new folder computes

@@ -468,31 +468,40 @@ def _counts(rows: Sequence[dict], top: int) -> list[dict[str, int]]:
 
 def _analysis(run) -> dict[str, list[dict]]:
     """Company-query attention rows of both models over `report.analysis_texts` fresh
-    biographies (same generator settings as the corpus), cached in report/analysis.json. Under
+    biographies (same generator settings as the corpus), cached in report/analysis.json with
+    what they were computed from (both models' fingerprints, the scoring options, the
+    generator's settings) and recomputed when any of it changes. Under
     `accelerate launch` every process calls it and scores its share (`company_query_rows`)."""
     from .attention import AttentionConfig
     from .bios import generate_bios
     from .config import options
     from .io import atomic_write_text
+    from .models import model_fingerprint
 
     config = run.config
     n = config.report.analysis_texts
     path = run.path("report", "analysis.json")
+    bios = dataclasses.replace(config.corpus.bios, n=n)
+    specs = {"large": config.models.large, "small": config.models.small}
+    attention = AttentionConfig(**options(config.attention))
+    # what the rows depend on: a change of either model, of the scoring options or of the
+    # generator redoes them (the models by content, so a retrained folder at one path counts)
+    key = {
+        "bios": dataclasses.asdict(bios),
+        "models": {role: model_fingerprint(spec) for role, spec in specs.items()},
+        "attention": dataclasses.asdict(attention),
+    }
+    key = json.loads(json.dumps(key))  # as read back (tuples become lists)
     if path.exists():
         cached = read_json(path)
-        if cached["n"] == n:
+        if cached.get("key") == key:
             return cached["rows"]
-    records = generate_bios(dataclasses.replace(config.corpus.bios, n=n))[0]
-    specs = {"large": config.models.large, "small": config.models.small}
+    records = generate_bios(bios)[0]
     rows = company_query_rows(
-        records,
-        specs,
-        AttentionConfig(**options(config.attention)),
-        config.models.device_map,
-        config.models.max_memory,
+        records, specs, attention, config.models.device_map, config.models.max_memory
     )
     if run.is_main:
-        atomic_write_text(path, json.dumps({"n": n, "rows": rows}) + "\n")
+        atomic_write_text(path, json.dumps({"n": n, "key": key, "rows": rows}) + "\n")
     return rows
 
 
