@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from elusive.attention import TextScores
 from elusive.augment import AugmentConfig, augment
 from elusive.bios import BiosConfig, generate_bios
 from elusive.corpus import Record
 from elusive.io import write_jsonl
+from elusive.scores import TextScores
 
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")
 

@@ -11,16 +11,13 @@ from elusive import attention, kernels
 from elusive.attention import (
     AttentionConfig,
     AttentionError,
-    TextScores,
     attention_received,
     attention_row,
     query_attention,
     rank_desc,
-    read_scores,
     score_corpus,
     score_records,
     tokenize,
-    write_scores,
 )
 from elusive.augment import AugmentConfig, AugmentError, augment_file
 from elusive.bios import BiosConfig, generate_bios
@@ -28,6 +25,7 @@ from elusive.cli import app
 from elusive.corpus import Record
 from elusive.io import DroppedDataWarning, write_jsonl
 from elusive.models import load_model, make_tiny_model
+from elusive.scores import read_scores
 
 TEXT = (
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA. "
@@ -282,32 +280,6 @@ def test_chars_alignment_is_exact_for_identical_tokenizers(tiny_dirs, twin_dir, 
         assert a.scores["small"] == b.scores["small"]
         assert a.scores["large"][1:] == pytest.approx(b.scores["large"][1:], abs=1e-6)
         assert b.scores["large"][0] == 0.0  # BOS covers no character
-
-
-def test_scores_files_round_trip_and_bad_files_fail(tmp_path):
-    row = TextScores(
-        id="p0",
-        text_sha256="ab",
-        tokens=["Ava", " ."],
-        offsets=[(0, 3), (3, 5)],
-        eligible=[True, False],
-        scores={"large": [0.5, 0.1], "small": [0.25, 0.2]},
-        contrast=[0.25, -0.1],
-        rank=[0, -1],
-    )
-    manifest = {"models": {}, "corpus": "c", "prefix": "", "align": "tokens", "trained": "small"}
-    write_scores(tmp_path, manifest, [row])
-    assert read_scores(tmp_path) == [row]
-    single = TextScores("p1", "cd", ["A"], [(0, 1)], [True], {"model": [0.3]}, None, [0])
-    write_scores(tmp_path, manifest, [single])
-    assert "contrast" not in (tmp_path / "scores.jsonl").read_text()
-    assert read_scores(tmp_path) == [single]
-    bad = single.to_json() | {"rank": [0, 1]}
-    (tmp_path / "scores.jsonl").write_text(json.dumps(bad) + "\n")
-    with pytest.raises(AttentionError, match=r"scores.jsonl:1: field 'rank' has 2 items"):
-        read_scores(tmp_path)
-    with pytest.raises(AttentionError, match="manifest.json: no such file"):
-        read_scores(tmp_path / "nowhere")
 
 
 def test_cli_writes_scores_folder(tiny_dirs, twin_dir, tmp_path):

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import elusive.augment as augment_module
-from elusive.attention import TextScores, write_scores
 from elusive.augment import (
     POLICIES,
     RANKED,
@@ -27,6 +26,7 @@ from elusive.cli import app
 from elusive.corpus import Record, read_corpus, record_to_json
 from elusive.io import DroppedDataWarning
 from elusive.io import write_jsonl as write_rows
+from elusive.scores import TextScores, write_scores
 
 runner = CliRunner()
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")  # words with their leading space, or punctuation

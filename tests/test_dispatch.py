@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from elusive.attention import attention_received, attention_row, read_scores, score_corpus
+from elusive.attention import attention_received, attention_row, score_corpus
 from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
 from elusive.config import ConfigError, load_config
@@ -26,6 +26,7 @@ from elusive.models import (
     quiet_peft,
 )
 from elusive.probes import score_candidates
+from elusive.scores import read_scores
 
 TEXTS = [
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA.",

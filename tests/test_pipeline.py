@@ -383,9 +383,9 @@ def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny
     """scores.jsonl is written first, manifest.json last: a crash between them leaves a folder
     that the stage scores again instead of skipping it; no progress bar when progress=False."""
     import elusive.attention as attention_module
-    from elusive.attention import read_scores
     from elusive.pipeline import stage_attention, stage_corpus
     from elusive.runs import Run
+    from elusive.scores import read_scores
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     run = Run(config)

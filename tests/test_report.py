@@ -46,9 +46,9 @@ def test_drop_by_span_against_a_loop():
     import math
     import re
 
-    from elusive.attention import TextScores
     from elusive.augment import AugmentConfig
     from elusive.report import drop_by_span
+    from elusive.scores import TextScores
 
     records, _ = generate_bios(BiosConfig(n=4, seed=2))
     rows = []

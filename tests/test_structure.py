@@ -101,3 +101,17 @@ def test_a_command_reports_an_elusive_error_as_one_line(tmp_path):
     result = CliRunner().invoke(app, ["bios", "generate", "--out", str(tmp_path), "--n", "0"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: --n must be at least 1, got 0"
+
+
+def test_reading_scores_augmenting_and_reporting_import_no_torch():
+    """The scores file format lives apart from the scoring (`elusive.scores`), so that augment
+    and the report read scores without importing torch (seconds on a cold start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, elusive.scores, elusive.augment, elusive.report; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

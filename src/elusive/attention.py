@@ -27,9 +27,9 @@ import itertools
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,10 @@ from .io import (
     atomic_write_text,
     check_apart,
     check_out_dir,
-    iter_jsonl,
     os_reason,
-    read_json,
-    write_jsonl,
 )
 from .options import ROLES, AttentionConfig, AttentionError
+from .scores import TextScores, write_scores
 
 ATTN_IMPLEMENTATION = "elusive"
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
@@ -437,95 +435,6 @@ def _query_result(tok: Tokenized, row: Sequence[float], query_token: int) -> Que
 
 
 # --------------------------------------------------------------------------- scores files
-
-
-@dataclass
-class TextScores:
-    """The scores of one text: one row of ``scores.jsonl``."""
-
-    id: str
-    text_sha256: str
-    tokens: list[str]
-    """Token strings of the trained model's tokenization, prefix tokens removed."""
-    offsets: list[tuple[int, int]]
-    """Character span of each token in the original text."""
-    eligible: list[bool]
-    scores: dict[str, list[float]]
-    """Attention each token receives, per role ("large", "small", or "model")."""
-    contrast: list[float] | None = None
-    """large - small, when both roles are scored."""
-    rank: list[int] = field(default_factory=list)
-    """Rank of the contrast (else of the single model's score) among eligible tokens."""
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "text_sha256": self.text_sha256,
-            "tokens": self.tokens,
-            "offsets": [list(o) for o in self.offsets],
-            "eligible": self.eligible,
-            "scores": self.scores,
-        }
-        if self.contrast is not None:
-            out["contrast"] = self.contrast
-        out["rank"] = self.rank
-        return out
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any], where: str) -> TextScores:
-        def need(key: str, kind: type) -> Any:
-            if not isinstance(obj.get(key), kind):
-                raise AttentionError(f"{where}: field {key!r} missing or not a {kind.__name__}")
-            return obj[key]
-
-        n = len(need("tokens", list))
-        lists = {k: need(k, list) for k in ("offsets", "eligible", "rank")}
-        scores = need("scores", dict)
-        if "contrast" in obj:
-            lists["contrast"] = need("contrast", list)
-        lists.update({f"scores.{role}": v for role, v in scores.items()})
-        for key, value in lists.items():
-            if len(value) != n:
-                raise AttentionError(f"{where}: field {key!r} has {len(value)} items, not {n}")
-        return cls(
-            id=str(need("id", str)),
-            text_sha256=need("text_sha256", str),
-            tokens=obj["tokens"],
-            offsets=[(int(s), int(e)) for s, e in obj["offsets"]],
-            eligible=[bool(x) for x in obj["eligible"]],
-            scores={role: [float(x) for x in v] for role, v in scores.items()},
-            contrast=[float(x) for x in obj["contrast"]] if "contrast" in obj else None,
-            rank=[int(x) for x in obj["rank"]],
-        )
-
-
-def write_scores(out_dir: str | Path, manifest: dict[str, Any], rows: Iterable[TextScores]) -> Path:
-    """Write ``scores.jsonl`` and then ``manifest.json`` into `out_dir`, each atomically."""
-    out = Path(out_dir)
-    write_jsonl(out / "scores.jsonl", (row.to_json() for row in rows))
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    return out
-
-
-def read_manifest(scores_dir: str | Path) -> dict[str, Any]:
-    path = Path(scores_dir) / "manifest.json"
-    if not path.is_file():
-        raise AttentionError(f"{path}: no such file (run `elusive attention` first)")
-    manifest = read_json(path)
-    for key in ("models", "trained", "align", "prefix"):
-        if key not in manifest:
-            raise AttentionError(f"{path}: missing field {key!r}")
-    return manifest
-
-
-def read_scores(scores_dir: str | Path) -> list[TextScores]:
-    """Read ``scores.jsonl`` of a scores folder (its manifest must be there too)."""
-    read_manifest(scores_dir)
-    path = Path(scores_dir) / "scores.jsonl"
-    try:
-        return [TextScores.from_json(obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
-    except ValueError as exc:  # CorpusError from iter_jsonl, or AttentionError
-        raise AttentionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- scoring a corpus

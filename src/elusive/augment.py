@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -60,10 +60,8 @@ from .io import (
     remove_temps_of,
     write_jsonl,
 )
-from .options import check_finite, shorten
-
-if TYPE_CHECKING:
-    from .attention import TextScores
+from .options import AttentionError, check_finite, shorten
+from .scores import TextScores, read_manifest, read_scores
 
 CHUNK = 1024
 """Texts sampled and rendered together."""
@@ -506,8 +504,6 @@ def load_inputs(
 
     `score_of` defaults to the manifest's trained role when the scores hold it.
     """
-    from .attention import AttentionError, read_manifest, read_scores
-
     try:
         manifest, rows = read_manifest(scores_dir), read_scores(scores_dir)
     except AttentionError as exc:
@@ -538,8 +534,6 @@ def augment_file(
 ) -> int:
     """Augment a corpus with its scores directory into JSONL `out`, atomically; returns rows.
     `out` must be none of the inputs; the temp files a killed earlier run left for it go."""
-    from .attention import read_manifest
-
     config.validate()
     check_out_file(out)
     records, rows, config = load_inputs(scores_dir, corpus, config, text_field)

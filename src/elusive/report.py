@@ -29,10 +29,11 @@ from .figures import (
 )
 from .io import read_json
 from .metrics import LABELS, METRICS, FieldScore
+from .scores import TextScores, read_scores
 from .stats import study_markdown
 
 if TYPE_CHECKING:
-    from .attention import AttentionConfig, TextScores
+    from .attention import AttentionConfig
     from .augment import AugmentConfig
 
 
@@ -507,7 +508,6 @@ def _analysis(run) -> dict[str, list[dict]]:
 
 def _drops(run, records: Sequence[Record], rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """`drop_by_span` of every (trained role, policy) of the summary at its chosen setting."""
-    from .attention import read_scores
     from .augment import AugmentConfig
 
     scores = {row.id: row for row in read_scores(run.path("scores"))}
