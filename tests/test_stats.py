@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from elusive.figures import plot_paired_differences
 from elusive.stats import (
     bootstrap_ci,
+    holm,
     paired_differences,
     policy_means,
+    sign_flip_p,
     study_markdown,
     summarize_study,
     unit_scores,
@@ -150,16 +152,18 @@ def study(rng):
 
 
 def test_summary_is_json_and_markdown_names_the_differences_that_exclude_zero():
-    summary = summarize_study(study(np.random.default_rng(5)), n_boot=500)
+    # 5000 resamples > 2^12 sign flips of 12 people: the permutation test is exact
+    summary = summarize_study(study(np.random.default_rng(5)), n_boot=5000)
     assert json.loads(json.dumps(summary)) == summary
     assert summary["policies"] == ["none", "contrast", "random"] and summary["seeds"] == [0, 1, 2]
     assert set(summary["differences"]) == {"contrast", "random"}
     assert summary["means"]["none"]["company"]["em"]["n_people"] == 12
     text = study_markdown(summary)
     assert "2 of 8 differences have a 95% CI that excludes 0" in text
+    # 12 people all +0.25: 2 of the 2^12 sign flips are as extreme, times 8 comparisons (Holm)
     assert (
-        "- contrast - none, university em: +0.25 [0.25, 0.25], excludes 0 (contrast above none)."
-        in text
+        "- contrast - none, university em: +0.25 [0.25, 0.25], excludes 0 (contrast above none; "
+        f"p = < 0.001, Holm p = {8 * 2 / 2**12:.3f})." in text
     )
     assert "- contrast - none, university f1: +0.25" in text
     assert "random - none, university" not in text and "contrast - none, company em:" not in text
@@ -208,6 +212,52 @@ def textbook_ci(values, seed, n_boot, level):
     return data.mean(), low, high
 
 
+def textbook_bca(values, seed, n_boot, level):
+    """The BCa bootstrap written out (Efron and Tibshirani 1993, 14.3): resample means, the
+    bias correction z0 from the share of them below the mean, the acceleration from the
+    jackknife, and the two quantiles that z0 and it move the percentile ones to."""
+    from scipy.stats import norm
+
+    data = np.array(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.array([data[rng.integers(0, len(data), len(data))].mean() for _ in range(n_boot)])
+    # ties count half (resample means equal to the mean are frequent for EM's 0/1 scores)
+    z0 = norm.ppf((np.sum(means < data.mean()) + np.sum(means <= data.mean())) / (2 * n_boot))
+    jack = np.array([np.delete(data, i).mean() for i in range(len(data))])
+    d = jack.mean() - jack
+    a = (d**3).sum() / (6 * ((d**2).sum()) ** 1.5)
+    z = norm.ppf([(1 - level) / 2, 1 - (1 - level) / 2])
+    quantiles = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    low, high = np.quantile(means, quantiles)
+    return data.mean(), low, high
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95])
+@pytest.mark.parametrize("sample", ["skewed", "binary", "normal"])
+def test_bootstrap_ci_is_the_textbook_bca_and_percentile_bootstrap(sample, level):
+    rng = np.random.default_rng(11)
+    values = {
+        "skewed": rng.exponential(1.0, 30),  # where BCa and percentile differ most
+        "binary": (rng.random(40) < 0.2).astype(float),  # EM scores of 40 people
+        "normal": rng.normal(0.0, 1.0, 25),
+    }[sample]
+    # different resamples on each side: equal up to the Monte Carlo error of 20 000 of them, or
+    # one step of the grid a mean of 0/1 scores lies on
+    tolerance = max(0.01 * (values.max() - values.min()), 1.01 / len(values))
+    for ours, reference in (
+        (bootstrap_ci(values, 1, 20_000, level), textbook_bca(values, 2, 20_000, level)),
+        (
+            bootstrap_ci(values, 1, 20_000, level, method="percentile"),
+            textbook_ci(values, 2, 20_000, level),
+        ),
+    ):
+        assert ours[0] == pytest.approx(reference[0], rel=1e-12)
+        assert ours[1:] == pytest.approx(reference[1:], abs=tolerance)
+    bca, percentile = bootstrap_ci(values, 1, 20_000, level), textbook_ci(values, 2, 20_000, level)
+    if sample == "skewed":  # right-skewed: BCa moves both bounds up
+        assert bca[1] > percentile[1] and bca[2] > percentile[2]
+
+
 @PROPERTY
 @given(
     values=st.lists(st.integers(-80, 80).map(lambda k: k / 8), min_size=1, max_size=25),
@@ -215,10 +265,49 @@ def textbook_ci(values, seed, n_boot, level):
     n_boot=st.integers(1, 40),
     level=st.sampled_from([0.5, 0.8, 0.9, 0.95, 0.99]),
 )
-def test_bootstrap_ci_is_the_textbook_percentile_bootstrap(values, seed, n_boot, level):
+def test_bootstrap_ci_lies_within_the_sample_for_any_input(values, seed, n_boot, level):
     mean, low, high = bootstrap_ci(values, seed, n_boot, level)
-    assert (mean, low, high) == pytest.approx(textbook_ci(values, seed, n_boot, level), rel=1e-12)
+    assert mean == pytest.approx(np.mean(values), rel=1e-12)
     assert min(values) <= low <= high <= max(values)
+    assert bootstrap_ci(values, seed, n_boot, level) == (mean, low, high)
+
+
+def test_sign_flip_p_is_the_exact_test_where_every_flip_can_be_counted():
+    import itertools
+
+    values = [0.5, 0.2, 0.3, -0.1, 0.4, 0.6, -0.2]
+    observed = abs(np.mean(values))
+    flips = [
+        abs(np.mean(np.multiply(values, signs))) >= observed - 1e-12
+        for signs in itertools.product([1, -1], repeat=len(values))
+    ]
+    assert sign_flip_p(values) == pytest.approx(np.mean(flips), rel=1e-12)
+    assert sign_flip_p([0.0, 0.0]) == 1.0 and sign_flip_p([0.1, -0.1]) == 1.0
+    # a large sample: Monte Carlo flips, deterministic by seed, small for a clear effect
+    big = np.random.default_rng(3).normal(0.5, 1.0, 200)
+    assert sign_flip_p(big, seed=1) == sign_flip_p(big, seed=1) < 0.001
+    null = np.random.default_rng(4).normal(0.0, 1.0, 200)
+    assert sign_flip_p(null, seed=1) > 0.05
+
+
+def test_holm_on_a_known_case():
+    # sorted: 0.005 x 4, 0.01 x 3, 0.03 x 2, 0.04 x 1 -> 0.02, 0.03, 0.06, max(0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+    assert holm([0.2]) == [0.2]
+
+
+def test_every_difference_of_a_study_is_one_holm_family():
+    summary = summarize_study(study(np.random.default_rng(5)), n_boot=500)
+    cells = [
+        cell
+        for by_field in summary["differences"].values()
+        for row in by_field.values()
+        for cell in row.values()
+    ]
+    assert len(cells) == 8
+    assert [c["p_holm"] for c in cells] == pytest.approx(holm([c["p"] for c in cells]))
+    assert all(c["p"] <= c["p_holm"] <= 1 for c in cells)
 
 
 def test_bootstrap_ci_averages_in_double_precision():
@@ -236,7 +325,9 @@ def test_bootstrap_ci_bounds_of_level_and_n_boot():
         bootstrap_ci([0.1, 0.2], n_boot=0)
     with pytest.raises(ValueError, match="^bootstrap_ci: values contain NaN or infinity$"):
         bootstrap_ci([0.1, float("inf")])
-    assert bootstrap_ci([0.25, 0.75], seed=2, n_boot=1) == textbook_ci([0.25, 0.75], 2, 1, 0.95)
+    with pytest.raises(ValueError, match="^bootstrap_ci: method must be BCa or percentile"):
+        bootstrap_ci([0.1, 0.2], method="basic")
+    assert bootstrap_ci([0.25, 0.25]) == (0.25, 0.25, 0.25)  # no spread: the value itself
 
 
 def test_cells_are_the_bootstrap_of_person_means_at_the_given_level():
@@ -291,15 +382,20 @@ def test_summarize_study_passes_its_options_and_has_the_documented_defaults():
     summary = summarize_study(tables, **options)
     for policy, table in tables.items():
         assert summary["means"][policy] == policy_means(table, **options)
+
+    def unadjusted(by_field):  # Holm's p depends on the family, the rest on the pair alone
+        return {f: {m: {k: v for k, v in c.items() if k != "p_holm"} for m, c in row.items()}
+                for f, row in by_field.items()}  # fmt: skip
+
     for policy in ("contrast", "random"):
-        assert summary["differences"][policy] == paired_differences(
+        assert unadjusted(summary["differences"][policy]) == paired_differences(
             tables[policy], tables["none"], **options
         )
     # the report calls summarize_study without options: 10 000 resamples, seed 0, 95%
     default = summarize_study({"none": tables["none"], "contrast": tables["contrast"]})
     assert (default["n_boot"], default["bootstrap_seed"], default["level"]) == (10_000, 0, 0.95)
     assert default["means"]["none"] == policy_means(tables["none"])
-    assert default["differences"]["contrast"] == paired_differences(
+    assert unadjusted(default["differences"]["contrast"]) == paired_differences(
         tables["contrast"], tables["none"]
     )
     cell = default["means"]["none"]["company"]["em"]
@@ -308,17 +404,20 @@ def test_summarize_study_passes_its_options_and_has_the_documented_defaults():
         np.mean([tables["none"][(s, p, "company")]["em"] for s in SEEDS]) for p in people
     ]
     assert (cell["mean"], cell["low"], cell["high"]) == bootstrap_ci(person_means)
+    spread = max(person_means) - min(person_means)
     assert (cell["low"], cell["high"]) == pytest.approx(
-        textbook_ci(person_means, 0, 10_000, 0.95)[1:], rel=1e-12
+        textbook_bca(person_means, 0, 10_000, 0.95)[1:], abs=0.02 * spread
     )
     with pytest.raises(ValueError, match=r"^baseline policy 'x' has no scores \(policies: a, b\)$"):
         summarize_study({"a": tables["none"], "b": tables["none"]}, baseline="x")
 
 
-def _cell(mean, low, high, people=3, excludes_zero=None):
+def _cell(mean, low, high, people=3, excludes_zero=None, p=None):
     cell = {"mean": mean, "low": low, "high": high, "n_people": people, "n_units": 2 * people}
     if excludes_zero is not None:
         cell["excludes_zero"] = excludes_zero
+    if p is not None:
+        cell["p"], cell["p_holm"] = p
     return cell
 
 
@@ -345,12 +444,12 @@ def hand_summary(differences=True):
         "differences": {
             "contrast": {
                 "date": {
-                    "em": _cell(-0.25, -0.5, -0.13, excludes_zero=True),
-                    "f1": _cell(0.3, -0.1, 0.5, excludes_zero=False),
+                    "em": _cell(-0.25, -0.5, -0.13, excludes_zero=True, p=(0.004, 0.016)),
+                    "f1": _cell(0.3, -0.1, 0.5, excludes_zero=False, p=(0.2, 0.4)),
                 },
-                "city": {"f1": _cell(0.2, 0.1, 0.3, people=2, excludes_zero=True)},
+                "city": {"f1": _cell(0.2, 0.1, 0.3, 2, excludes_zero=True, p=(0.0004, 0.0016))},
             },
-            "random": {"city": {"em": _cell(0.0, -0.1, 0.1, people=2, excludes_zero=False)}},
+            "random": {"city": {"em": _cell(0.0, -0.1, 0.1, 2, excludes_zero=False, p=(1, 1))}},
         }
         if differences
         else {},
@@ -360,7 +459,7 @@ def hand_summary(differences=True):
 MEANS_MARKDOWN = """\
 ## Statistics over test people and seeds
 
-Mean and 90% percentile-bootstrap CI over 2/3 test people (each person's score averaged over \
+Mean and 90% BCa bootstrap CI over 2/3 test people (each person's score averaged over \
 seeds [0, 1]; 50 resamples of people, bootstrap seed 4).
 
 | field | policy | em | f1 |
@@ -387,11 +486,14 @@ Per unit (same seed, same person), policy minus none; mean and 90% CI.
 
 2 of 4 differences have a 90% CI that excludes 0:
 
-- contrast - none, date em: -0.25 [-0.50, -0.13], excludes 0 (contrast below none).
-- contrast - none, city f1: +0.20 [0.10, 0.30], excludes 0 (contrast above none).
+- contrast - none, date em: -0.25 [-0.50, -0.13], excludes 0 (contrast below none; \
+p = 0.004, Holm p = 0.016).
+- contrast - none, city f1: +0.20 [0.10, 0.30], excludes 0 (contrast above none; \
+p = < 0.001, Holm p = 0.002).
 
-(No correction for the 4 comparisons: if no policy had any effect, about 10% of them would \
-still exclude 0 by chance.)
+Corrected for the 4 comparisons (Holm, sign-flip permutation p-values over test people): 2 of \
+them have Holm p < 0.1. Without a correction, about 10% of them would exclude 0 by chance \
+alone if no policy had any effect.
 """
 
 
@@ -413,6 +515,7 @@ def test_study_markdown_says_so_when_no_difference_excludes_zero():
     assert study_markdown(summary, means=False) == head + (
         "None of the 4 differences against none excludes 0: every 90% CI contains 0.\n"
         "\n"
-        "(No correction for the 4 comparisons: if no policy had any effect, about 10% of them "
-        "would still exclude 0 by chance.)\n"
+        "Corrected for the 4 comparisons (Holm, sign-flip permutation p-values over test people): "
+        "2 of them have Holm p < 0.1. Without a correction, about 10% of them would exclude 0 by "
+        "chance alone if no policy had any effect.\n"
     )
