@@ -324,31 +324,6 @@ def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeyp
     assert changed == {"train/small", "eval/small"} and not redone
 
 
-def test_a_folder_made_before_fingerprints_is_adopted_when_its_config_matches(
-    tmp_path, tiny_pair, monkeypatch
-):
-    import elusive.pipeline as pipeline
-    from elusive.runs import Run, _fixed_hash
-
-    monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
-    run = run_experiment(config, progress=False, echo=lambda _: None)
-    manifest = json.loads(run.manifest_path.read_text())
-    del manifest["outputs"]
-    manifest["fixed_config_sha256"] = _fixed_hash(config)
-    run.manifest_path.write_text(json.dumps(manifest))
-    before = snapshot(run.root)
-    run_experiment(config, progress=False, echo=lambda _: None)
-    assert snapshot(run.root) == before
-    assert "outputs" in json.loads(run.manifest_path.read_text())
-
-    manifest["fixed_config_sha256"] = "0" * 64  # made with another config: refused, unchanged
-    run.manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="made by an older elusive with a different config"):
-        Run(config).open()
-    assert json.loads(run.manifest_path.read_text()) == manifest
-
-
 def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, tiny_pair):
     """`train.report_to` changes what a training run logs, not its weights: no training
     fingerprint changes with it; `train.packing` changes every one."""
@@ -366,17 +341,6 @@ def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, ti
     assert prints(report_to="tensorboard") == before
     packed = prints(packing=True)
     assert packed.keys() == before.keys() and all(packed[k] != before[k] for k in before)
-
-
-def test_options_added_since_leave_the_study_folder_hash_as_it_was_recorded():
-    """The hash that configs/cpu-study.yaml's run folder recorded (made before fingerprints, at
-    stop 11): an option added to the schema since must hash as before at its default, or that
-    folder, with two hours of training in it, is refused."""
-    from elusive.runs import _fixed_hash
-
-    config = load_config(Path(__file__).parents[1] / "configs" / "cpu-study.yaml")
-    recorded = "7f4a31493a66aa27cccf300505a024666c17c081a8064b80f514f2cd237dadce"
-    assert _fixed_hash(config) == recorded
 
 
 def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):

@@ -239,7 +239,7 @@ def bios_generate(
     typer.echo(f"wrote {n} people to {people} and {5 * n} questions to {qa}")
 
 
-# --- attention commands (issue 3)
+# --- attention commands
 
 CORPUS_HELP = (
     "Corpus: .md, .txt or .jsonl, a folder of them, or a Hugging Face dataset (save_to_disk "
@@ -301,7 +301,7 @@ def attention_cmd(
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
 
-# --- augment commands (issue 4)
+# --- augment commands
 
 # Options that `augment` and `show` share.
 ScoresOption = Annotated[
@@ -361,7 +361,7 @@ def show_command(
     typer.echo(f"wrote {html_path} and {png_path}")
 
 
-# --- train / evaluate commands (issue 5)
+# --- train / evaluate commands
 
 
 @app.command("train")
@@ -554,7 +554,17 @@ def export_command(
     typer.echo(f"wrote {what} {checkpoint.folder} ({checkpoint.dtype}) to {out}")
 
 
-# --- squad commands (issue 7)
+@app.command("migrate")
+def migrate_command(
+    folder: Annotated[Path, typer.Argument(help="A run folder of `elusive run` (holds run.json).")],
+) -> None:
+    """Upgrade a run folder made by an older elusive, in place, so that `elusive run` resumes it."""
+    from .migrate import migrate
+
+    typer.echo(migrate(folder))
+
+
+# --- squad commands
 
 squad_app = ElusiveTyper(
     help="Paragraph corpora with closed-book QA, from SQuAD v1.1-format JSON.",
@@ -636,7 +646,7 @@ def probes_build(
     )
 
 
-# --- run / demo commands (issue 6)
+# --- run / demo commands
 
 
 def _run_config(config, out: Path | None) -> None:

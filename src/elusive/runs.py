@@ -38,9 +38,14 @@ from .io import (
     read_json,
     remove_temp_files,
 )
-from .options import LOGGING_ONLY, EvalConfig
+from .options import LOGGING_ONLY
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
+
+SCHEMA = 1
+"""The run folder's layout version, recorded in run.json as ``schema``: 1 records every output
+with the fingerprint of its inputs (``outputs``). A folder of another version opens after
+`elusive migrate FOLDER` (`elusive.migrate`), which upgrades it in place."""
 
 
 @dataclass(frozen=True)
@@ -131,31 +136,14 @@ class Run:
             remove_temp_files(self.root, recursive=True)
         if self.manifest_path.exists():
             self.manifest = read_json(self.manifest_path)
-            if "outputs" not in self.manifest:
-                self._adopt_legacy()
+            check_schema(self.manifest, self.manifest_path)
             changed = _changed_keys(self.manifest["config"], to_dict(self.config))
             if changed and self.is_main:
                 echo(f"config changed since this folder was made: {', '.join(changed)}")
         else:
-            self.manifest = {"stages": {}, "outputs": {}}
+            self.manifest = {"schema": SCHEMA, "stages": {}, "outputs": {}}
         self.manifest.update(config=to_dict(self.config), versions=_versions())
-        self.manifest.pop("fixed_config_sha256", None)
         self.save()
-
-    def _adopt_legacy(self) -> None:
-        """A folder made before outputs had fingerprints (elusive 0.1 up to stop 11) is adopted
-        as it is when its config matches: every output is recorded with its fingerprint now."""
-        was = max(self.manifest["config"]["train"]["epochs"])
-        if _fixed_hash(self.config) != self.manifest.get("fixed_config_sha256") or was != max(
-            self.config.train.epochs
-        ):
-            raise ConfigError(
-                f"{self.root}: this run folder was made by an older elusive with a different "
-                "config: choose another out folder"
-            )
-        self.manifest["outputs"] = {}
-        for stage in STAGES:
-            self.manifest["outputs"].update(fingerprints(self, stage))
 
     def refresh(self, stage: str, echo: Callable[[str], None] = print) -> None:
         """Before `stage` runs: remove each of its outputs made from other inputs than its
@@ -200,6 +188,28 @@ class Run:
         if self.is_main:
             index = STAGES.index(name) + 1
             echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
+
+
+def schema_of(manifest: dict[str, Any]) -> int:
+    """The layout version of a run folder's manifest: its ``schema``; a manifest without one is
+    0 (no fingerprints: elusive up to stop 11) or 1 (fingerprints, the version not written)."""
+    return manifest.get("schema", 1 if "outputs" in manifest else 0)
+
+
+def check_schema(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, a manifest of another layout version than `SCHEMA`."""
+    found = schema_of(manifest)
+    if "schema" in manifest and found == SCHEMA:
+        return
+    if found > SCHEMA:
+        raise ConfigError(
+            f"{path}: run folder of schema {found}, made by a newer elusive (this one reads "
+            f"schema {SCHEMA}): upgrade elusive"
+        )
+    raise ConfigError(
+        f"{path}: run folder of schema {found}, made by an older elusive: upgrade it with "
+        f"`elusive migrate {path.parent}`, then rerun"
+    )
 
 
 def fingerprints(run: Run, stage: str) -> dict[str, str]:
@@ -320,51 +330,6 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b and key != "out":
             changed.append(f"{prefix}{key} ({a!r} -> {b!r})")
     return changed
-
-
-_ADDED_LATER = {
-    "train": {
-        "lora_dropout": 0.0,
-        "weight_decay": 0.0,
-        "quantize": "no",
-        "packing": False,
-        "group_by_length": False,
-        "report_to": "none",
-    },
-    "models": {"device_map": None, "max_memory": None},
-    "augment": {"protect": []},
-    "corpus": {"text_field": "text", "chunk": None, "probes": {"max_probes": None, "seed": 0}},
-}
-"""Options added to the schema after folders recorded `_fixed_hash`, with their defaults."""
-
-
-def _fixed_hash(config: RunConfig) -> str:
-    """What folders made before fingerprints recorded of their config (`Run._adopt_legacy`):
-    the config without the grid lists, with options added since hashing as they did."""
-    data = to_dict(config)
-    data.pop("out")
-    data.pop("seeds")
-    data.pop("report")
-    data["augment"].pop("policies")
-    for key in ("alpha", "beta"):
-        data["augment"].pop(key)
-    for key in ("lr", "epochs"):
-        data["train"].pop(key)
-    # Options added to the schema after run folders were made hash as before, so those folders
-    # still open: evaluate (then the mapping as written) as its options that differ from the
-    # defaults, the others in _ADDED_LATER left out at their default.
-    defaults = to_dict(EvalConfig())
-    data["evaluate"] = {k: v for k, v in data["evaluate"].items() if defaults[k] != v}
-    for section, added in _ADDED_LATER.items():
-        for key, default in added.items():
-            if data[section][key] == default:
-                data[section].pop(key)
-    # Each training run records its resolved mixed precision and resumes with it when "auto"
-    # (elusive.train), so "auto" hashes as "no", the default before "auto": folders made then
-    # still open.
-    if data["train"]["mixed_precision"] == "auto":
-        data["train"]["mixed_precision"] = "no"
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,52 @@
+"""`elusive migrate FOLDER`: upgrade a run folder made by an older elusive to `runs.SCHEMA`.
+
+A run folder records its layout version in run.json (``schema``); `elusive run` opens only
+folders of the version it writes, so the code that runs experiments knows one layout. Each
+older version has one step here that upgrades it in place, from what the folder itself
+recorded, never from a config given now:
+
+- 0 -> 1: a folder made before outputs carried fingerprints (elusive up to stop 11). Its
+  outputs were made from the config its run.json records; each is recorded with the
+  fingerprint of that config and of the files before it, as `elusive run` would have written.
+- 1 without the version written: the version is written.
+
+The folder's lock is held meanwhile and run.json is replaced atomically: an interrupted
+migration leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, from_dict
+from .io import atomic_write_text, folder_lock, read_json
+from .runs import SCHEMA, STAGES, Run, fingerprints, schema_of
+
+
+def migrate(folder: str | Path) -> str:
+    """Upgrade the run folder `folder` to `SCHEMA` in place; returns what was done."""
+    folder = Path(folder)
+    path = folder / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file: not a run folder of `elusive run`")
+    with folder_lock(folder):
+        manifest = read_json(path)
+        found = schema_of(manifest)
+        if found > SCHEMA:
+            raise ConfigError(
+                f"{path}: schema {found}, made by a newer elusive (this one writes {SCHEMA})"
+            )
+        if "schema" in manifest and found == SCHEMA:
+            return f"{folder}: already schema {SCHEMA}, nothing to do"
+        if found == 0:
+            config = from_dict(RunConfig, manifest.get("config"), f"{path}: config")
+            config.validate(f"{path}: config")
+            run = Run(config, out=folder)
+            manifest["outputs"] = {}
+            for stage in STAGES:
+                manifest["outputs"].update(fingerprints(run, stage))
+            manifest.pop("fixed_config_sha256", None)
+        manifest["schema"] = SCHEMA
+        atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return f"{folder}: schema {found} -> {SCHEMA}"

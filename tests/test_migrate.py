@@ -1,0 +1,79 @@
+"""`elusive migrate`: a run folder of an older layout is refused by `elusive run`, upgraded in
+place from what it recorded, and then resumed without recomputing anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from elusive.cli import app
+from elusive.config import ConfigError, load_config
+from elusive.migrate import migrate
+from elusive.pipeline import run_experiment
+from elusive.runs import SCHEMA
+from test_pipeline import SMALL_GRID, snapshot, tiny_pair, write_config  # noqa: F401
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def made(tmp_path, tiny_pair, monkeypatch):  # noqa: F811
+    """A finished run folder (report stage left out: not what is tested) and its config."""
+    import elusive.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
+    run = run_experiment(config, progress=False, echo=lambda _: None)
+    return run, config
+
+
+def _rewrite(run, edit) -> dict:
+    manifest = json.loads(run.manifest_path.read_text())
+    edit(manifest)
+    run.manifest_path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_a_folder_made_before_fingerprints_is_refused_then_migrated_and_resumed(made):
+    run, config = made
+    current = json.loads(run.manifest_path.read_text())
+    assert current["schema"] == SCHEMA
+
+    def schema_0(manifest):  # what elusive up to stop 11 wrote: no fingerprints, no version
+        del manifest["outputs"], manifest["schema"]
+        manifest["fixed_config_sha256"] = "0" * 64
+
+    old = _rewrite(run, schema_0)
+    before = snapshot(run.root)
+    with pytest.raises(ConfigError, match=r"schema 0, made by an older elusive: .*elusive migrate"):
+        run_experiment(config, progress=False, echo=lambda _: None)
+    assert json.loads(run.manifest_path.read_text()) == old  # refused, unchanged
+
+    result = runner.invoke(app, ["migrate", str(run.root)])
+    assert result.exit_code == 0, result.output
+    assert "schema 0 -> 1" in result.output
+    migrated = json.loads(run.manifest_path.read_text())
+    assert migrated["schema"] == SCHEMA and "fixed_config_sha256" not in migrated
+    assert migrated["outputs"] == current["outputs"]  # what `elusive run` had recorded
+    run_experiment(config, progress=False, echo=lambda _: None)
+    assert snapshot(run.root) == before  # nothing recomputed
+    assert "already schema 1" in migrate(run.root)
+
+
+def test_a_folder_without_its_version_gets_it_and_a_newer_one_is_refused(made, tmp_path):
+    run, config = made
+    old = _rewrite(run, lambda m: m.pop("schema"))
+    with pytest.raises(ConfigError, match="schema 1, made by an older elusive"):
+        run_experiment(config, progress=False, echo=lambda _: None)
+    assert migrate(run.root).endswith("schema 1 -> 1")
+    assert json.loads(run.manifest_path.read_text()) == {**old, "schema": SCHEMA}
+
+    newer = _rewrite(run, lambda m: m.update(schema=SCHEMA + 1))
+    for attempt in (lambda: migrate(run.root), lambda: run_experiment(config, progress=False)):
+        with pytest.raises(ConfigError, match="made by a newer elusive"):
+            attempt()
+    assert json.loads(run.manifest_path.read_text()) == newer
+    result = runner.invoke(app, ["migrate", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "run.json: no such file" in result.output
