@@ -148,7 +148,7 @@ def test_random_drops_each_eligible_token_with_alpha(bios, scores):
         assert np.all(dropped[~eligible] == 0)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "plain"])  # plain: no copies
 def test_protected_tokens_never_drop(bios, scores, policy):
     config = AugmentConfig(policy, alpha=1.0, beta=50.0, copies=20)
     rows = augment(bios[:5], scores[:5], config)
@@ -208,10 +208,10 @@ def test_protecting_a_span_a_record_lacks_is_one_error(bios, scores):
         augment(bios[:1], scores[:1], AugmentConfig(protect=("name", "")))
 
 
-def reference_text(text, offsets, keep, replacement):
+def reference_text(text, offsets, keep, replacement, per_char=False):
     """Slow reference: walk the tokens; a dropped token takes the whitespace-only gap before
     it; a shared character belongs to the first token; a dropped token of at least one
-    character becomes `replacement`."""
+    character becomes `replacement`, or with `per_char` a space for each of its characters."""
     out, pos = "", 0
     for (start, end), k in zip(offsets, keep, strict=True):
         start = max(start, pos)
@@ -219,7 +219,8 @@ def reference_text(text, offsets, keep, replacement):
         gap, piece = text[pos:start], text[start:end]
         if gap.isspace():
             gap, piece = "", gap + piece
-        out += gap + (piece if k else replacement if piece else "")
+        dropped = " " * len(piece) if per_char else replacement if piece else ""
+        out += gap + (piece if k else dropped)
         pos = end
     return out + text[pos:]
 
@@ -228,7 +229,7 @@ def reference_text(text, offsets, keep, replacement):
 @pytest.mark.parametrize("spaces", [False, True])
 def test_text_is_the_kept_tokens(bios, space_in_token, spaces):
     rows_in = [fake_scores(r, seed=7, space_in_token=space_in_token) for r in bios[:8]]
-    config = AugmentConfig("random", 0.5, copies=6, replace_with_spaces=spaces)
+    config = AugmentConfig("random", 0.5, copies=6, drop_style="space" if spaces else "delete")
     rows = augment(bios[:8], rows_in, config)
     for out in rows:
         i = int(out["source_id"][1:])
@@ -253,7 +254,7 @@ def test_unicode_gaps_shared_characters_and_empty_token_lists(spaces):
         TextScores("u", records[0].sha256, [text[a:b] for a, b in spans], spans, eligible, {}),
         TextScores("empty", records[1].sha256, [], [], [], {}),
     ]
-    config = AugmentConfig("random", 0.5, copies=200, replace_with_spaces=spaces)
+    config = AugmentConfig("random", 0.5, copies=200, drop_style="space" if spaces else "delete")
     out = augment(records, rows, config)
     assert len(out) == 2 * 201
     for r in out[:201]:
@@ -268,7 +269,7 @@ def test_unicode_gaps_shared_characters_and_empty_token_lists(spaces):
 
 def test_original_always_included_and_policies_give_equal_counts(bios, scores):
     counts = {}
-    for policy in POLICIES:
+    for policy in (p for p in POLICIES if p != "plain"):  # plain: the originals alone (below)
         rows = augment(bios, scores, AugmentConfig(policy, copies=4))
         counts[policy] = len(rows)
         assert [r["id"] for r in rows[:5]] == [f"{bios[0].id}#{c}" for c in range(5)]
@@ -443,7 +444,9 @@ def test_cli_attention_policy_ranks_by_the_manifests_trained_role(tmp_path, bios
 def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
     from elusive.augment import RANK_BY, UNRANKED, caption
 
-    assert POLICIES == ("none", "random", "attention", "contrast", "shuffled", "position")
+    assert POLICIES == (
+        "none", "plain", "random", "attention", "contrast", "shuffled", "position"
+    )  # fmt: skip
     assert set(RANKED) == set(RANK_BY) and not set(UNRANKED) & set(RANK_BY)
     captions = {caption(AugmentConfig(policy=p, alpha=0.5)) for p in POLICIES}
     assert len(captions) == len(POLICIES)
@@ -504,13 +507,15 @@ def test_a_rerun_of_augment_removes_what_a_sigkilled_one_left(tmp_path, bios, sc
 
 def test_a_copy_that_loses_every_token_is_not_written_and_is_counted(tmp_path):
     """alpha 1 drops every eligible token: a text of words alone would be left empty (or, with
-    replace_with_spaces, blank); such copies are left out and warned about, the rest kept."""
+    drop_style space, blank); such copies are left out and warned about, the rest kept."""
     from elusive.io import DroppedDataWarning
 
     records = [Record("words", "Ava Mia Smith"), Record("sentence", "Ava was born.")]
     rows = [fake_scores(r) for r in records]
     for spaces in (False, True):
-        config = AugmentConfig("random", alpha=1.0, copies=3, replace_with_spaces=spaces)
+        config = AugmentConfig(
+            "random", alpha=1.0, copies=3, drop_style="space" if spaces else "delete"
+        )
         with pytest.warns(DroppedDataWarning, match=r"^3 of 6 augmented copies lost every token"):
             out = augment(records, rows, config)
         assert [r["id"] for r in out] == ["words#0", "sentence#0", "sentence#1", "sentence#2",
@@ -660,21 +665,28 @@ def test_bad_scores_and_options_name_what_is_wrong():
 def reference_augment(records, rows, config):
     """Slow reference of `augment`: per record and copy 1..K, token t is kept when its uniform
     is at least its drop probability; the copy's text is `reference_text` of the kept tokens
-    (one space per dropped token with replace_with_spaces); blank copies are left out. Returns
+    (one space per dropped token with drop_style space); blank copies are left out. Returns
     (rows, blank copies)."""
     out, blank = [], 0
     for record, row in zip(records, rows, strict=True):
         n = len(row.tokens)
-        if config.policy == "none":
+        if config.policy in ("none", "plain"):
             p = [0.0] * n
         elif config.policy == "random":
-            p = [config.alpha if e else 0.0 for e in row.eligible]
+            rate = config.alpha if config.random_drop == "alpha" else 1 - config.alpha
+            p = [rate if e else 0.0 for e in row.eligible]
         else:
             p = reference_drop(row, config.policy, config.alpha, config.beta)
-        for k in range(config.copies + 1):
+        for k in range(1 if config.policy == "plain" else config.copies + 1):
             u = [splitmix64_uniform(config.seed, record.id, k, t) for t in range(n)]
             keep = [1 if k == 0 or u[t] >= p[t] else 0 for t in range(n)]
-            text = reference_text(record.text, row.offsets, keep, " " * config.replace_with_spaces)
+            text = reference_text(
+                record.text,
+                row.offsets,
+                keep,
+                " " * (config.drop_style == "space"),
+                per_char=config.drop_style == "spaces-per-char",
+            )
             if not text.strip():
                 blank += 1
                 continue
@@ -715,21 +727,23 @@ def tokenized_texts(draw):
     beta=0.0,
     copies=1,
     seed=0,
-    spaces=False,
+    style="delete",
+    random_drop="alpha",
     chunk=3,
 )
 @given(
     texts=st.lists(tokenized_texts(), min_size=1, max_size=4),
-    policy=st.sampled_from(["none", "random", "contrast", "position"]),
+    policy=st.sampled_from(["none", "plain", "random", "contrast", "position"]),
     alpha=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
     beta=st.sampled_from([0.0, 0.5, 3.0]),
     copies=st.integers(0, 4),
     seed=st.integers(0, 2**33),
-    spaces=st.booleans(),
+    style=st.sampled_from(["delete", "space", "spaces-per-char"]),
+    random_drop=st.sampled_from(["alpha", "1-alpha"]),
     chunk=st.integers(1, 3),
 )
 def test_augmented_rows_are_the_plain_python_reference(
-    texts, policy, alpha, beta, copies, seed, spaces, chunk
+    texts, policy, alpha, beta, copies, seed, style, random_drop, chunk
 ):
     records, rows = [], []
     for n, (text, offsets, eligible, contrast) in enumerate(texts):
@@ -737,7 +751,9 @@ def test_augmented_rows_are_the_plain_python_reference(
         tokens = [text[a:b] for a, b in offsets]
         records.append(record)
         rows.append(TextScores(record.id, record.sha256, tokens, offsets, eligible, {}, contrast))
-    config = AugmentConfig(policy, alpha, beta, copies, seed, replace_with_spaces=spaces)
+    config = AugmentConfig(
+        policy, alpha, beta, copies, seed, drop_style=style, random_drop=random_drop
+    )
     expected, blank = reference_augment(records, rows, config)
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -754,3 +770,41 @@ def test_augmented_rows_are_the_plain_python_reference(
         if blank
         else []
     )
+
+
+def test_spaces_per_char_keeps_every_copy_as_long_as_its_text(bios):
+    rows_in = [fake_scores(r, seed=3) for r in bios[:6]]
+    config = AugmentConfig("random", 0.5, copies=5, drop_style="spaces-per-char")
+    rows = augment(bios[:6], rows_in, config)
+    dropped = 0
+    for out in rows:
+        text = bios[int(out["source_id"][1:])].text
+        assert len(out["text"]) == len(text)
+        # every character is the text's own or a space where a token was dropped
+        assert all(a == b or a == " " for a, b in zip(out["text"], text, strict=True))
+        dropped += out["text"] != text
+    assert dropped > len(rows) // 2
+
+
+def test_random_drop_one_minus_alpha_is_the_authors_rate(bios):
+    rows_in = [fake_scores(r, seed=4) for r in bios[:6]]
+    paper = drop_probabilities(rows_in, AugmentConfig("random", 0.8))  # [tokens of all rows]
+    authors = drop_probabilities(rows_in, AugmentConfig("random", 0.8, random_drop="1-alpha"))
+    eligible = np.array([e for row in rows_in for e in row.eligible])
+    assert eligible.any() and not eligible.all()
+    assert (paper == np.where(eligible, 0.8, 0.0)).all()
+    assert authors == pytest.approx(np.where(eligible, 0.2, 0.0))
+    with pytest.raises(AugmentError, match="^--random-drop must be one of alpha, 1-alpha"):
+        AugmentConfig(random_drop="half").validate()
+    with pytest.raises(AugmentError, match="^--drop-style must be one of delete, space"):
+        AugmentConfig(drop_style="blank").validate()
+
+
+def test_plain_trains_each_original_once_whatever_the_copies(bios):
+    rows_in = [fake_scores(r, seed=5) for r in bios[:6]]
+    for copies in (0, 3, 10):
+        rows = augment(bios[:6], rows_in, AugmentConfig("plain", copies=copies))
+        assert [(r["source_id"], r["copy"]) for r in rows] == [(b.id, 0) for b in bios[:6]]
+        assert [r["text"] for r in rows] == [b.text for b in bios[:6]]
+    # `none`, step-matched, trains copies + 1 originals of each text
+    assert len(augment(bios[:6], rows_in, AugmentConfig("none", copies=3))) == 4 * 6

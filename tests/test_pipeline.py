@@ -162,6 +162,11 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
     # none: 1 setting, random: 1 alpha, contrast and shuffled: 1 alpha x 2 betas; x 2 seeds
     assert len(cells) == (1 + 1 + 2 + 2) * 2
     assert {c.beta for c in cells if c.policy == "random"} == {None}
+    # each policy declares what it takes (elusive.augment.PARAMETERS): plain, like none, nothing
+    config.augment.policies = ["plain", "none", "contrast"]
+    taken = {(c.policy, c.alpha, c.beta) for c in grid(config)}
+    assert taken == {("plain", None, None), ("none", None, None), ("contrast", 0.7, 0.03),
+                     ("contrast", 0.7, 0.1)}  # fmt: skip
 
 
 @pytest.mark.parametrize(

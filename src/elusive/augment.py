@@ -6,10 +6,12 @@ Every policy turns one text into ``copies + 1`` sequences: copy 0 is the origina
 left with no text is not written (see `augment`). Policies:
 
 - ``none``: plain finetuning; every copy is the original, so all policies train on the same
-  number of sequences.
+  number of sequences (step-matched).
+- ``plain``: plain finetuning as the paper's baseline ran: the original alone, once per epoch,
+  whatever ``copies`` (so it trains on 1 / (copies + 1) of the sequences the others see).
 - ``random``: each eligible token is dropped independently with probability ``alpha``, as in
   the paper ("randomly deletes each token independently with a probability alpha"). The
-  authors' code drops with ``1 - alpha`` instead; we follow the paper's text.
+  authors' code drops with ``1 - alpha`` instead: ``random_drop: 1-alpha`` replays it.
 - ``attention``: rank eligible tokens by one model's own attention (``score_of``), rank 0 =
   highest; a token of rank r is dropped with ``p(r) = alpha * (1 - exp(-beta * r))`` (Eq. 1).
 - ``contrast``: the same p(r), ranked by ``large - small`` attention: the method.
@@ -25,9 +27,10 @@ Dropping removes the token's characters from the text. A whitespace-only gap bet
 (tokenizers whose offsets leave out the leading space) belongs to the following token, so
 removal leaves no double spaces; with byte-level BPE the leading space is already part of the
 token. Other characters no token covers, and text after the last token, are always kept.
-``replace_with_spaces`` keeps the authors' variant: each dropped token (with its leading
-whitespace) becomes one space. A character that several tokens share (a multi-byte character
-split into byte tokens) belongs to the first of them.
+``drop_style`` chooses what a dropped token leaves: ``delete`` (nothing), ``space`` (one space
+for the token with its leading whitespace) or ``spaces-per-char`` (the authors' code: a space
+for every character, so the text keeps its length). A character that several tokens share (a
+multi-byte character split into byte tokens) belongs to the first of them.
 
 Sampling is deterministic per (seed, text id, copy) and vectorised over whole chunks of texts:
 token t of copy k of a text is dropped when ``u < p`` for a counter-based uniform ``u`` =
@@ -76,6 +79,10 @@ class AugmentError(ElusiveError):
     """Bad augmentation input; the message names the option, file or text id."""
 
 
+DROP_STYLES = ("delete", "space", "spaces-per-char")
+RANDOM_DROPS = ("alpha", "1-alpha")
+
+
 @dataclass
 class AugmentConfig:
     """Options of the augmentation; defaults are the paper's (Table 2, 10 copies)."""
@@ -91,8 +98,12 @@ class AugmentConfig:
     seed: int = 0
     """Seed of the drops and of the shuffled policy's permutation; the same seed gives the
     same bytes."""
-    replace_with_spaces: bool = False
-    """The authors' variant: a dropped token becomes one space instead of nothing."""
+    drop_style: str = "delete"
+    """What a dropped token leaves in the text: delete (nothing), space (one space) or
+    spaces-per-char (a space per character, the length kept: the authors' code)."""
+    random_drop: str = "alpha"
+    """The random policy's drop probability: alpha (the paper's text) or 1-alpha (the authors'
+    code, which keeps each token with probability alpha)."""
     score_of: str | None = None
     """Role ranked by the `attention` policy; None: "small", or the only role scored."""
     protect: tuple[str, ...] = ()
@@ -113,6 +124,12 @@ class AugmentConfig:
             raise AugmentError(f"{name('beta')} must be a finite number >= 0, got {self.beta}")
         if self.copies < 0:
             raise AugmentError(f"{name('copies')} must be >= 0, got {self.copies}")
+        for option, choices in (("drop_style", DROP_STYLES), ("random_drop", RANDOM_DROPS)):
+            value = getattr(self, option)
+            if value not in choices:
+                raise AugmentError(
+                    f"{name(option)} must be one of {', '.join(choices)}, got {shorten(value)}"
+                )
         if self.seed < 0:
             raise AugmentError(f"{name('seed')} must be >= 0, got {self.seed}")
         if any(not span for span in self.protect):
@@ -257,9 +274,15 @@ UNRANKED: dict[str, Unranked] = {
         lambda tok, config: np.zeros(len(tok.eligible)),
         lambda config: "policy none: nothing is dropped",
     ),
+    "plain": Unranked(
+        lambda tok, config: np.zeros(len(tok.eligible)),
+        lambda config: "policy plain: the original alone, once per epoch",
+    ),
     "random": Unranked(
-        lambda tok, config: np.where(tok.eligible, config.alpha, 0.0),
-        lambda config: f"policy random: every eligible token dropped with p = {config.alpha:g}",
+        lambda tok, config: np.where(tok.eligible, _random_rate(config), 0.0),
+        lambda config: (
+            f"policy random: every eligible token dropped with p = {_random_rate(config):g}"
+        ),
     ),
 }
 RANK_BY: dict[str, RankBy] = {
@@ -271,6 +294,19 @@ RANK_BY: dict[str, RankBy] = {
 """Policies that drop by rank with p(r) = alpha * (1 - exp(-beta * r)), and what each ranks the
 eligible tokens of a text by, higher = kept more: [tokens] float."""
 POLICIES: tuple[str, ...] = (*UNRANKED, *RANK_BY)
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "plain": (),
+    "random": ("alpha",),
+    **{policy: ("alpha", "beta") for policy in RANK_BY},
+}
+"""The grid parameters each policy takes (`elusive.runs.grid` expands only those)."""
+
+
+def _random_rate(config: AugmentConfig) -> float:
+    return config.alpha if config.random_drop == "alpha" else 1.0 - config.alpha
+
+
 RANKED: tuple[str, ...] = tuple(RANK_BY)
 
 
@@ -391,14 +427,17 @@ def _chars(records: Sequence[Record], offsets: np.ndarray, tok: _Tokens) -> _Cha
     return _Chars(start, codes, owner, lead)
 
 
-def _render(chars: _Chars, keep: np.ndarray, spaces: bool) -> list[list[str]]:
-    """The text of every (text, copy) from keep [copies, tokens] bool: [texts][copies] str."""
+def _render(chars: _Chars, keep: np.ndarray, style: str) -> list[list[str]]:
+    """The text of every (text, copy) from keep [copies, tokens] bool, dropped tokens left as
+    `style` says (see `AugmentConfig.drop_style`): [texts][copies] str."""
     copies = len(keep)
     keep = np.concatenate([keep, np.ones((copies, 1), dtype=bool)], axis=1)  # owner -1: kept
     take = keep[:, chars.owner]  # [copies, chars]
     codes = np.broadcast_to(chars.codes, take.shape)
-    if spaces:  # the first character of a dropped token becomes a space, the rest goes
-        swap = chars.lead & ~take
+    if style != "delete":
+        # space: the first character of a dropped token becomes a space, the rest goes;
+        # spaces-per-char: every character of it does
+        swap = ~take if style == "spaces-per-char" else chars.lead & ~take
         codes = np.where(swap, np.uint32(32), codes)
         take |= swap
     flat = str(np.ascontiguousarray(codes[take], "<u4").data, "utf-32-le", "surrogatepass")
@@ -454,7 +493,7 @@ def augment(
         part, part_rows = records[a : a + CHUNK], rows[a : a + CHUNK]
         tok, offsets = _prepare(part, part_rows, config)
         chunks.append((part, tok, _drop(part_rows, tok, config), offsets))
-    draws = np.arange(1, config.copies + 1)
+    draws = np.arange(1, (0 if config.policy == "plain" else config.copies) + 1)
     out: list[dict[str, Any]] = []
     emptied = 0
     bar = tqdm(
@@ -463,7 +502,7 @@ def augment(
     for part, tok, p, offsets in chunks:
         u = uniforms(text_keys(config.seed, tok.ids)[tok.text_of], tok.local, draws)
         keep = np.concatenate([np.ones((1, len(p)), dtype=bool), u >= p])  # [copies+1, tokens]
-        texts = _render(_chars(part, offsets, tok), keep, config.replace_with_spaces)
+        texts = _render(_chars(part, offsets, tok), keep, config.drop_style)
         masks = keep.astype(np.uint8)
         for i, record in enumerate(part):
             kept = masks[:, tok.start[i] : tok.start[i + 1]].tolist()
@@ -581,7 +620,7 @@ def caption(config: AugmentConfig) -> str:
             f"policy {config.policy}: drop p(r) = {config.alpha:g} "
             f"(1 - exp(-{config.beta:g} r)), r = rank"
         )
-    if config.protect and config.policy != "none":
+    if config.protect and config.policy not in ("none", "plain"):
         line += f"; {', '.join(config.protect)} never dropped"
     return line
 

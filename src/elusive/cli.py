@@ -322,7 +322,8 @@ def augment_command(
     beta: float = config_option(AugmentConfig, "beta"),
     copies: int = config_option(AugmentConfig, "copies"),
     seed: int = config_option(AugmentConfig, "seed"),
-    replace_with_spaces: bool = config_option(AugmentConfig, "replace_with_spaces"),
+    drop_style: str = config_option(AugmentConfig, "drop_style"),
+    random_drop: str = config_option(AugmentConfig, "random_drop"),
     score_of: str | None = config_option(AugmentConfig, "score_of"),
     protect: str = config_option(AugmentConfig, "protect", ",".join),
     text_field: str = config_option(CorpusSection, "text_field"),
@@ -331,7 +332,7 @@ def augment_command(
     from .augment import augment_file
 
     config = AugmentConfig(
-        policy, alpha, beta, copies, seed, replace_with_spaces, score_of, parse_names(protect)
+        policy, alpha, beta, copies, seed, drop_style, random_drop, score_of, parse_names(protect)
     )
     n = augment_file(scores, out, config, corpus=corpus, progress=True, text_field=text_field)
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")

@@ -80,12 +80,16 @@ class Cell:
 
 
 def grid(config: RunConfig) -> list[Cell]:
-    """Expand the config's lists into cells. `none` takes no alpha or beta, `random` no beta."""
+    """Expand the config's lists into cells; a policy takes only the parameters it declares
+    (`elusive.augment.PARAMETERS`: `none` and `plain` no alpha or beta, `random` no beta)."""
+    from .augment import PARAMETERS
+
     cells = []
     for role in config.models.trained:
         for policy in config.augment.policies:
-            alphas = [None] if policy == "none" else config.augment.alpha
-            betas = [None] if policy in ("none", "random") else config.augment.beta
+            takes = PARAMETERS[policy]
+            alphas = config.augment.alpha if "alpha" in takes else [None]
+            betas = config.augment.beta if "beta" in takes else [None]
             for alpha in alphas:
                 for beta in betas:
                     for lr in config.train.lr:
