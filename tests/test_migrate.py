@@ -44,6 +44,8 @@ def test_a_folder_made_before_fingerprints_is_refused_then_migrated_and_resumed(
     def schema_0(manifest):  # what elusive up to stop 11 wrote: no fingerprints, no version
         del manifest["outputs"], manifest["schema"]
         manifest["fixed_config_sha256"] = "0" * 64
+        del manifest["config"]["augment"]["drop_style"]
+        manifest["config"]["augment"]["replace_with_spaces"] = False
 
     old = _rewrite(run, schema_0)
     before = snapshot(run.root)
@@ -53,22 +55,31 @@ def test_a_folder_made_before_fingerprints_is_refused_then_migrated_and_resumed(
 
     result = runner.invoke(app, ["migrate", str(run.root)])
     assert result.exit_code == 0, result.output
-    assert "schema 0 -> 1" in result.output
+    assert f"schema 0 -> {SCHEMA}" in result.output
     migrated = json.loads(run.manifest_path.read_text())
     assert migrated["schema"] == SCHEMA and "fixed_config_sha256" not in migrated
     assert migrated["outputs"] == current["outputs"]  # what `elusive run` had recorded
+    assert migrated["config"] == current["config"]  # the option under its new name
     run_experiment(config, progress=False, echo=lambda _: None)
     assert snapshot(run.root) == before  # nothing recomputed
-    assert "already schema 1" in migrate(run.root)
+    assert f"already schema {SCHEMA}" in migrate(run.root)
 
 
-def test_a_folder_without_its_version_gets_it_and_a_newer_one_is_refused(made, tmp_path):
+def test_a_version_1_folder_gets_the_option_renamed_and_a_newer_one_is_refused(made, tmp_path):
     run, config = made
-    old = _rewrite(run, lambda m: m.pop("schema"))
+    current = json.loads(run.manifest_path.read_text())
+
+    def schema_1(manifest):  # fingerprints, no version written, the option's old name
+        del manifest["schema"], manifest["config"]["augment"]["drop_style"]
+        manifest["config"]["augment"]["replace_with_spaces"] = True
+
+    _rewrite(run, schema_1)
     with pytest.raises(ConfigError, match="schema 1, made by an older elusive"):
         run_experiment(config, progress=False, echo=lambda _: None)
-    assert migrate(run.root).endswith("schema 1 -> 1")
-    assert json.loads(run.manifest_path.read_text()) == {**old, "schema": SCHEMA}
+    assert migrate(run.root).endswith(f"schema 1 -> {SCHEMA}")
+    migrated = json.loads(run.manifest_path.read_text())
+    assert migrated["config"]["augment"]["drop_style"] == "space"
+    assert migrated == {**current, "config": migrated["config"]}
 
     newer = _rewrite(run, lambda m: m.update(schema=SCHEMA + 1))
     for attempt in (lambda: migrate(run.root), lambda: run_experiment(config, progress=False)):

@@ -8,7 +8,9 @@ recorded, never from a config given now:
 - 0 -> 1: a folder made before outputs carried fingerprints (elusive up to stop 11). Its
   outputs were made from the config its run.json records; each is recorded with the
   fingerprint of that config and of the files before it, as `elusive run` would have written.
-- 1 without the version written: the version is written.
+- 1 -> 2: the recorded ``augment.replace_with_spaces`` becomes ``augment.drop_style``
+  (``space`` where it was true, else ``delete``). A folder of version 1 may not have the
+  version written.
 
 The folder's lock is held meanwhile and run.json is replaced atomically: an interrupted
 migration leaves the folder as it was.
@@ -39,8 +41,12 @@ def migrate(folder: str | Path) -> str:
             )
         if "schema" in manifest and found == SCHEMA:
             return f"{folder}: already schema {SCHEMA}, nothing to do"
+        recorded = manifest.get("config")
+        augment = recorded.get("augment") if isinstance(recorded, dict) else None
+        if isinstance(augment, dict) and "replace_with_spaces" in augment:  # 1 -> 2
+            augment["drop_style"] = "space" if augment.pop("replace_with_spaces") else "delete"
         if found == 0:
-            config = from_dict(RunConfig, manifest.get("config"), f"{path}: config")
+            config = from_dict(RunConfig, recorded, f"{path}: config")
             config.validate(f"{path}: config")
             run = Run(config, out=folder)
             manifest["outputs"] = {}

@@ -42,10 +42,11 @@ from .options import LOGGING_ONLY
 
 STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
-SCHEMA = 1
+SCHEMA = 2
 """The run folder's layout version, recorded in run.json as ``schema``: 1 records every output
-with the fingerprint of its inputs (``outputs``). A folder of another version opens after
-`elusive migrate FOLDER` (`elusive.migrate`), which upgrades it in place."""
+with the fingerprint of its inputs (``outputs``), 2 names a dropped token's rendering
+``augment.drop_style``. A folder of another version opens after `elusive migrate FOLDER`
+(`elusive.migrate`), which upgrades it in place."""
 
 
 @dataclass(frozen=True)
