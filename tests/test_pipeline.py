@@ -351,7 +351,7 @@ def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, ti
 def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):
     """scores.jsonl is written first, manifest.json last: a crash between them leaves a folder
     that the stage scores again instead of skipping it; no progress bar when progress=False."""
-    import elusive.attention as attention_module
+    import elusive.scores as scores_module
     from elusive.pipeline import stage_attention, stage_corpus
     from elusive.runs import Run
     from elusive.scores import read_scores
@@ -360,7 +360,7 @@ def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny
     run = Run(config)
     run.open()
     stage_corpus(run)
-    write = attention_module.atomic_write_text
+    write = scores_module.atomic_write_text  # what write_scores writes the manifest with
 
     def crash_at_the_manifest(path, text):
         if Path(path).name == "manifest.json":
@@ -368,12 +368,12 @@ def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny
         return write(path, text)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_module, "atomic_write_text", crash_at_the_manifest)
+        patch.setattr(scores_module, "atomic_write_text", crash_at_the_manifest)
         patch.setenv("ELUSIVE_CACHE", str(tmp_path / "cache"))
         with pytest.raises(KeyboardInterrupt):
             stage_attention(run, progress=False)
         assert run.path("scores", "scores.jsonl").exists()
-        patch.setattr(attention_module, "atomic_write_text", write)
+        patch.setattr(scores_module, "atomic_write_text", write)
         assert stage_attention(run, progress=False) == "12 texts scored"
     assert len(read_scores(run.path("scores"))) == 12
     assert "text/s" not in capfd.readouterr().err  # tqdm's rate: no bar was drawn
