@@ -53,3 +53,21 @@ def sliding_window_model():
     assert config.layer_types == ["full_attention", "sliding_attention"]
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when the cores are shared; a
+    module that trains them asks for it (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def records():
+    """12 generated biographies (seed 3): the training corpus of the tiny-model tests."""
+    from elusive.bios import BiosConfig, generate_bios
+
+    return generate_bios(BiosConfig(n=12, seed=3))[0]

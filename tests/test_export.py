@@ -12,7 +12,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
 from elusive.export import ExportError, export_model, find_checkpoint
 from elusive.io import OutputError
@@ -27,18 +26,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return generate_bios(BiosConfig(n=12, seed=3))[0]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(model_dir, **overrides) -> TrainConfig:

@@ -38,19 +38,7 @@ from elusive.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return generate_bios(BiosConfig(n=12, seed=3))[0]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(model_dir, **overrides) -> TrainConfig:
@@ -65,6 +53,33 @@ def _adapter(run_dir, epoch):
     from safetensors.torch import load_file
 
     return load_file(run_dir / f"epoch-{epoch}" / "adapter_model.safetensors")
+
+
+def interrupt_at(call, config, records, folder) -> None:
+    """Train `config` into `folder`, stopped as Ctrl-C stops it: a KeyboardInterrupt at
+    micro-batch `call` (from 1); the training step is restored afterwards."""
+    import elusive.train as train_module
+
+    step, calls = train_module._train_step, []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return step(model, batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "_train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, records, folder, progress=False)
+
+
+def assert_same_adapters(a_dir, b_dir, epoch) -> None:
+    """The adapters two runs saved at `epoch` are equal, key for key, up to float noise."""
+    a, b = _adapter(a_dir, epoch), _adapter(b_dir, epoch)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
 
 
 def test_tokenize_appends_eos_keeps_bos_and_cuts(tiny_model_dir):
@@ -174,21 +189,10 @@ def test_auto_resumes_a_run_in_its_recorded_precision(
 ):
     """A run folder from before "auto" (run.json says "no") resumes in fp32 on a bf16 CPU."""
     import elusive.models
-    import elusive.train as train_module
 
     monkeypatch.setattr(elusive.models, "native_bf16", lambda device: True)
-    step, calls = train_module._train_step, []
-
-    def interrupted(model, batch):
-        calls.append(1)
-        if len(calls) == 4:  # the first micro-batch of epoch 2 (3 per epoch)
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_model_dir, epochs=2, mixed_precision="no"), records, tmp_path, False)
-    monkeypatch.setattr(train_module, "_train_step", step)
+    # the first micro-batch of epoch 2 (3 per epoch)
+    interrupt_at(4, _config(tiny_model_dir, epochs=2, mixed_precision="no"), records, tmp_path)
     train(_config(tiny_model_dir, epochs=2, mixed_precision="auto"), records, tmp_path, False)
     assert accelerator_precisions == ["no", "no"] and last_epoch(tmp_path) == 2
     assert json.loads((tmp_path / "run.json").read_text())["config"]["mixed_precision"] == "no"
@@ -246,33 +250,17 @@ def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
         train(_config(tiny_model_dir, epochs=4), records[:5], tmp_path / "run")
 
 
-def test_resume_after_interrupt_equals_uninterrupted(
-    tiny_model_dir, records, tmp_path, monkeypatch
-):
-    import elusive.train as train_module
+def test_resume_after_interrupt_equals_uninterrupted(tiny_model_dir, records, tmp_path):
 
     config = _config(tiny_model_dir, batch_size=2, grad_accum=2, lora_dropout=0.1, warmup=0.3)
     whole = train(config, records, tmp_path / "whole", progress=False)
 
-    step, calls = train_module._train_step, []
-
-    def interrupted(model, batch):
-        calls.append(1)
-        if len(calls) == 9:  # the 3rd micro-batch of epoch 2 (6 per epoch)
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, records, tmp_path / "cut", progress=False)
+    # the 3rd micro-batch of epoch 2 (6 per epoch)
+    interrupt_at(9, config, records, tmp_path / "cut")
     assert last_epoch(tmp_path / "cut") == 1
-    monkeypatch.setattr(train_module, "_train_step", step)
     resumed = train(config, records, tmp_path / "cut", progress=False)
 
-    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    assert_same_adapters(tmp_path / "whole", tmp_path / "cut", 3)
     steps = [json.loads((d.parent / "log.json").read_text())["steps"] for d in (whole, resumed)]
     assert [s["step"] for s in steps[1]] == list(range(1, 10))  # 3 optimizer steps x 3 epochs
     for x, y in zip(*steps, strict=True):
@@ -485,24 +473,11 @@ def test_qlora_trains_resumes_exactly_and_evaluates(tiny_model_dir, records, tmp
     log = json.loads((tmp_path / "whole" / "log.json").read_text())
     assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
 
-    calls = []
-
-    def interrupted(model, batch):
-        calls.append(1)
-        if len(calls) == 9:  # the 3rd micro-batch of epoch 2 (6 per epoch)
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, records, tmp_path / "cut", progress=False)
+    # the 3rd micro-batch of epoch 2 (6 per epoch)
+    interrupt_at(9, config, records, tmp_path / "cut")
     assert last_epoch(tmp_path / "cut") == 1
-    monkeypatch.setattr(train_module, "_train_step", step)
     resumed = train(config, records, tmp_path / "cut", progress=False)
-    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    assert_same_adapters(tmp_path / "whole", tmp_path / "cut", 3)
     steps = [json.loads((d.parent / "log.json").read_text())["steps"] for d in (whole, resumed)]
     for x, y in zip(*steps, strict=True):
         assert x["lr"] == pytest.approx(y["lr"]) and x["loss"] == pytest.approx(y["loss"], 1e-6)
@@ -880,9 +855,8 @@ def test_length_grouped_batches_hold_the_epochs_texts_with_less_padding(tiny_mod
     "options", [{"packing": True, "max_length": 40}, {"group_by_length": True}], ids=str
 )
 def test_resume_with_a_batching_option_equals_uninterrupted(
-    tiny_model_dir, records, tmp_path, monkeypatch, options
+    tiny_model_dir, records, tmp_path, options
 ):
-    import elusive.train as train_module
 
     config = _config(tiny_model_dir, batch_size=2, grad_accum=2, lora_dropout=0.1, **options)
     _, tok = load_model(tiny_model_dir)
@@ -890,24 +864,12 @@ def test_resume_with_a_batching_option_equals_uninterrupted(
     per_epoch = len(loader)
     whole = train(config, records, tmp_path / "whole", progress=False)
 
-    step, calls = train_module._train_step, []
-
-    def interrupted(model, batch):
-        calls.append(1)
-        if len(calls) == per_epoch + 2:  # the 2nd micro-batch of epoch 2
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, records, tmp_path / "cut", progress=False)
+    # the 2nd micro-batch of epoch 2
+    interrupt_at(per_epoch + 2, config, records, tmp_path / "cut")
     assert last_epoch(tmp_path / "cut") == 1
-    monkeypatch.setattr(train_module, "_train_step", step)
     resumed = train(config, records, tmp_path / "cut", progress=False)
 
-    a, b = _adapter(tmp_path / "whole", 3), _adapter(tmp_path / "cut", 3)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    assert_same_adapters(tmp_path / "whole", tmp_path / "cut", 3)
     logs = [json.loads((d.parent / "log.json").read_text()) for d in (whole, resumed)]
     steps = -(-per_epoch // 2)
     assert [s["step"] for s in logs[1]["steps"]] == list(range(1, 3 * steps + 1))
@@ -1003,28 +965,16 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def test_tensorboard_tracker_logs_the_losses_of_log_json(
-    tiny_model_dir, records, tmp_path, monkeypatch
-):
+def test_tensorboard_tracker_logs_the_losses_of_log_json(tiny_model_dir, records, tmp_path):
     """Through accelerate's tracker, into RUN_DIR/tensorboard: the loss and learning rate of
     every step, and the epoch means. The tracker is no input of the weights: a run begun
     without it resumes with it."""
-    import elusive.train as train_module
 
     if importlib.util.find_spec("tensorboard") is None:
         pytest.importorskip("tensorboardX", reason="report_to tensorboard needs a writer")
-    run, step, calls = tmp_path / "run", train_module._train_step, []
-
-    def interrupted(model, batch):
-        calls.append(1)
-        if len(calls) == 4:  # the first micro-batch of epoch 2 (3 per epoch)
-            raise KeyboardInterrupt
-        return step(model, batch)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_model_dir, epochs=2), records, run, progress=False)
-    monkeypatch.setattr(train_module, "_train_step", step)
+    run = tmp_path / "run"
+    # the first micro-batch of epoch 2 (3 per epoch)
+    interrupt_at(4, _config(tiny_model_dir, epochs=2), records, run)
     train(_config(tiny_model_dir, epochs=2, report_to="tensorboard"), records, run, False)
     log = json.loads((run / "log.json").read_text())
     scalars = _tensorboard_scalars(run / "tensorboard")
