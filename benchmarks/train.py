@@ -1,10 +1,19 @@
-"""Training throughput: `elusive.train` vs a plain `transformers.Trainer` + peft baseline, each
-in fp32 and under bf16 autocast; with ``--batching``, the padded-token share and tokens/s of
-the three batch layouts of `elusive.train` (default, ``group_by_length``, ``packing``).
+"""Training throughput against the machine's limit: `elusive.train` vs a plain
+`transformers.Trainer` + peft baseline, in fp32 and, where the CPU computes bf16 natively
+(AVX512-BF16, AMX), under bf16 autocast: never where bf16 is emulated, ~100x slower than fp32
+there. With ``--batching``, the padded-token share and tokens/s of the three batch layouts of
+`elusive.train` (default, ``group_by_length``, ``packing``).
 
-All four train the same LoRA (r=16, all linear layers) on the same tokenized biographies with
+Both train the same LoRA (r=16, all linear layers) on the same tokenized biographies with
 the same batch size, learning rate and schedule for one epoch; the time is the training loop
 only (model loading excluded). Tokens are the non-padding tokens of the corpus.
+
+The same run measures the machine's matmul peak per precision (the best of a few
+``[tokens, hidden] @ [hidden, out]`` products shaped like the model's layers) and prints the
+model FLOP utilisation of each trainer: model work per token x tokens/s / peak, the work of
+a LoRA step taken as 4 x the parameters of the linear layers (2 for the forward pass, 2 for
+the input gradients of the backward pass; the frozen weights get no gradient, the adapters'
+and the attention scores' FLOPs are left out), so 100% is the peak's matmuls and nothing else.
 
     flock /tmp/cpu.lock python benchmarks/train.py
     python benchmarks/train.py --batching --model tiny     # a tiny random model, seconds
@@ -20,6 +29,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 # As the `elusive` command does (see elusive/cli.py): OpenMP waits passively. Set before torch.
@@ -29,7 +39,7 @@ import torch  # noqa: E402
 
 from elusive.batches import padded_share  # noqa: E402
 from elusive.bios import BiosConfig, generate_bios  # noqa: E402
-from elusive.models import load_tokenizer  # noqa: E402
+from elusive.models import load_tokenizer, make_tiny_model, native_bf16  # noqa: E402
 from elusive.train import (  # noqa: E402
     TrainConfig,
     build_model,
@@ -39,7 +49,48 @@ from elusive.train import (  # noqa: E402
     train,
 )
 
-PRECISIONS = ("no", "bf16")
+DTYPE = {"no": torch.float32, "bf16": torch.bfloat16}
+
+
+def precisions() -> list[str]:
+    """fp32 always; bf16 only where the CPU computes it natively (`native_bf16`)."""
+    return ["no", *(["bf16"] if native_bf16(torch.device("cpu")) else [])]
+
+
+def matmul_peak(precision: str, shapes, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `shapes` ((m, k, n): an [m, k] @ [k, n] product, 2mkn FLOPs),
+    best of `repeats` timings each, after a warm-up."""
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, dtype=DTYPE[precision])
+        b = torch.randn(k, n, dtype=DTYPE[precision])
+        a @ b  # warm-up: thread pool, packing buffers
+        for _ in range(repeats):
+            began = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - began))
+    return best
+
+
+def linear_parameters(config: TrainConfig) -> int:
+    """Weights of the model's linear layers (the output head included, tied or not): what each
+    token multiplies through."""
+    model, _ = build_model(config)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def layer_shapes(config: TrainConfig, tokens: int) -> list[tuple[int, int, int]]:
+    """(tokens, in, out) of the model's distinct linear layers but the head: the products a
+    training step is made of."""
+    model, _ = build_model(config)
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            (tokens, m.in_features, m.out_features)
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        }
+    )
 
 
 def run_ours(config: TrainConfig, records, out: Path) -> float:
@@ -104,7 +155,6 @@ def mixed_texts(n: int, seed: int = 0) -> list[str]:
 
 def run_batching(args) -> None:
     from elusive.corpus import Record
-    from elusive.models import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -158,14 +208,20 @@ def main() -> None:
         run_batching(args)
         return
 
-    records = generate_bios(BiosConfig(n=args.texts, seed=0))[0]
-    tokenizer = load_tokenizer(args.model)
-    base = TrainConfig(model=args.model, epochs=1, lr=1e-3, batch_size=8)
-    seqs = tokenize_texts([r.text for r in records], tokenizer, base.max_length)
-    tokens = sum(len(s) for s in seqs)
-    speed: dict[tuple[str, str], float] = {}  # (who, precision) -> tokens/s
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in PRECISIONS:
+        model = args.model
+        if model == "tiny":
+            model = str(make_tiny_model(Path(tmp) / "tiny", hidden_size=256, layers=4))
+        records = generate_bios(BiosConfig(n=args.texts, seed=0))[0]
+        tokenizer = load_tokenizer(model)
+        base = TrainConfig(model=model, epochs=1, lr=1e-3, batch_size=8)
+        seqs = tokenize_texts([r.text for r in records], tokenizer, base.max_length)
+        tokens = sum(len(s) for s in seqs)
+        work = 4 * linear_parameters(base)  # FLOPs a token costs a LoRA step
+        batch_tokens = base.batch_size * max(len(s) for s in seqs)
+        peak = {p: matmul_peak(p, layer_shapes(base, batch_tokens)) for p in precisions()}
+        speed: dict[tuple[str, str], float] = {}  # (who, precision) -> tokens/s
+        for precision in peak:
             config = TrainConfig(**{**vars(base), "mixed_precision": precision})
             out = Path(tmp) / precision
             seconds = run_trainer(config, seqs, tokenizer.pad_token_id, out / "trainer")
@@ -173,13 +229,24 @@ def main() -> None:
             speed["elusive.train", precision] = tokens / run_ours(config, records, out / "ours")
     policy = os.environ["OMP_WAIT_POLICY"]
     print(f"model {args.model}, {args.texts} texts, {tokens} tokens, batch 8, LoRA r=16, "
-          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}")  # fmt: skip
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}; "
+          f"{work / 1e9:.2f} GFLOP a token (4 x linear parameters)")  # fmt: skip
+    if "bf16" not in peak:
+        print("bf16: not native on this CPU (no AVX512-BF16 or AMX): not run")
+    for precision, flops in peak.items():
+        name = "fp32" if precision == "no" else precision
+        print(f"matmul peak {name:5s}: {flops / 1e9:8.1f} GFLOP/s")
     for (who, precision), rate in speed.items():
-        print(f"{who:15s} {'fp32' if precision == 'no' else precision:5s}: {rate:8.1f} tokens/s")
-    ours = speed["elusive.train", "bf16"]
-    trainer_best = max(speed["Trainer + peft", p] for p in PRECISIONS)
-    print(f"ratio ours bf16 / ours fp32: {ours / speed['elusive.train', 'no']:.2f} (target >= 2.5)")
-    print(f"ratio ours bf16 / Trainer best: {ours / trainer_best:.2f} (target >= 1.0)")
+        name = "fp32" if precision == "no" else precision
+        print(f"{who:15s} {name:5s}: {rate:8.1f} tokens/s, utilisation "
+              f"{work * rate / peak[precision]:6.1%} of the {name} peak")  # fmt: skip
+    for precision in peak:
+        name = "fp32" if precision == "no" else precision
+        ratio = speed["elusive.train", precision] / speed["Trainer + peft", precision]
+        print(f"ratio ours / Trainer, {name}: {ratio:.2f} (target > 1)")
+    if "bf16" in peak:
+        ours = speed["elusive.train", "bf16"] / speed["elusive.train", "no"]
+        print(f"ratio ours bf16 / ours fp32: {ours:.2f}")
 
 
 if __name__ == "__main__":
