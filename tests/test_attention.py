@@ -370,7 +370,8 @@ def test_a_huge_text_fails_before_it_is_tokenised_naming_file_text_and_lengths(
         score_corpus({"model": spec}, corpus, tmp_path / "s", AttentionConfig(cache_dir=tmp_path))
     assert str(err.value) == (
         f"{corpus}: text 'huge' is 1000000 characters long, more than the 2048 positions of "
-        f"model {spec!r} hold (at most {longest} characters a token): split it"
+        f"model {spec!r} hold (at most {longest} characters a token): cut it into passages "
+        "(corpus.chunk in a run config)"
     )
     assert tokenised == [] and loaded == [] and not (tmp_path / "s").exists()
 

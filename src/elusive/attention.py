@@ -661,7 +661,7 @@ def _check_chars(records: Sequence[Record], tokenizer, limit: int | None, spec: 
             raise TextTooLong(
                 f"text {record.id!r} is {len(record.text)} characters long, more than the "
                 f"{limit} positions of model {spec!r} hold (at most {longest} characters a "
-                "token): split it"
+                "token): cut it into passages (corpus.chunk in a run config)"
             )
 
 
@@ -674,7 +674,8 @@ def _check_lengths(
         if limit is not None and len(item.ids) > limit:
             raise TextTooLong(
                 f"text {record.id!r} is {len(item.ids)} tokens long (prefix and special tokens "
-                f"included), more than the {limit} positions of model {spec!r}: split it"
+                f"included), more than the {limit} positions of model {spec!r}: cut it into "
+                "passages (corpus.chunk in a run config)"
             )
 
 
