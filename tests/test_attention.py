@@ -718,3 +718,19 @@ def test_one_models_rows_have_no_contrast_and_rank_by_its_scores(tiny_dirs, tmp_
         assert row.contrast is None and set(row.scores) == {"model"}
         assert row.rank == rank_desc(row.scores["model"], row.eligible)
         assert sorted(r for r in row.rank if r >= 0) == list(range(sum(row.eligible)))
+
+
+def test_a_text_past_the_model_positions_is_refused_naming_the_fix(tiny_dirs, tmp_path):
+    """Short enough in characters to be tokenised, too long in tokens for the 2048 positions:
+    refused before scoring, naming the text, its tokens and corpus.chunk."""
+    spec = str(tiny_dirs["llama"])
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "long", "text": "Ava Smith. " * 1500}])
+    with pytest.raises(AttentionError) as err:
+        score_corpus({"model": spec}, corpus, tmp_path / "s", AttentionConfig(cache_dir=tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"{corpus}: text 'long' is ") and "tokens long" in message
+    assert message.endswith(
+        f"more than the 2048 positions of model {spec!r}: cut it into passages "
+        "(corpus.chunk in a run config)"
+    )
+    assert not (tmp_path / "s").exists()
