@@ -389,3 +389,52 @@ def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeyp
     assert result.exit_code == 2
     assert "error: --baseline evaluates the base model of --adapter" in result.output
     assert not (tmp_path / "e2").exists()
+
+
+def test_train_and_evaluate_take_a_config_file_and_set_under_typed_options(tmp_path, monkeypatch):
+    """--config gives the options, --set overrides it, an option typed on the command line
+    overrides both; the rest keep their defaults. A wrong key names the file, exit 2."""
+    import elusive.evaluate
+    import elusive.train
+    from elusive.options import EvalConfig, TrainConfig
+
+    seen = []
+    monkeypatch.setattr(elusive.train, "train", lambda config, *a, **k: seen.append(config))
+    (tmp_path / "train.yaml").write_text("epochs: 5\nlr: 0.01\nbatch_size: 2\nwarmup: 0.2\n")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "a"}\n')
+    args = ["train", "--model", "m", "--corpus", str(corpus), "--out", str(tmp_path / "run")]
+    result = runner.invoke(
+        app,
+        [*args, "--config", str(tmp_path / "train.yaml"), "--set", "lr=0.02", "--set",
+         "weight_decay=0.1", "--epochs", "7"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    want = dict(model="m", epochs=7, lr=0.02, batch_size=2, warmup=0.2, weight_decay=0.1)
+    assert config == TrainConfig(**want)
+    assert "trained 7 epochs" in result.output
+
+    (tmp_path / "bad.yaml").write_text("lrr: 0.1\n")
+    result = runner.invoke(app, [*args, "--config", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2 and len(seen) == 1
+    assert f"{tmp_path / 'bad.yaml'}: lrr: unknown key (did you mean 'lr'?)" in result.output
+
+    found = []
+
+    def evaluate_model(model, qa, out, adapter, config, *a, **k):
+        found.append(config)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(elusive.evaluate, "evaluate_model", evaluate_model)
+    # YAML's double quotes read \n as a newline, as in a run config's evaluate.template
+    (tmp_path / "eval.yaml").write_text('shots: 2\nprobe_seed: 5\ntemplate: "Q: {question}\\nA:"\n')
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model", "m", "--qa", str(corpus), "--out", str(tmp_path / "eval"),
+         "--config", str(tmp_path / "eval.yaml"), "--set", "max_new_tokens=4",
+         "--batch-size", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    want = dict(shots=2, probe_seed=5, max_new_tokens=4, batch_size=3, template="Q: {question}\nA:")
+    assert found == [EvalConfig(**want)]

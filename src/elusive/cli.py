@@ -158,6 +158,43 @@ def config_option(config: type, name: str, shown: Callable[[Any], Any] = lambda 
     return typer.Option(shown(field_default(config, name)), help=field_help(config, name))
 
 
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="YAML or JSON file of this command's options (named as in --help, with _ for -); "
+        "options typed on the command line win over it.",
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="VALUE read as YAML, over --config; repeatable."
+    ),
+]
+
+
+def command_config(
+    ctx: typer.Context, cls: type, given: dict[str, Any], path: Path | None, sets: list[str] | None
+) -> Any:
+    """Dataclass `cls` from a command's options: its fields from the `--config` file at `path`,
+    then `--set`, then those of `given` (the command's arguments) typed on the command line;
+    the rest at their defaults. Errors name the file or --set, one line."""
+    from .config import apply_sets, from_dict, read_mapping
+
+    where = str(path) if path is not None else "--set"
+    data = read_mapping(path) if path is not None else {}
+    apply_sets(data, sets or [], where)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name, value in given.items():
+        # by name: typer vendors click (typer._click) in some versions, with its own enum
+        source = getattr(ctx.get_parameter_source(name), "name", None)
+        if name in names and source == "COMMANDLINE":
+            data[name] = value
+    return from_dict(cls, data, where)
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """A comma-separated option ("date,city,...") as a tuple of names; "" is none."""
     return tuple(f.strip() for f in text.split(",")) if text.strip() else ()
@@ -367,6 +404,7 @@ def show_command(
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help=field_help(TrainConfig, "model"))],
     corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
@@ -390,41 +428,24 @@ def train_command(
     packing: bool = config_option(TrainConfig, "packing"),
     group_by_length: bool = config_option(TrainConfig, "group_by_length"),
     report_to: str = config_option(TrainConfig, "report_to"),
+    config_file: ConfigFileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
     from .train import train
 
-    config = TrainConfig(
-        model=model, full=full, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
-        schedule=schedule, weight_decay=weight_decay, seed=seed, max_length=max_length,
-        dtype=dtype, mixed_precision=mixed_precision, quantize=quantize, packing=packing,
-        group_by_length=group_by_length, report_to=report_to,
-    )  # fmt: skip
+    config = command_config(ctx, TrainConfig, locals(), config_file, sets)
     from .parallel import process_state
 
     check_apart([out], {"--corpus": corpus})
     with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
         last = train(config, corpus, out, text_field=text_field)
-    typer.echo(f"trained {epochs} epochs; last checkpoint: {last}")
-
-
-def _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices):
-    config = EvalConfig(
-        max_new_tokens=max_new_tokens,
-        template=parse_template(template),
-        shots=shots,
-        shot_seed=shot_seed,
-        batch_size=batch_size,
-        probes=probes,
-        choices=choices,
-    )
-    config.validate()
-    return config
+    typer.echo(f"trained {config.epochs} epochs; last checkpoint: {last}")
 
 
 @app.command("evaluate")
 def evaluate_command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model spec (or a --full run's epoch folder).")],
     qa: Annotated[Path, typer.Option(help="Questions JSONL (question, answer(s), field).")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and predictions.jsonl.")],
@@ -457,6 +478,8 @@ def evaluate_command(
             "questions, into OUT/untrained/.",
         ),
     ] = False,
+    config_file: ConfigFileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -469,7 +492,9 @@ def evaluate_command(
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if baseline and adapter is None:
         fail("--baseline evaluates the base model of --adapter untrained: give --adapter")
-    config = _eval_options(max_new_tokens, template, shots, shot_seed, batch_size, probes, choices)
+    given = {**locals(), "template": parse_template(template)}
+    config = command_config(ctx, EvalConfig, given, config_file, sets)
+    config.validate()
     placement = parse_placement(device_map, max_memory)
     result = evaluate_model(
         model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement,

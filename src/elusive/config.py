@@ -336,6 +336,15 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
     Each of `sets` is ``KEY=VALUE`` (``train.lr=3e-4``, ``evaluate.shots=5``): VALUE, parsed as
     YAML, replaces the key (``elusive run --set``). The YAML is read by `safe_yaml`: a key given
     twice, or aliases that expand past `MAX_YAML_NODES` values, are errors."""
+    data = read_mapping(path, sets)
+    config = from_dict(RunConfig, data, str(path))
+    config.validate(str(path))
+    return config
+
+
+def read_mapping(path: str | Path, sets: Sequence[str] = ()) -> dict[str, Any]:
+    """The mapping a YAML or JSON config file holds, with each ``KEY=VALUE`` of `sets` applied;
+    every way the file can be wrong is a one-line ConfigError naming it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -359,11 +368,15 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: a value cannot be read ({shorten(str(exc))})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return apply_sets(data, sets, str(path))
+
+
+def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[str, Any]:
+    """`data` with each ``KEY=VALUE`` of `sets` applied (VALUE read as YAML; a dotted KEY
+    reaches into sections); `where` names the config in errors."""
     for item in sets:
-        _set(data, item, str(path))
-    config = from_dict(RunConfig, data, str(path))
-    config.validate(str(path))
-    return config
+        _set(data, item, where)
+    return data
 
 
 MAX_YAML_NODES = 100_000
