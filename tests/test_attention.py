@@ -14,7 +14,6 @@ from elusive.attention import (
     attention_received,
     attention_row,
     query_attention,
-    rank_desc,
     score_corpus,
     score_records,
     tokenize,
@@ -25,7 +24,7 @@ from elusive.cli import app
 from elusive.corpus import Record
 from elusive.io import DroppedDataWarning, write_jsonl
 from elusive.models import load_model, make_tiny_model
-from elusive.scores import read_scores
+from elusive.scores import rank_desc, read_scores
 
 TEXT = (
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA. "
@@ -184,9 +183,7 @@ def test_tokenize_drops_prefix_and_keeps_offsets_in_the_text(tiny):
     assert sum(prefixed.in_prefix) >= 2  # "Text", ":" are scored but dropped
 
 
-def test_eligibility_and_rank():
-    assert rank_desc([0.1, 0.5, 0.3, 0.9], [True, True, True, False]) == [2, 0, 1, -1]
-    assert rank_desc([0.2, 0.2], [True, True]) == [0, 1]  # ties by position
+def test_eligibility():
     assert attention.is_eligible(" Paris", False)
     assert not attention.is_eligible(" ,", False)
     assert not attention.is_eligible("  ", False)

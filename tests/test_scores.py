@@ -7,7 +7,7 @@ import json
 import pytest
 
 from elusive.options import AttentionError
-from elusive.scores import TextScores, read_scores, write_scores
+from elusive.scores import TextScores, rank_desc, read_scores, write_scores
 
 
 def test_scores_files_round_trip_and_bad_files_fail(tmp_path):
@@ -34,3 +34,8 @@ def test_scores_files_round_trip_and_bad_files_fail(tmp_path):
         read_scores(tmp_path)
     with pytest.raises(AttentionError, match="manifest.json: no such file"):
         read_scores(tmp_path / "nowhere")
+
+
+def test_rank_desc_ranks_the_eligible_from_the_highest_ties_by_position():
+    assert rank_desc([0.1, 0.5, 0.3, 0.9], [True, True, True, False]) == [2, 0, 1, -1]
+    assert rank_desc([0.2, 0.2], [True, True]) == [0, 1]

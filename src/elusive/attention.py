@@ -49,7 +49,7 @@ from .io import (
     os_reason,
 )
 from .options import ROLES, AttentionConfig, AttentionError
-from .scores import TextScores, write_scores
+from .scores import TextScores, rank_desc, write_scores
 
 ATTN_IMPLEMENTATION = "elusive"
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 27}
@@ -343,15 +343,6 @@ def tokenize(tokenizer, text: str, prefix: str = "") -> Tokenized:
 def is_eligible(token: str, special: bool) -> bool:
     """Rankable: not a special token, and holds a letter or digit (paper, footnote 2)."""
     return not special and any(ch.isalnum() for ch in token)
-
-
-def rank_desc(values: Sequence[float], eligible: Sequence[bool]) -> list[int]:
-    """Rank of each eligible value from the highest (0); -1 for ineligible; ties by position."""
-    ranks = [-1] * len(values)
-    order = sorted((k for k, ok in enumerate(eligible) if ok), key=lambda k: (-values[k], k))
-    for r, k in enumerate(order):
-        ranks[k] = r
-    return ranks
 
 
 def _batches(items: Sequence[Tokenized], batch_size: int) -> Iterator[list[int]]:

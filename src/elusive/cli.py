@@ -375,6 +375,32 @@ def augment_command(
     typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
 
 
+@app.command("scorers")
+def scorers_command(
+    scores: ScoresOption,
+    corpus: CorpusOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffled scorer and the CIs.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as JSON here.")] = None,
+    text_field: str = config_option(CorpusSection, "text_field"),
+) -> None:
+    """Where each scorer ranks a text's spans (the name, each field): mean rank percentile."""
+    import json
+
+    from .augment import AugmentConfig, load_inputs
+    from .io import atomic_write_text, check_out_file
+    from .scorers import scorer_markdown, scorer_table
+
+    if out is not None:
+        check_out_file(out)
+        check_apart([out], {"--scores": scores, "--corpus": corpus})
+    records, rows, _ = load_inputs(scores, corpus, AugmentConfig(), text_field)
+    table = scorer_table(records, rows, seed=seed)
+    typer.echo(scorer_markdown(table), nl=False)
+    if out is not None:
+        atomic_write_text(out, json.dumps(table, indent=1) + "\n")
+        typer.echo(f"wrote {out}")
+
+
 @app.command("show")
 def show_command(
     text_id: Annotated[str, typer.Argument(help="Id of the text to draw.")],

@@ -11,7 +11,7 @@ scoring itself is `elusive.attention`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,3 +107,12 @@ def read_scores(scores_dir: str | Path) -> list[TextScores]:
         return [TextScores.from_json(obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
     except ValueError as exc:  # CorpusError from iter_jsonl, or AttentionError
         raise AttentionError(str(exc)) from None
+
+
+def rank_desc(values: Sequence[float], eligible: Sequence[bool]) -> list[int]:
+    """Rank of each eligible value from the highest (0); -1 for ineligible; ties by position."""
+    ranks = [-1] * len(values)
+    order = sorted((k for k, ok in enumerate(eligible) if ok), key=lambda k: (-values[k], k))
+    for r, k in enumerate(order):
+        ranks[k] = r
+    return ranks
