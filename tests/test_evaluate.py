@@ -400,3 +400,22 @@ def test_a_baseline_is_the_base_model_evaluated_untrained_beside(tmp_path):
     with pytest.raises(OutputError, match="untrained/metrics.json: is a folder"):
         evaluate_model(str(base), questions, tmp_path / "refused", last, baseline=str(base))
     assert not (tmp_path / "refused" / "metrics.json").exists()  # nothing evaluated first
+
+
+def test_warnings_count_probes_as_probes(tiny_model_dir):
+    """A shortage of distractors among probes without questions is counted in probes."""
+    from elusive.cloze import build_probes
+    from elusive.corpus import Record
+    from elusive.models import load_model
+
+    texts = {
+        "Oslo": "Oslo was founded in 1048. It lies 12 metres above the sea.",
+        "Bergen": "Bergen was founded in 1070. It gets 2,250 millimetres of rain.",
+    }
+    records = [Record(title, text, meta={"title": title}) for title, text in texts.items()]
+    probes = build_probes(records).items
+    model, tok = load_model(tiny_model_dir)
+    config = EvalConfig(max_new_tokens=2, choices=3, batch_size=4)
+    n = len(probes)
+    with pytest.warns(DroppedDataWarning, match=rf"^{n} of {n} probes get fewer distractors"):
+        evaluate_qa(model, tok, probes, config, progress=False)

@@ -409,19 +409,21 @@ def _result(rows: list[dict], found: dict[str, Any], shared: bool) -> EvalResult
         from .parallel import process_state
 
         if not shared or process_state().is_main_process:
-            for line in _warning_lines(found, len(rows)):
+            asked = sum(1 for row in rows if row.get("question") is not None)
+            noun = "questions" if asked == len(rows) else "probes" if not asked else "items"
+            for line in _warning_lines(found, len(rows), noun):
                 warnings.warn(line, DroppedDataWarning, stacklevel=3)
     return EvalResult(scores, rows, found)
 
 
-def _warning_lines(found: dict[str, Any], n: int) -> list[str]:
+def _warning_lines(found: dict[str, Any], n: int, noun: str = "questions") -> list[str]:
     """One line per kind of `found` warning (one per metric for missing ones), counting
-    questions out of the `n` evaluated."""
+    `noun` (questions, probes, or items where both are evaluated) out of the `n` evaluated."""
     lines = []
     if over := found.get("over_context"):
         fields = over["fields"]
         lines.append(
-            f"{fields['overall']} of {n} questions need more than the model's {over['context']} "
+            f"{fields['overall']} of {n} {noun} need more than the model's {over['context']} "
             f"positions (prompt, shots included, plus the answer's new tokens; the longest "
             f"{over['longest']}): their answers come from positions it never learnt"
         )
@@ -435,7 +437,7 @@ def _warning_lines(found: dict[str, Any], n: int) -> list[str]:
         per_field = ", ".join(f"{f} {v['questions']}" for f, v in fields.items() if f != "overall")
         fewest = fields["overall"]["fewest"]
         lines.append(
-            f"{fields['overall']['questions']} of {n} questions get fewer distractors than the "
+            f"{fields['overall']['questions']} of {n} {noun} get fewer distractors than the "
             f"{k} asked (as few as {fewest}; {per_field}): their choice's chance is above "
             f"1/{k + 1}" + ("; those with none have no choice" if fewest == 0 else "")
         )
