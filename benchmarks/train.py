@@ -72,17 +72,15 @@ def matmul_peak(precision: str, shapes, repeats: int = 5) -> float:
     return best
 
 
-def linear_parameters(config: TrainConfig) -> int:
+def linear_parameters(model: torch.nn.Module) -> int:
     """Weights of the model's linear layers (the output head included, tied or not): what each
     token multiplies through."""
-    model, _ = build_model(config)
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def layer_shapes(config: TrainConfig, tokens: int) -> list[tuple[int, int, int]]:
+def layer_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, int, int]]:
     """(tokens, in, out) of the model's distinct linear layers but the head: the products a
     training step is made of."""
-    model, _ = build_model(config)
     head = model.get_output_embeddings()
     return sorted(
         {
@@ -217,9 +215,11 @@ def main() -> None:
         base = TrainConfig(model=model, epochs=1, lr=1e-3, batch_size=8)
         seqs = tokenize_texts([r.text for r in records], tokenizer, base.max_length)
         tokens = sum(len(s) for s in seqs)
-        work = 4 * linear_parameters(base)  # FLOPs a token costs a LoRA step
-        batch_tokens = base.batch_size * max(len(s) for s in seqs)
-        peak = {p: matmul_peak(p, layer_shapes(base, batch_tokens)) for p in precisions()}
+        model, _ = build_model(base)  # once, for its shapes; each trainer builds its own
+        work = 4 * linear_parameters(model)  # FLOPs a token costs a LoRA step
+        shapes = layer_shapes(model, base.batch_size * max(len(s) for s in seqs))
+        del model
+        peak = {p: matmul_peak(p, shapes) for p in precisions()}
         speed: dict[tuple[str, str], float] = {}  # (who, precision) -> tokens/s
         for precision in peak:
             config = TrainConfig(**{**vars(base), "mixed_precision": precision})
