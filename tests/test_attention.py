@@ -1,5 +1,6 @@
 """The memory-bounded attention scorer against a naive reference, on tiny random models."""
 
+import dataclasses
 import json
 import shutil
 
@@ -13,6 +14,7 @@ from elusive.attention import (
     AttentionError,
     attention_received,
     attention_row,
+    authors_scores,
     query_attention,
     score_corpus,
     score_records,
@@ -21,10 +23,10 @@ from elusive.attention import (
 from elusive.augment import AugmentConfig, AugmentError, augment_file
 from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.corpus import Record
+from elusive.corpus import Record, record_to_json
 from elusive.io import DroppedDataWarning, write_jsonl
 from elusive.models import load_model, make_tiny_model
-from elusive.scores import rank_desc, read_scores
+from elusive.scores import rank_desc, read_manifest, read_scores
 
 TEXT = (
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA. "
@@ -106,6 +108,58 @@ def test_scores_are_not_the_authors_row_sums(tiny):
     torch.testing.assert_close(rows, trap, atol=1e-6, rtol=0)  # the mistake, reproduced
     ours = attention_received(model, ids)[0]
     assert (ours - trap).abs().max() > 1e-2
+
+
+def authors_reference(model, ids):
+    """Their `save_attention.py` line by line, on bf16-rounded maps: [T] float32."""
+    maps = naive_maps(model, ids).to(torch.bfloat16)  # [layers, 1, heads, T, T]
+    avg = maps.float().mean(dim=(0, 1, 2)).to(torch.bfloat16)  # [T, T]
+    avg = torch.tril(avg).float().sum(dim=-1).to(torch.bfloat16)
+    steps = torch.arange(1, avg.size(-1) + 1).to(avg)
+    return (avg.float() / steps.float()).to(torch.bfloat16).float()
+
+
+def test_the_authors_scorer_replayed_is_1_over_i_plus_1_up_to_bf16_rounding(tiny):
+    model, tok = tiny
+    ids = ids_of(tok, TEXT)
+    length = ids.shape[1]
+    got = authors_scores(model, ids)[0]
+    torch.testing.assert_close(got, authors_reference(model, ids), atol=0, rtol=0)
+    position = 1.0 / (torch.arange(length) + 1)
+    assert ((got / position - 1).abs() <= 2**-7).all()  # bf16: 8 bits, two roundings
+    assert (got != position).any()  # rounded, not exact
+    assert (attention_received(model, ids)[0] - position).abs().max() > 1e-2  # ours differs
+    # padded: each sequence's real tokens as alone, 0 at padding
+    padded = torch.cat([ids, ids[:, :1].repeat(1, 4)], dim=1)
+    mask = torch.ones_like(padded)
+    mask[0, length:] = 0
+    both = authors_scores(
+        model, torch.cat([padded, padded]), torch.cat([mask, torch.ones_like(mask)])
+    )
+    torch.testing.assert_close(both[0, :length], got, atol=2**-8, rtol=0)
+    assert (both[0, length:] == 0).all() and (both[1] > 0).all()
+
+
+def test_a_corpus_scored_by_the_authors_scorer_says_so(tiny_dirs, twin_dir, tmp_path):
+    records = _records(3)
+    write_jsonl(tmp_path / "c.jsonl", (record_to_json(r) for r in records))
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    config = AttentionConfig(cache_dir=tmp_path / "cache", score="authors")
+    rows = score_corpus(specs, tmp_path / "c.jsonl", tmp_path / "s", config, progress=False)
+    assert read_manifest(tmp_path / "s")["score"] == "authors"
+    for row in rows:
+        n = len(row.tokens)
+        position = [1.0 / (i + 1) for i in range(n)]
+        assert row.scores["small"] == pytest.approx(position, rel=2**-7)
+        assert max(abs(c) for c in row.contrast) < 2**-7  # both models: 1/(i+1), rounded
+    received = score_corpus(
+        specs, tmp_path / "c.jsonl", tmp_path / "r", dataclasses.replace(config, score="received"),
+        progress=False,
+    )  # fmt: skip
+    assert received[0].scores["small"] != rows[0].scores["small"]  # cached apart
+    assert "score" not in read_manifest(tmp_path / "r")
+    with pytest.raises(AttentionError, match="score must be one of received, authors"):
+        AttentionConfig(score="rows").validate()
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -19,7 +19,9 @@ from elusive.augment import (
     AugmentConfig,
     AugmentError,
     augment,
+    augment_file,
     drop_probabilities,
+    load_inputs,
 )
 from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
@@ -445,11 +447,38 @@ def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
     from elusive.augment import RANK_BY, UNRANKED, caption
 
     assert POLICIES == (
-        "none", "plain", "random", "attention", "contrast", "shuffled", "position"
+        "none", "plain", "random", "attention", "contrast", "authors", "shuffled", "position"
     )  # fmt: skip
     assert set(RANKED) == set(RANK_BY) and not set(UNRANKED) & set(RANK_BY)
     captions = {caption(AugmentConfig(policy=p, alpha=0.5)) for p in POLICIES}
     assert len(captions) == len(POLICIES)
+
+
+def test_the_authors_policy_drops_by_their_argsort_of_an_authors_scores_folder(tmp_path, bios):
+    rows = [fake_scores(r, seed=i) for i, r in enumerate(bios[:6])]
+    for row in rows:  # their contrast: zero but where bf16 rounding differs
+        row.contrast = [0.0] * len(row.tokens)
+        row.contrast[3], row.contrast[7] = 1e-4, -1e-4
+    corpus, folder = write_fixture(tmp_path, bios[:6], rows)
+    config = AugmentConfig(policy="authors", alpha=0.7, beta=0.05)
+    with pytest.raises(AugmentError, match="policy authors ranks by the authors' scorer.*--score"):
+        augment_file(folder, tmp_path / "a.jsonl", config)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "score": "authors"}))
+    records, got_rows, config = load_inputs(folder, None, config)
+    got = drop_probabilities(got_rows, config)
+    expected = []
+    for row in rows:  # their order over every token, then Eq. 1 by rank among the eligible
+        order = [int(k) for k in np.argsort(np.float32(row.contrast))[::-1] if row.eligible[k]]
+        p = [0.0] * len(row.tokens)
+        for r, k in enumerate(order):
+            p[k] = 0.7 * (1 - math.exp(-0.05 * r))
+        expected += p
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert augment_file(folder, tmp_path / "a.jsonl", config) == 6 * 11
+    first = (tmp_path / "a.jsonl").read_bytes()
+    augment_file(folder, tmp_path / "b.jsonl", config)
+    assert (tmp_path / "b.jsonl").read_bytes() == first  # same seed, same bytes
 
 
 def test_augment_refuses_an_out_that_is_one_of_its_inputs(tmp_path, bios, scores):

@@ -875,3 +875,36 @@ def test_figures_2_3_follow_a_change_of_model_not_a_stale_cache(tmp_path, tiny_p
     fresh = Run(config, out=tmp_path / "fresh")
     fresh.path("report").mkdir(parents=True)
     assert report._analysis(fresh) == report._analysis(run)  # what a new folder computes
+
+
+def test_the_authors_policy_ranks_by_a_second_scores_folder_of_the_authors_scorer(
+    tmp_path, tiny_pair
+):
+    from elusive.augment import AugmentConfig, augment_file
+    from elusive.scores import read_manifest, read_scores
+
+    augment = {"policies": ["none", "authors"], "copies": 2, "alpha": [0.7], "beta": [0.1]}
+    overrides = {"seeds": [0], "augment": augment, "train": {"lr": [1e-3], "epochs": [1]}}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **overrides))
+    lines: list[str] = []
+    run = run_experiment(config, progress=False, echo=lines.append)
+    assert "score" not in read_manifest(run.path("scores"))
+    assert read_manifest(run.path("scores", "authors"))["score"] == "authors"
+    theirs = read_scores(run.path("scores", "authors"))
+    ours = read_scores(run.path("scores"))
+    assert [r.tokens for r in theirs] == [r.tokens for r in ours]
+    assert all(abs(c) < 2**-7 for row in theirs for c in row.contrast)  # 1/(i+1), both models
+    # the run's authors corpus is what `elusive augment --policy authors` makes of that folder
+    cell = next(c for c in grid(config) if c.policy == "authors")
+    expected = tmp_path / "authors.jsonl"
+    augment_file(
+        run.path("scores", "authors"), expected, AugmentConfig("authors", 0.7, 0.1, copies=2)
+    )
+    made = run.path("augment", "small", f"{cell.augment_tag}.jsonl")
+    assert made.read_bytes() == expected.read_bytes()
+    outputs = json.loads(run.path("run.json").read_text())["outputs"]
+    assert "scores/authors" in outputs
+    assert any("(authors)" in line for line in lines if "attention" in line)
+    before = snapshot(run.root)
+    run_experiment(config, progress=False, echo=lines.append)
+    assert snapshot(run.root) == before

@@ -13,8 +13,16 @@ from typer.testing import CliRunner
 from elusive.cli import app
 from elusive.corpus import Record, record_to_json
 from elusive.io import write_jsonl
-from elusive.scorers import ScorerError, percentiles, scorer_table, scorers_of, span_percentiles
-from elusive.scores import TextScores, rank_desc, write_scores
+from elusive.scorers import (
+    ScorerError,
+    percentiles,
+    query_row_percentiles,
+    scorer_table,
+    scorers_of,
+    span_percentiles,
+    value_queries,
+)
+from elusive.scores import TextScores, authors_rank, rank_desc, read_scores, write_scores
 
 runner = CliRunner()
 
@@ -127,3 +135,91 @@ def test_the_command_prints_the_table_and_refuses_texts_without_spans(tmp_path):
     assert scorers_of(one) == ["model", "position", "shuffled"]
     with pytest.raises(ScorerError, match="no contrast"):
         scorer_table(records, one, ["contrast"])
+
+
+def test_query_row_ranks_what_each_query_sees_as_a_slow_loop_does():
+    records, rows = texts(6)
+    # the city (token 4) has one token before it: " in" (token 3); the name none before it
+    assert value_queries(records[0], rows[0]) == {"city": 3}
+    rng = random.Random(5)
+    contrasts = {r.id: {"city": [rng.random() for _ in range(4)]} for r in records}
+    got = query_row_percentiles(records, rows, contrasts)
+    assert set(got) == {"name"}  # the city is after its own query: that row cannot see it
+    for value, record in zip(got["name"], records, strict=True):
+        row = contrasts[record.id]["city"]
+        ranked = sorted(range(4), key=lambda t: (-row[t], t))  # the 4 tokens the row sees
+        share = {t: 100 * (1 - r / 3) for r, t in enumerate(ranked)}
+        assert value == pytest.approx((share[0] + share[1]) / 2)
+    table = scorer_table(records, rows, ["shuffled"], query_contrasts=contrasts, n_boot=500)
+    assert list(table) == ["shuffled", "query-row"]
+    assert table["query-row"]["name"]["n"] == 6 and "city" not in table["query-row"]
+
+
+def test_the_authors_row_ranks_as_their_argsort_does():
+    records, rows = texts(8)
+    # the authors' contrast: zero but where bf16 rounding differs (here token 2 and 5)
+    authors = [
+        dataclasses.replace(r, contrast=[0.0, 0.0, 1e-4, 0.0, 0.0, -1e-4, 0.0]) for r in rows
+    ]
+    table = scorer_table(records, rows, ["position"], authors=authors, n_boot=500)
+    # their order: np.argsort(...)[::-1] over all 7 tokens, token 2 first and 5 last; the
+    # zeros between in numpy's order of ties, which its SIMD sorts make depend on the CPU
+    ranks = authors_rank(authors[0].contrast)
+    assert ranks == list(np.argsort(np.argsort(np.float32(authors[0].contrast))[::-1]))
+    assert ranks[2] == 0 and ranks[5] == 6
+    among = sorted(range(6), key=lambda t: ranks[t])  # the 6 eligible tokens, in their order
+    share = {t: 100 * (1 - r / 5) for r, t in enumerate(among)}
+    assert table["authors"]["name"]["mean"] == pytest.approx((share[0] + share[1]) / 2)
+    assert table["authors"]["city"]["mean"] == pytest.approx(share[4])
+
+
+def test_the_command_adds_the_authors_and_query_row_scorers_from_the_models(tmp_path):
+    from elusive.attention import AttentionConfig, query_attention, score_corpus
+    from elusive.bios import BiosConfig, generate_bios
+    from elusive.models import load_model, make_tiny_model
+
+    small = make_tiny_model(tmp_path / "small", arch="llama", seed=0)
+    large = make_tiny_model(tmp_path / "large", arch="llama", seed=1)
+    records = generate_bios(BiosConfig(n=4, seed=0))[0]
+    write_jsonl(tmp_path / "c.jsonl", (record_to_json(r) for r in records))
+    specs = {"large": str(large), "small": str(small)}
+    for folder, score in (("s", "received"), ("a", "authors")):
+        config = AttentionConfig(cache_dir=tmp_path / "cache", score=score)
+        score_corpus(specs, tmp_path / "c.jsonl", tmp_path / folder, config, progress=False)
+    args = ["scorers", "--scores", str(tmp_path / "s"), "--authors", str(tmp_path / "a")]
+    result = runner.invoke(app, [*args, "--query-rows", "--out", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert list(table) == ["contrast", "large", "small", "position", "shuffled", "query-row",
+                           "authors"]  # fmt: skip
+    assert table["query-row"]["name"]["n"] == 4
+    # the name's value for the first person, from each field's query row computed here
+    rows = read_scores(tmp_path / "s")
+    record, row = records[0], rows[0]
+    models = {role: load_model(spec)[0] for role, spec in specs.items()}
+    tokenizer = load_model(small)[1]
+    shares = []
+    for q in value_queries(record, row).values():
+        weights = {
+            role: query_attention(model, tokenizer, record.text, query_token=q).weights
+            for role, model in models.items()
+        }
+        contrast = [a - b for a, b in zip(weights["large"], weights["small"], strict=True)][: q + 1]
+        ranked = percentiles(contrast, row.eligible[: q + 1])
+        lo, hi = record.spans["name"]
+        inside = [p for p, (s, e) in zip(ranked, row.offsets, strict=False) if p is not None
+                  and s < hi and e > lo]  # fmt: skip
+        if inside:
+            shares.append(sum(inside) / len(inside))
+    got = query_row_percentiles([record], [row], rows_at(records[:1], rows[:1], specs))["name"]
+    assert got == pytest.approx([sum(shares) / len(shares)], abs=1e-9)
+    bad = runner.invoke(app, ["scorers", "--scores", str(tmp_path / "s"), "--authors",
+                              str(tmp_path / "s")])  # fmt: skip
+    assert bad.exit_code == 2 and "policy authors ranks by the authors' scorer" in bad.output
+
+
+def rows_at(records, rows, specs):
+    from elusive.attention import AttentionConfig
+    from elusive.scorers import query_rows
+
+    return query_rows(records, rows, specs, AttentionConfig())

@@ -130,6 +130,22 @@ class _QueryRow(_Reduction):
         self.add(rows.sum(1) * inside[:, None])
 
 
+class _RowSumsBf16(_Reduction):
+    """The authors' released scorer (see `authors_scores`): the mean map over layers and heads
+    of the probabilities each rounded to bfloat16, as their eager bf16 attention returns them;
+    the whole ``[batch, T, T]`` map is held (texts are short: this replays, it does not scale)."""
+
+    def __init__(self, valid: torch.Tensor) -> None:
+        super().__init__(valid)
+        batch, length = valid.shape
+        self.map = torch.zeros(batch, length, length, device=valid.device)  # [batch, q, k]
+
+    def update(self, probs: torch.Tensor, q0: int) -> None:
+        self.maps += probs.shape[1] if q0 == 0 else 0
+        rounded = probs.to(torch.bfloat16).float().sum(dim=1)  # [batch, block, k1]
+        self.map[:, q0 : q0 + probs.shape[2], : probs.shape[3]] += rounded.to(self.map.device)
+
+
 _ACTIVE: ContextVar[_Reduction | None] = ContextVar("elusive_attention_reduction", default=None)
 
 
@@ -291,6 +307,28 @@ def attention_row(
     return (reduction.total / reduction.maps).cpu()
 
 
+def authors_scores(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [batch, T]
+    attention_mask: torch.Tensor | None = None,  # [batch, T]
+) -> torch.Tensor:
+    """The per-token score of the authors' released code (contrasting_attention, commit
+    d1c3171, ``save_attention.py``), replayed: the bf16 attention maps averaged over layers
+    and heads (rounded to bf16), each *row* summed (rounded) and divided by i + 1, the
+    position among the real tokens (rounded). Softmax rows sum to 1, so this is bf16(1/(i+1))
+    up to bf16 rounding for any model; two models' scores differ only where their rounding
+    does. ``[batch, T]`` float32 on the CPU, 0 at padding."""
+    input_ids, mask = _on_model(model, input_ids, attention_mask)
+    valid = mask.bool()
+    reduction = _RowSumsBf16(valid)
+    _run(model, input_ids, mask, reduction)
+    mean = (reduction.map / reduction.maps).to(torch.bfloat16)  # [batch, q, k]
+    row_sums = mean.float().sum(dim=-1).to(torch.bfloat16)  # [batch, q]
+    position = valid.long().cumsum(-1)  # [batch, T] i + 1
+    quotient = (row_sums.float() / position.to(torch.bfloat16).float()).to(torch.bfloat16)
+    return torch.where(valid, quotient.float(), 0.0).cpu()
+
+
 def _on_model(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,16 +395,20 @@ def _score_batch(
     items: Sequence[Tokenized],
     batch: Sequence[int],
     queries: Sequence[int] | None = None,
+    score: str = "received",
 ) -> list[list[float]]:
-    """s_j of every token of ``items[k]`` for k in `batch`, one right-padded forward pass; with
-    `queries`, the attention row of token ``queries[k]`` instead."""
+    """s_j of every token of ``items[k]`` for k in `batch`, one right-padded forward pass (with
+    `score` "authors": `authors_scores`); with `queries`, the attention row of token
+    ``queries[k]`` instead."""
     length = max(len(items[k].ids) for k in batch)
     ids = torch.zeros(len(batch), length, dtype=torch.long)
     mask = torch.zeros(len(batch), length, dtype=torch.long)
     for row, k in enumerate(batch):
         ids[row, : len(items[k].ids)] = torch.tensor(items[k].ids)
         mask[row, : len(items[k].ids)] = 1
-    if queries is None:
+    if queries is None and score == "authors":
+        scores = authors_scores(model, ids, mask)  # [batch, length]
+    elif queries is None:
         scores = attention_received(model, ids, mask)  # [batch, length]
     else:
         scores = attention_row(model, ids, torch.tensor([queries[k] for k in batch]), mask)
@@ -532,7 +574,11 @@ def _model_scores(
     check_placement(device_map, max_memory)
     state = process_state()
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
-    cache = ScoreCache(cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}")
+    # query rows are the same under either score; the authors' scores are cached apart
+    kind = f"-{config.score}" if config.score != "received" and queries is None else ""
+    cache = ScoreCache(
+        cache_root(config.cache_dir) / "attention" / f"{fingerprint}-{config.dtype}{kind}"
+    )
     keys = [
         ScoreCache.key(config.prefix, t, None if queries is None else queries[n])
         for n, t in enumerate(texts)
@@ -567,7 +613,7 @@ def _model_scores(
             for _, group in itertools.groupby(mine, key=lambda pair: pair[0]):
                 entries = {}
                 for _, batch in group:
-                    scores = _score_batch(model, items, batch, queries)
+                    scores = _score_batch(model, items, batch, queries, config.score)
                     for n, s in zip(batch, scores, strict=True):
                         entries[keys[n]] = {"ids": items[n].ids, "scores": [_round(x) for x in s]}
                     bar.update(len(batch))
@@ -821,6 +867,7 @@ def score_corpus(
         "corpus": os.path.relpath(Path(corpus).resolve(), Path(out_dir).resolve()),
         "prefix": config.prefix,
         "align": config.align,
+        **({"score": config.score} if config.score != "received" else {}),
         "trained": config.trained if "model" not in specs else "model",
         "processes": processes,
     }

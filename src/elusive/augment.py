@@ -15,11 +15,17 @@ left with no text is not written (see `augment`). Policies:
 - ``attention``: rank eligible tokens by one model's own attention (``score_of``), rank 0 =
   highest; a token of rank r is dropped with ``p(r) = alpha * (1 - exp(-beta * r))`` (Eq. 1).
 - ``contrast``: the same p(r), ranked by ``large - small`` attention: the method.
+- ``authors``: the ranking of the authors' released code replayed, with their p(r): the
+  contrast of a scores folder made with ``attention.score: authors`` (each model's attention
+  rows summed and divided by i + 1 in bfloat16, i.e. bf16(1/(i+1)) up to rounding), ranked
+  over all of a text's tokens as their ``np.argsort(...)[::-1]`` ranks them
+  (`elusive.scores.authors_rank`); only eligible tokens are dropped, as for every policy.
 - ``shuffled`` and ``position``: controls the paper lacks. The same p(r), ranked by a random
   permutation of the eligible tokens (one per text, seeded) or by token position (the first
   eligible token has rank 0); they tell whether the contrast ranking itself matters.
 
-Ranks are computed from the scores (ties broken by position), not read from the ``rank`` field.
+Ranks are computed from the scores (ties broken by position, except ``authors``), not read
+from the ``rank`` field.
 Ineligible tokens (BOS, special, punctuation- or whitespace-only, and with ``protect`` those
 that overlap the named spans of their record, e.g. the person's name) are never dropped.
 
@@ -64,7 +70,7 @@ from .io import (
     write_jsonl,
 )
 from .options import AttentionError, check_finite, shorten
-from .scores import TextScores, read_manifest, read_scores
+from .scores import TextScores, authors_rank, read_manifest, read_scores
 
 CHUNK = 1024
 """Texts sampled and rendered together."""
@@ -285,9 +291,25 @@ UNRANKED: dict[str, Unranked] = {
         ),
     ),
 }
+
+
+def _authors(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
+    """Minus the authors' rank of each token (`authors_rank`), so that ranking the eligible
+    tokens by it keeps the authors' order among them."""
+    contrast = _by_scores(_contrast_scores)(rows, tok, config)
+    return -np.fromiter(
+        chain.from_iterable(
+            authors_rank(contrast[a:b]) for a, b in zip(tok.start[:-1], tok.start[1:], strict=True)
+        ),
+        np.float64,
+        count=len(contrast),
+    )
+
+
 RANK_BY: dict[str, RankBy] = {
     "attention": _by_scores(_attention_scores),
     "contrast": _by_scores(_contrast_scores),
+    "authors": _authors,
     "shuffled": _shuffled,
     "position": _position,
 }
@@ -557,6 +579,11 @@ def load_inputs(
                 f"{corpus}: no such file or folder (the corpus {scores_dir}/manifest.json "
                 "names): pass --corpus"
             )
+    if config.policy == "authors" and manifest.get("score") != "authors":
+        raise AugmentError(
+            f"{scores_dir}: policy authors ranks by the authors' scorer, and these scores are "
+            f"{manifest.get('score', 'received')!r}: score with `elusive attention --score authors`"
+        )
     trained = manifest.get("trained")
     if config.score_of is None and rows and trained in rows[0].scores:
         config = replace(config, score_of=trained)

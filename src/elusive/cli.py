@@ -306,6 +306,7 @@ def attention_cmd(
     batch_size: int = config_option(AttentionConfig, "batch_size"),
     dtype: str = config_option(AttentionConfig, "dtype"),
     cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
+    score: str = config_option(AttentionConfig, "score"),
     device_map: str | None = config_option(ModelsSection, "device_map"),
     max_memory: str | None = config_option(ModelsSection, "max_memory"),
     text_field: str = config_option(CorpusSection, "text_field"),
@@ -331,6 +332,7 @@ def attention_cmd(
         batch_size=batch_size,
         dtype=dtype,
         cache_dir=cache_dir,
+        score=score,
     )
     placement = parse_placement(device_map, max_memory)
     rows = score_corpus(specs, corpus, out, config, **placement, text_field=text_field)
@@ -379,6 +381,17 @@ def augment_command(
 def scorers_command(
     scores: ScoresOption,
     corpus: CorpusOption = None,
+    authors: Annotated[
+        Path | None,
+        typer.Option(help="Also an `authors` row: a scores folder of `attention --score authors`."),
+    ] = None,
+    query_rows: Annotated[
+        bool,
+        typer.Option(
+            help="Also a `query-row` row: the models' attention rows at the token before each "
+            "span (runs both models of the scores' manifest)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the shuffled scorer and the CIs.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the table as JSON here.")] = None,
     text_field: str = config_option(CorpusSection, "text_field"),
@@ -388,13 +401,29 @@ def scorers_command(
 
     from .augment import AugmentConfig, load_inputs
     from .io import atomic_write_text, check_out_file
+    from .scorers import query_rows as rows_at_queries
     from .scorers import scorer_markdown, scorer_table
+    from .scores import read_manifest
 
     if out is not None:
         check_out_file(out)
-        check_apart([out], {"--scores": scores, "--corpus": corpus})
+        check_apart([out], {"--scores": scores, "--corpus": corpus, "--authors": authors})
     records, rows, _ = load_inputs(scores, corpus, AugmentConfig(), text_field)
-    table = scorer_table(records, rows, seed=seed)
+    authors_rows = None
+    if authors is not None:
+        _, authors_rows, _ = load_inputs(authors, corpus, AugmentConfig("authors"), text_field)
+    contrasts = None
+    if query_rows:
+        manifest = read_manifest(scores)
+        if sorted(manifest["models"]) != ["large", "small"] or manifest["align"] != "tokens":
+            fail(
+                f"{scores}: --query-rows needs scores of a large and a small model of one tokenizer"
+            )
+        specs = {role: m["spec"] for role, m in manifest["models"].items()}
+        contrasts = rows_at_queries(
+            records, rows, specs, AttentionConfig(prefix=manifest["prefix"])
+        )
+    table = scorer_table(records, rows, seed=seed, authors=authors_rows, query_contrasts=contrasts)
     typer.echo(scorer_markdown(table), nl=False)
     if out is not None:
         atomic_write_text(out, json.dumps(table, indent=1) + "\n")

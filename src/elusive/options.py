@@ -28,6 +28,7 @@ maps each to its torch dtype."""
 ROLES = ("large", "small")
 ALIGNS = ("tokens", "chars")
 SCORE_DTYPES = ("float32", "bfloat16")
+SCORES = ("received", "authors")
 """The weight dtypes (of `DTYPE_NAMES`) that scoring accepts."""
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -71,6 +72,12 @@ class AttentionConfig:
     (see `elusive.models.cache_root`)."""
     chunk_size: int = 64
     """Texts per cache file: what an interrupted run loses at most."""
+    score: str = "received"
+    """What each model's score of a token is. "received": the attention the token receives,
+    the column mean over the queries that see it (the paper's method). "authors": the formula of
+    the authors' released code replayed: each attention *row* summed and divided by (i + 1), in
+    bfloat16, which is bf16(1/(i+1)) for any model up to rounding, a position ranking (the
+    `authors` augment policy ranks by its contrast; see docs/attention.md)."""
 
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise AttentionError on a bad option, named by ``name(field)`` (see `elusive.errors`)."""
@@ -87,6 +94,10 @@ class AttentionConfig:
             raise AttentionError(
                 f"{name('dtype')} must be one of {', '.join(SCORE_DTYPES)}, "
                 f"got {shorten(self.dtype)}"
+            )
+        if self.score not in SCORES:
+            raise AttentionError(
+                f"{name('score')} must be one of {', '.join(SCORES)}, got {shorten(self.score)}"
             )
         if self.batch_size < 1:
             raise AttentionError(f"{name('batch_size')} must be at least 1, got {self.batch_size}")

@@ -3,7 +3,8 @@
 Stages, each writing into the run folder and skipped when its outputs are already there::
 
     corpus/     corpus.jsonl, qa.jsonl, split.json (validation / test sources)
-    scores/     attention scores of both models (elusive.attention)
+    scores/     attention scores of both models (elusive.attention); scores/authors/ those of
+                the authors' scorer, where the `authors` policy is in the grid
     augment/    one JSONL per (policy, alpha, beta, seed)
     train/      one run folder per (trained role, augmentation, lr); epochs resume
     eval/       metrics.json + predictions.jsonl per (train run, epoch)
@@ -31,7 +32,16 @@ from .bios import generate_bios
 from .config import UNTRAINED, ConfigError, CorpusSection, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
 from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
-from .runs import STAGES, Cell, Run, eval_dirs, grid, untrained_dirs
+from .runs import (
+    STAGES,
+    Cell,
+    Run,
+    eval_dirs,
+    grid,
+    score_folders,
+    scores_folder,
+    untrained_dirs,
+)
 
 # --------------------------------------------------------------------------- stages
 
@@ -130,27 +140,31 @@ def _passages(config: RunConfig, records: list[Record]) -> list[Record]:
 
 
 def stage_attention(run: Run, progress: bool) -> str:
-    """Score every text with the large and the small model (cached per model and text); every
-    launched process scores its share (`elusive.attention.score_corpus`)."""
+    """Score every text with the large and the small model (cached per model and text), into
+    each of the run's scores folders (`elusive.runs.score_folders`); every launched process
+    scores its share (`elusive.attention.score_corpus`)."""
     from .attention import AttentionConfig, score_corpus
 
-    out = run.path("scores")
-    if (out / "manifest.json").exists():  # written after scores.jsonl (elusive.attention)
-        return "scores already there"
     models = run.config.models
-    rows = score_corpus(
-        {"large": models.large, "small": models.small},
-        run.path("corpus", "corpus.jsonl"),
-        out,
-        AttentionConfig(
-            **options(run.config.attention),
-            trained="small" if models.trained == ["small"] else models.trained[0],
-        ),
-        progress=progress,
-        device_map=models.device_map,
-        max_memory=models.max_memory,
-    )
-    return f"{len(rows)} texts scored"
+    scored = []
+    for folder, score in score_folders(run.config).items():
+        out = run.path(folder)
+        if (out / "manifest.json").exists():  # written after scores.jsonl (elusive.attention)
+            continue
+        rows = score_corpus(
+            {"large": models.large, "small": models.small},
+            run.path("corpus", "corpus.jsonl"),
+            out,
+            AttentionConfig(
+                **options(run.config.attention, score=score),
+                trained="small" if models.trained == ["small"] else models.trained[0],
+            ),
+            progress=progress,
+            device_map=models.device_map,
+            max_memory=models.max_memory,
+        )
+        scored.append(f"{len(rows)} texts scored ({score})")
+    return ", ".join(scored) or "scores already there"
 
 
 def stage_augment(run: Run, progress: bool) -> str:
@@ -173,7 +187,7 @@ def stage_augment(run: Run, progress: bool) -> str:
             **options(run.config.augment, **grid_values), seed=cell.seed, score_of=role
         )
         records, rows, config = load_inputs(
-            run.path("scores"), run.path("corpus", "corpus.jsonl"), config
+            run.path(scores_folder(cell.policy)), run.path("corpus", "corpus.jsonl"), config
         )
         write_jsonl(path, augment(records, rows, config, progress=progress))
         written += 1

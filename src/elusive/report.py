@@ -509,13 +509,14 @@ def _analysis(run) -> dict[str, list[dict]]:
 def _drops(run, records: Sequence[Record], rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """`drop_by_span` of every (trained role, policy) of the summary at its chosen setting."""
     from .augment import AugmentConfig
+    from .runs import scores_folder
 
-    scores = {row.id: row for row in read_scores(run.path("scores"))}
-    texts = [scores[record.id] for record in records]
     out = {}
     for r in rows:
         if r["policy"] == UNTRAINED:  # trained on nothing: drops nothing
             continue
+        scores = {row.id: row for row in read_scores(run.path(scores_folder(r["policy"])))}
+        texts = [scores[record.id] for record in records]
         configs = [
             AugmentConfig(
                 r["policy"],

@@ -239,12 +239,14 @@ def fingerprints(run: Run, stage: str) -> dict[str, str]:
 
         large, small = spec_key(models.large), spec_key(models.small)
         attention = _changed(config.attention)
-        return {"scores": _digest(corpus, attention, models.trained, large, small)}
+        made = {"scores": _digest(corpus, attention, models.trained, large, small)}
+        if AUTHORS_SCORES in score_folders(config):
+            made[AUTHORS_SCORES] = _digest(corpus, attention, models.trained, large, small, "a")
+        return made
     if stage == "augment":
-        scores = _content(run.path("scores", "scores.jsonl"))
         return {
             _augment_path(cell): _digest(
-                scores,
+                _content(run.path(scores_folder(cell.policy), "scores.jsonl")),
                 corpus,
                 _changed(config.augment),
                 cell.role,
@@ -305,6 +307,25 @@ def _changed(section: Any) -> dict[str, Any]:
     grid_keys = set(getattr(section, "grid", {}).values())
     default = to_dict(type(section)())
     return {k: v for k, v in to_dict(section).items() if k not in grid_keys and default.get(k) != v}
+
+
+AUTHORS_SCORES = "scores/authors"
+"""The scores of the authors' released scorer (``attention.score: authors``), which the
+`authors` policy ranks by; written only where a run has that policy."""
+
+
+def score_folders(config: RunConfig) -> dict[str, str]:
+    """The scores folders of a run, each with the `attention.score` it is made with: the run's
+    own (``scores``), and the authors' scorer's where a policy ranks by it."""
+    folders = {"scores": config.attention.score}
+    if "authors" in config.augment.policies:
+        folders[AUTHORS_SCORES] = "authors"
+    return folders
+
+
+def scores_folder(policy: str) -> str:
+    """The scores folder `policy` ranks by."""
+    return AUTHORS_SCORES if policy == "authors" else "scores"
 
 
 def _augment_path(cell: Cell) -> str:

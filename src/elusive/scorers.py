@@ -17,7 +17,14 @@ Scorers, from a scores folder (`elusive attention`):
 - ``position``: earlier tokens first, the order a column mean leans to (a late token is seen by
   few queries);
 - ``shuffled``: a seeded random permutation per text (the `shuffled` policy's): chance, 50 on
-  average.
+  average;
+- ``authors``: the authors' released scorer (a scores folder made with ``attention.score:
+  authors``), ranked as their code ranks it (`elusive.scores.authors_rank`), which the
+  `authors` policy drops by;
+- ``query-row``: the paper's Figures 2-3 evidence, large - small attention *row* at the token
+  just before a span (e.g. "at" before the company): the percentiles rank the tokens that row
+  sees (those up to the query), so a span gets one value per later span's query, averaged per
+  text (the subject of a biography: one per field).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 from .cloze import span_kind
 from .corpus import Record
 from .errors import ElusiveError
-from .scores import TextScores, rank_desc
+from .scores import TextScores, authors_rank, rank_desc
 from .stats import bootstrap_ci
 
 
@@ -53,6 +60,10 @@ def scorer_values(row: TextScores, scorer: str, seed: int = 0) -> list[float]:
         return list(row.contrast)
     if scorer == "position":
         return [-float(k) for k in range(len(row.tokens))]
+    if scorer == "authors":
+        if row.contrast is None:
+            raise ScorerError(f"text {row.id!r}: no contrast (the scores hold one model)")
+        return [-float(r) for r in authors_rank(row.contrast)]
     if scorer == "shuffled":
         order = list(range(len(row.tokens)))
         random.Random(f"{seed}:{row.id}").shuffle(order)
@@ -69,26 +80,104 @@ def percentiles(values: Sequence[float], eligible: Sequence[bool]) -> list[float
     return [None if r < 0 else 100.0 * (1 - r / (n - 1)) if n > 1 else 100.0 for r in ranks]
 
 
+def _span_share(
+    shares: Sequence[float | None], offsets: Sequence[tuple[int, int]], lo: int, hi: int
+) -> float | None:
+    """The mean percentile of the ranked tokens overlapping characters [lo, hi), if any."""
+    inside = [
+        p for p, (start, end) in zip(shares, offsets, strict=True)
+        if p is not None and start < hi and end > lo
+    ]  # fmt: skip
+    return sum(inside) / len(inside) if inside else None
+
+
 def span_percentiles(
     records: Sequence[Record], rows: Sequence[TextScores], scorer: str, seed: int = 0
 ) -> dict[str, list[float]]:
     """span kind -> one value per text that has the span: the mean percentile of its eligible
     tokens under `scorer` (a span without an eligible token is left out for that text)."""
-    by_id = {row.id: row for row in rows}
+    by_id = _by_id(records, rows)
     out: dict[str, list[float]] = {}
     for record in records:
-        row = by_id.get(record.id)
-        if row is None:
-            raise ScorerError(f"no scores for text {record.id!r}: score this corpus first")
+        row = by_id[record.id]
         shares = percentiles(scorer_values(row, scorer, seed), row.eligible)
         for key, (lo, hi) in record.spans.items():
-            inside = [
-                p
-                for p, (start, end) in zip(shares, row.offsets, strict=True)
-                if p is not None and start < hi and end > lo
-            ]
-            if inside:
-                out.setdefault(span_kind(key), []).append(sum(inside) / len(inside))
+            if (share := _span_share(shares, row.offsets, lo, hi)) is not None:
+                out.setdefault(span_kind(key), []).append(share)
+    return out
+
+
+def _by_id(records: Sequence[Record], rows: Sequence[TextScores]) -> dict[str, TextScores]:
+    by_id = {row.id: row for row in rows}
+    for record in records:
+        if record.id not in by_id:
+            raise ScorerError(f"no scores for text {record.id!r}: score this corpus first")
+    return by_id
+
+
+def value_queries(record: Record, row: TextScores) -> dict[str, int]:
+    """span key -> index in ``row.tokens`` of the token just before the span (the last token
+    ending at or before its first character); spans with no token before them are left out."""
+    queries = {}
+    for key, (lo, _) in record.spans.items():
+        before = [k for k, (_, end) in enumerate(row.offsets) if end <= lo]
+        if before:
+            queries[key] = before[-1]
+    return queries
+
+
+def query_rows(
+    records: Sequence[Record],
+    rows: Sequence[TextScores],
+    specs: dict[str, str],
+    config: Any,
+) -> dict[str, dict[str, list[float]]]:
+    """text id -> span key -> large - small attention row at the token just before that span
+    (`value_queries`), over the tokens up to that query. `specs` names the large and small
+    models, which must tokenize alike (the scores' ``align: tokens``); `config` is their
+    `elusive.attention.AttentionConfig` (prefix, dtype, batch size, cache)."""
+    from .attention import query_attentions
+
+    by_id = _by_id(records, rows)
+    jobs = [(r.id, key, q) for r in records for key, q in value_queries(r, by_id[r.id]).items()]
+    texts = [next(r.text for r in records if r.id == text_id) for text_id, _, _ in jobs]
+    weights = {
+        role: [
+            a.weights for a in query_attentions(specs[role], texts, [q for *_, q in jobs], config)
+        ]
+        for role in ("large", "small")
+    }
+    out: dict[str, dict[str, list[float]]] = {}
+    for n, (text_id, key, q) in enumerate(jobs):
+        large, small = weights["large"][n], weights["small"][n]
+        if not len(large) == len(small) == len(by_id[text_id].tokens):
+            raise ScorerError(f"text {text_id!r}: the scores' tokens differ from the models'")
+        seen = zip(large[: q + 1], small[: q + 1], strict=True)
+        out.setdefault(text_id, {})[key] = [a - b for a, b in seen]
+    return out
+
+
+def query_row_percentiles(
+    records: Sequence[Record],
+    rows: Sequence[TextScores],
+    contrasts: dict[str, dict[str, list[float]]],
+) -> dict[str, list[float]]:
+    """span kind -> one value per text: under each of its `query_rows` contrasts, the mean
+    percentile of the span's eligible tokens among the eligible tokens that row sees, averaged
+    over the queries that see the span."""
+    by_id = _by_id(records, rows)
+    out: dict[str, list[float]] = {}
+    for record in records:
+        row, per_span = by_id[record.id], {}
+        for contrast in contrasts.get(record.id, {}).values():
+            seen = len(contrast)
+            shares = percentiles(contrast, row.eligible[:seen])
+            for key, (lo, hi) in record.spans.items():
+                share = _span_share(shares, row.offsets[:seen], lo, hi)
+                if share is not None:
+                    per_span.setdefault(key, []).append(share)
+        for key, shares in per_span.items():
+            out.setdefault(span_kind(key), []).append(sum(shares) / len(shares))
     return out
 
 
@@ -98,17 +187,27 @@ def scorer_table(
     scorers: Sequence[str] | None = None,
     seed: int = 0,
     n_boot: int = 10_000,
+    *,
+    authors: Sequence[TextScores] | None = None,
+    query_contrasts: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """scorer -> span kind -> {mean, low, high, n}: the mean rank percentile of the span's
-    tokens over texts, with its 95% BCa CI (see the module docstring)."""
+    tokens over texts, with its 95% BCa CI (see the module docstring). `authors`: the rows of
+    a scores folder of the authors' scorer, for an ``authors`` row; `query_contrasts`: the
+    `query_rows` of the texts, for a ``query-row`` row."""
     if not any(record.spans for record in records):
         raise ScorerError("the texts have no spans to place (biographies and JSONL `spans` do)")
-    table = {}
-    for scorer in scorers or scorers_of(rows):
+    values = {s: span_percentiles(records, rows, s, seed) for s in scorers or scorers_of(rows)}
+    if query_contrasts is not None:
+        values["query-row"] = query_row_percentiles(records, rows, query_contrasts)
+    if authors is not None:
+        values["authors"] = span_percentiles(records, authors, "authors", seed)
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for scorer, kinds in values.items():
         table[scorer] = {}
-        for kind, values in span_percentiles(records, rows, scorer, seed).items():
-            mean, low, high = bootstrap_ci(values, seed, n_boot)
-            table[scorer][kind] = {"mean": mean, "low": low, "high": high, "n": len(values)}
+        for kind, per_text in kinds.items():
+            mean, low, high = bootstrap_ci(per_text, seed, n_boot)
+            table[scorer][kind] = {"mean": mean, "low": low, "high": high, "n": len(per_text)}
     return table
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .io import atomic_write_text, iter_jsonl, read_json, write_jsonl
 from .options import AttentionError
 
@@ -107,6 +109,19 @@ def read_scores(scores_dir: str | Path) -> list[TextScores]:
         return [TextScores.from_json(obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
     except ValueError as exc:  # CorpusError from iter_jsonl, or AttentionError
         raise AttentionError(str(exc)) from None
+
+
+def authors_rank(values: Sequence[float]) -> list[int]:
+    """Rank of each token of a text (0 = first) as the authors' released code ranks its scores
+    (``data_augmentation.py``: ``np.argsort(scores)[::-1]`` over every token of the text, in
+    float32). Their contrast is mostly zeros (see `elusive.attention.authors_scores`), so most
+    of this order is numpy's order of ties, reversed: the last of a run of equal values first
+    for short texts, an order of numpy's sort algorithm (and build) for longer ones."""
+    order = np.argsort(np.asarray(values, dtype=np.float32))[::-1]
+    ranks = [0] * len(values)
+    for r, k in enumerate(order.tolist()):
+        ranks[k] = r
+    return ranks
 
 
 def rank_desc(values: Sequence[float], eligible: Sequence[bool]) -> list[int]:
