@@ -269,6 +269,12 @@ def test_packaged_demo_and_paper_configs_are_valid():
     study = load_config(configs / "cpu-study.yaml")
     assert len(study.seeds) >= 3 and "none" in study.augment.policies
     assert {"random", "contrast", "shuffled"} <= set(study.augment.policies)
+    for name in configs.glob("*.yaml"):  # every shipped config loads and checks
+        if name.name != "accelerate-fsdp.yaml":
+            load_config(name)
+    replay = load_config(configs / "cpu-protocol.yaml")
+    assert {"plain", "none", "contrast", "authors"} == set(replay.augment.policies)
+    assert replay.augment.copies == 10 and replay.augment.alpha == [0.7]
 
 
 SMALL_GRID = {
