@@ -127,50 +127,6 @@ def test_the_options_are_made_from_every_dataclass_field():
     assert seen == STAGE_COMMANDS
 
 
-def test_a_new_field_becomes_an_option_with_its_choices(tmp_path):
-    """A field added to a dataclass needs no CLI code: it appears as an option, a Literal's
-    choices checked by typer, and is read from --config too."""
-    from typing import Literal
-
-    from elusive.cli_options import Options, config_options
-
-    @dataclasses.dataclass
-    class Knobs:
-        mode: Literal["fast", "slow"] = "fast"
-        """How to go."""
-        level: int = 1
-        """How far."""
-
-    seen = []
-    small = typer.Typer()
-
-    @small.command()
-    @config_options(knobs=Options(Knobs))
-    def go(*, knobs: Knobs) -> None:
-        seen.append(knobs)
-
-    (tmp_path / "k.yaml").write_text("level: 3\n")
-    result = runner.invoke(small, ["--mode", "slow", "--config", str(tmp_path / "k.yaml")])
-    assert result.exit_code == 0, result.output
-    assert seen == [Knobs(mode="slow", level=3)]
-    result = runner.invoke(small, ["--mode", "medium"])
-    assert result.exit_code == 2 and "'medium' is not one of" in result.output
-    assert "How far." in runner.invoke(small, ["--help"]).output
-
-
-def test_a_field_listed_twice_or_unknown_is_refused_when_the_command_is_made():
-    from elusive.augment import AugmentConfig
-    from elusive.cli_options import Options, config_options
-    from elusive.config import CorpusSection
-
-    def command(seed: int = 0, *, config: AugmentConfig) -> None: ...
-
-    with pytest.raises(TypeError, match="option 'seed' is given twice"):
-        config_options(config=Options(AugmentConfig))(command)
-    with pytest.raises(TypeError, match="CorpusSection has no field 'txt_field'"):
-        Options(CorpusSection, only=("txt_field",)).fields()
-
-
 def test_option_help_is_the_field_docstring():
     commands = typer.main.get_command(app).commands
     helps = {(c, p.name): p.help for c in ("train", "augment") for p in commands[c].params}

@@ -53,6 +53,12 @@ def field_docs(config: type) -> dict[str, str]:
     }
 
 
+@functools.cache
+def field_hints(config: type) -> dict[str, Any]:
+    """{field: type} of dataclass `config`, its annotations evaluated."""
+    return typing.get_type_hints(config)
+
+
 def field_default(config: type, name: str) -> Any:
     """The default of field `name` of dataclass `config`."""
     return {f.name: f.default for f in dataclasses.fields(config)}[name]
@@ -127,7 +133,7 @@ class Options:
         field of any type as YAML (``--device-map "{0: 20GiB}"``), or the command's own."""
         if name in self.spellings:
             return self.spellings[name]
-        hint = typing.get_type_hints(self.config)[name]
+        hint = field_hints(self.config)[name]
         if typing.get_origin(hint) is tuple:
             return NAMES
         if hint is Any:
@@ -136,7 +142,7 @@ class Options:
 
     def parameter(self, name: str) -> inspect.Parameter:
         """The typer parameter of field `name`."""
-        hint = typing.get_type_hints(self.config)[name]
+        hint = field_hints(self.config)[name]
         default = field_default(self.config, name)
         spelled = self.spelling(name)
         if spelled is not None:
@@ -237,7 +243,7 @@ def build_configs(
     built: dict[str, dict[str, Any]] = {key: {} for key in groups}
     for option, (value, where, key) in values.items():
         group, name = options[option]
-        hint = typing.get_type_hints(groups[group].config)[name]
+        hint = field_hints(groups[group].config)[name]
         built[group][name] = coerce(value, hint, where, key)
     for option, text in typed.items():
         group, name = options[option]
