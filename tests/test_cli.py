@@ -71,66 +71,60 @@ def test_unwritable_output_fails_first_in_one_line_writing_nothing(tmp_path, com
     assert (tmp_path / "FILE").read_text() == "keep me\n"
 
 
-def _config_options():
-    """(command, option name, option default, config class, field) for every CLI option that
-    sets a config field, walked from the click commands that typer builds."""
-    from elusive.augment import AugmentConfig
-    from elusive.bios import BiosConfig
-    from elusive.cloze import ProbeConfig
-    from elusive.config import CorpusSection, ModelsSection
-    from elusive.options import AttentionConfig, EvalConfig, TrainConfig
-    from elusive.squad import SquadConfig
-
-    configs = {
-        "bios generate": [BiosConfig],
-        "attention": [AttentionConfig],
-        "augment": [AugmentConfig],
-        "show": [AugmentConfig],
-        "train": [TrainConfig],
-        "evaluate": [EvalConfig, TrainConfig],  # --dtype: the base weights, as in training
-        "table1": [TrainConfig, EvalConfig],
-        "squad convert": [SquadConfig],
-        "probes build": [ProbeConfig, CorpusSection],
-    }
-    renamed = {("table1", "n"): (BiosConfig, "n"), ("table1", "bios_seed"): (BiosConfig, "seed")}
-    for command in ("attention", "evaluate"):  # options of a run config's models section
-        renamed |= {(command, name): (ModelsSection, name) for name in ("device_map", "max_memory")}
-
-    def commands(group, prefix=""):
-        for name, command in group.commands.items():
-            if hasattr(command, "commands"):
-                yield from commands(command, f"{prefix}{name} ")
-            else:
-                yield f"{prefix}{name}", command
-
-    for path, command in commands(typer.main.get_command(app)):
-        for param in command.params:
-            if (path, param.name) in renamed:
-                yield (path, param.name, param.default, *renamed[path, param.name])
-                continue
-            for cls in configs.get(path, []):
-                if param.name in {f.name for f in dataclasses.fields(cls)}:
-                    yield path, param.name, param.default, cls, param.name
-                    break
+STAGE_COMMANDS = {
+    "attention", "augment", "show", "scorers", "train", "evaluate", "table1", "export",
+    "bios generate", "squad convert", "probes build",
+}  # fmt: skip
 
 
-def test_option_defaults_are_the_config_defaults():
-    from elusive.cli import parse_names, parse_template
+def _commands(typer_app=app, group=None, prefix=""):
+    """(path, click command, its `config_options` groups or {}) of every command of the app."""
+    group = group or typer.main.get_command(app)
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__
+        yield f"{prefix}{name}", group.commands[name], getattr(info.callback, "options", {})
+    for info in typer_app.registered_groups:
+        sub = group.commands[info.name]
+        yield from _commands(info.typer_instance, sub, f"{prefix}{info.name} ")
 
-    # options the command line spells differently from the field
-    parse = {"field_order": parse_names, "protect": parse_names, "template": parse_template}
-    checked = list(_config_options())
-    for path, name, default, cls, field in checked:
-        if default is None and name == "model":  # required on the command line
+
+def test_the_options_are_made_from_every_dataclass_field():
+    """Each stage command's config options are its dataclasses' fields: every field is an option
+    (its name, its default as typed, its docstring as help) or explicitly left out, no option is
+    given twice, and each such command takes --config and --set."""
+    from elusive.cli_options import field_help
+
+    seen = set()
+    for path, command, groups in _commands():
+        params = {param.name: param for param in command.params}
+        assert len(params) == len(command.params), path
+        if path not in STAGE_COMMANDS:
+            assert not groups, path
             continue
-        value = parse[name](default) if name in parse else default
-        expected = next(f.default for f in dataclasses.fields(cls) if f.name == field)
-        assert value == expected, f"elusive {path} --{name}: {value!r} != {cls.__name__}.{field}"
-    assert len(checked) >= 40  # every command's config options were found
-    assert {cls.__name__ for *_, cls, _ in checked} >= {
-        "BiosConfig", "AttentionConfig", "AugmentConfig", "TrainConfig", "EvalConfig",
-        "SquadConfig", "ModelsSection",
-    }  # fmt: skip
+        seen.add(path)
+        assert {"config_file", "sets"} <= set(params), path
+        assert params["config_file"].opts == ["--config"] and params["sets"].opts == ["--set"]
+        for group in groups.values():
+            taken = group.fields()
+            for field in dataclasses.fields(group.config):
+                if field.name not in taken:  # left out by the command, by name
+                    assert field.name in group.exclude or group.only is not None, (path, field)
+                    assert field.name not in (group.only or ()), (path, field)
+                    continue
+                option = group.option(field.name)
+                param = params.pop(option)  # each field one option: a second is not found
+                where = f"elusive {path} --{option}"
+                assert param.help == group.helps.get(
+                    field.name, field_help(group.config, field.name)
+                )
+                if field.name in group.required:
+                    assert param.required, where
+                    continue
+                spelled = group.spelling(field.name)
+                typed = param.default
+                value = spelled.parse(typed) if spelled and typed is not None else typed
+                assert value == field.default, f"{where}: {value!r} != {field.default!r}"
+    assert seen == STAGE_COMMANDS
 
 
 def test_option_help_is_the_field_docstring():
@@ -438,3 +432,200 @@ def test_train_and_evaluate_take_a_config_file_and_set_under_typed_options(tmp_p
     assert result.exit_code == 0, result.output
     want = dict(shots=2, probe_seed=5, max_new_tokens=4, batch_size=3, template="Q: {question}\nA:")
     assert found == [EvalConfig(**want)]
+
+
+def test_typed_options_win_over_set_which_wins_over_the_file(tmp_path, monkeypatch):
+    """The precedence, on `bios generate`: an option typed on the command line (even at its
+    default) over --set over --config over the field default."""
+    import elusive.bios
+    from elusive.bios import FIELDS, BiosConfig
+
+    seen = []
+    monkeypatch.setattr(
+        elusive.bios, "write_bios", lambda config, out: seen.append(config) or (1, 2)
+    )
+    order = list(reversed(FIELDS))
+    (tmp_path / "b.yaml").write_text(f"n: 5\nseed: 3\ntemplates: 2\nfield_order: {order}\n")
+    base = ["bios", "generate", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "b.yaml")]
+    for args, want in [
+        ([], dict(n=5, seed=3, templates=2)),
+        (["--set", "seed=4", "--set", "n=9"], dict(n=9, seed=4, templates=2)),
+        (["--set", "seed=4", "--n", "7", "--seed", "0"], dict(n=7, seed=0, templates=2)),
+        (["--field-order", ",".join(FIELDS)], dict(n=5, seed=3, templates=2, field_order=FIELDS)),
+    ]:
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 0, result.output
+        assert seen.pop() == BiosConfig(**{"field_order": tuple(order), **want}), args
+    result = runner.invoke(app, ["bios", "generate", "--out", "o", "--set", "shuffle_sentences=1"])
+    assert one_error_line(result) == "--set: shuffle_sentences: expected true or false, got 1"
+
+
+def _calls(monkeypatch, module, name):
+    """Replace `module.name` by a stub that records its arguments and ends the command."""
+    import importlib
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    return calls
+
+
+SCORES, CORPUS = "scores", "c.jsonl"
+# (command, stubbed function, file, --set, typed, what the stub got: a function of its args)
+FAMILIES = [
+    (
+        ["attention", "--corpus", CORPUS, "--out", "s"],
+        "elusive.attention:score_corpus",
+        "prefix: 'Text: '\nlarge: L\nsmall: S\ntext_field: body\nbatch_size: 2\n",
+        ["batch_size=3"],
+        ["--dtype", "bfloat16"],
+        lambda a, k: (a[0], a[3].prefix, a[3].batch_size, a[3].dtype, k["text_field"]),
+        ({"large": "L", "small": "S"}, "Text: ", 3, "bfloat16", "body"),
+    ),
+    (
+        ["augment", "--scores", SCORES, "--out", "a.jsonl"],
+        "elusive.augment:augment_file",
+        "policy: random\nalpha: 0.5\nprotect: [name]\n",
+        ["copies=2"],
+        ["--alpha", "0.25"],
+        lambda a, k: (a[2].policy, a[2].alpha, a[2].copies, a[2].protect, k["text_field"]),
+        ("random", 0.25, 2, ("name",), "text"),
+    ),
+    (
+        ["show", "t1", "--scores", SCORES, "--out", "fig"],
+        "elusive.augment:show",
+        "policy: attention\nbeta: 0.1\n",
+        ["random_drop=1-alpha"],
+        ["--protect", "name,date"],
+        lambda a, k: (a[3].policy, a[3].beta, a[3].random_drop, a[3].protect),
+        ("attention", 0.1, "1-alpha", ("name", "date")),
+    ),
+    (
+        ["scorers", "--scores", SCORES],
+        "elusive.augment:load_inputs",
+        "text_field: body\n",
+        [],
+        [],
+        lambda a, k: a[3],
+        "body",
+    ),
+    (
+        ["table1", "--model", "m", "--out", "t"],
+        "elusive.table1:run_table1",
+        "epochs: 3\nbios_seed: 4\nshots: 2\nn: 8\n",
+        ["lr=0.01"],
+        ["--n", "6"],
+        lambda a, k: (a[0].epochs, a[0].lr, a[0].model, a[2], a[3], a[4].shots),
+        (3, 0.01, "m", 6, 4, 2),
+    ),
+    (
+        ["export", "run", "--out", "x"],
+        "elusive.export:export_model",
+        "policy: contrast\nseed: 1\n",
+        ["epoch=3"],
+        ["--seed", "2"],
+        lambda a, k: k,
+        dict(policy="contrast", role=None, epoch=3, seed=2, model=None),
+    ),
+    (
+        ["squad", "convert", "squad.json", "--out", "sq"],
+        "elusive.squad:read_squad",
+        "max_paragraphs: 4\nrequire_answer_in_context: false\n",
+        ["seed=2"],
+        ["--max-questions", "5"],
+        lambda a, k: a[1],
+        "SquadConfig(max_paragraphs=4, max_questions=5, seed=2, require_answer_in_context=False)",
+    ),
+    (
+        ["probes", "build", CORPUS, "--out", "p.jsonl"],
+        "elusive.cloze:probe_file",
+        "max_probes: 10\nchunk: 64\n",
+        ["text_field=body"],
+        ["--seed", "5"],
+        lambda a, k: (a[2].max_probes, a[2].seed, a[3], a[4]),
+        (10, 5, "body", 64),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "target", "text", "sets", "typed", "got", "want"),
+    FAMILIES,
+    ids=[f[0][0] for f in FAMILIES],
+)
+def test_every_stage_command_reads_config_and_set(
+    tmp_path, monkeypatch, command, target, text, sets, typed, got, want
+):
+    """Each command family's options come from --config, --set and the command line, in that
+    rising order; an unknown key in the file is one line naming it and the file, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    calls = _calls(monkeypatch, *target.split(":"))
+    Path("c.yaml").write_text(text)
+    args = [*command, "--config", "c.yaml", *(a for s in sets for a in ("--set", s)), *typed]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ((a, k),) = calls
+    value = got(a, k)
+    assert (repr(value) if isinstance(want, str) and not isinstance(value, str) else value) == want
+
+    Path("bad.yaml").write_text(text + "colour: red\n")
+    result = runner.invoke(app, [*command, "--config", "bad.yaml"])
+    assert one_error_line(result).startswith("bad.yaml: colour: unknown key (")
+    result = runner.invoke(app, [*command, "--set", "colour=red"])
+    assert one_error_line(result).startswith("--set: colour: unknown key (")
+    assert len(calls) == 1
+
+
+def test_a_run_config_gives_a_command_its_sections(tmp_path, monkeypatch):
+    """A run config as --config: `attention` reads its attention, models and corpus.text_field
+    keys and nothing of the other sections; `augment` and `train` take a grid list of one value
+    as that value and refuse a longer one; an unknown key names its section."""
+    monkeypatch.chdir(tmp_path)
+    run = {
+        "out": "runs/x",
+        "seeds": [0, 1],
+        "corpus": {"path": "c.jsonl", "text_field": "body"},
+        "models": {"large": "L", "small": "S", "trained": ["small"]},
+        "attention": {"prefix": "Text: ", "batch_size": 2},
+        "augment": {"policies": ["random"], "alpha": [0.5], "beta": [0.03, 0.1], "copies": 3},
+        "train": {"lr": [3e-4], "epochs": [5], "batch_size": 4},
+        "evaluate": {"shots": 5},
+    }
+    Path("run.yaml").write_text(json.dumps(run))
+    calls = _calls(monkeypatch, "elusive.attention", "score_corpus")
+    args = ["attention", "--corpus", "c.jsonl", "--out", "s", "--config", "run.yaml"]
+    assert runner.invoke(app, args).exit_code == 0
+    ((a, k),) = calls
+    assert a[0] == {"large": "L", "small": "S"} and k["text_field"] == "body"
+    assert (a[3].prefix, a[3].batch_size) == ("Text: ", 2)
+    assert one_error_line(runner.invoke(app, [*args, "--model", "M"])) == (
+        "give either --model or --large/--small, not both"
+    )
+
+    calls = _calls(monkeypatch, "elusive.train", "train")
+    args = ["train", "--model", "m", "--corpus", "c.jsonl", "--out", "r", "--config", "run.yaml"]
+    assert runner.invoke(app, args).exit_code == 0, calls
+    ((a, k),) = calls
+    assert (a[0].lr, a[0].epochs, a[0].batch_size, a[0].seed, k["text_field"]) == (
+        3e-4, 5, 4, 0, "body"
+    )  # fmt: skip
+
+    calls = _calls(monkeypatch, "elusive.augment", "augment_file")
+    args = ["augment", "--scores", "s", "--out", "a.jsonl", "--config", "run.yaml"]
+    assert one_error_line(runner.invoke(app, args)) == (
+        "run.yaml: augment.beta: a grid of 2 values; this command takes one: give it with --beta"
+    )
+    assert runner.invoke(app, [*args, "--beta", "0.1"]).exit_code == 0
+    ((a, k),) = calls
+    assert (a[2].policy, a[2].alpha, a[2].beta, a[2].copies) == ("random", 0.5, 0.1, 3)
+
+    run["attention"]["prefx"] = "x"
+    Path("run.yaml").write_text(json.dumps(run))
+    args = ["attention", "--corpus", "c.jsonl", "--out", "s", "--config", "run.yaml"]
+    assert one_error_line(runner.invoke(app, args)) == (
+        "run.yaml: attention.prefx: unknown key (did you mean 'prefix'?)"
+    )

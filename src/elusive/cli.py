@@ -1,33 +1,33 @@
 """The `elusive` command line: a thin layer over the Python API, one subcommand per stage.
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
-`elusive --help` stays fast. An option that sets a config field takes its default and help from
-the config dataclass (`config_option`), so neither is written twice; those dataclasses import no
-torch (the model stages' live in `elusive.options`).
+`elusive --help` stays fast. A stage command's options that set config fields are made from the
+config dataclasses (`elusive.cli_options.config_options`: name, type, default and help from each
+field), so none is written twice, and each such command reads them from ``--config FILE`` and
+``--set KEY=VALUE`` too; those dataclasses import no torch (the model stages' live in
+`elusive.options`).
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import functools
-import inspect
-import itertools
 import os
-import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .augment import AugmentConfig
 from .bios import BiosConfig
+from .cli_options import ESCAPED_NEWLINES, Options, config_options
 from .cloze import ProbeConfig
 from .config import CorpusSection, ModelsSection, load_config
 from .errors import ElusiveError
+from .export import ExportChoice
 from .io import check_apart, folder_lock, os_reason
 from .options import AttentionConfig, EvalConfig, TrainConfig
 from .squad import SquadConfig
@@ -122,101 +122,12 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-# --- options from the config dataclasses
+# --- options from the config dataclasses (`elusive.cli_options`)
 
-
-@functools.cache
-def field_docs(config: type) -> dict[str, str]:
-    """{field: docstring on one line} of dataclass `config`: the string literal right after each
-    field in the class's source (Python keeps no such docstring at run time)."""
-    (cls,) = ast.parse(textwrap.dedent(inspect.getsource(config))).body
-    return {
-        node.target.id: " ".join(after.value.value.split())
-        for node, after in itertools.pairwise(cls.body)
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(after, ast.Expr)
-        and isinstance(after.value, ast.Constant)
-    }
-
-
-def field_default(config: type, name: str) -> Any:
-    """The default of field `name` of dataclass `config`."""
-    return {f.name: f.default for f in dataclasses.fields(config)}[name]
-
-
-def field_help(config: type, name: str) -> str:
-    """The docstring of field `name` of dataclass `config`, on one line."""
-    doc = field_docs(config).get(name)
-    if doc is None:  # a programming error, caught by importing the CLI in any test
-        raise TypeError(f"{config.__name__}.{name} has no docstring for the CLI help")
-    return doc
-
-
-def config_option(config: type, name: str, shown: Callable[[Any], Any] = lambda v: v) -> Any:
-    """A typer option defaulting to field `name` of `config` (through `shown`, for fields the
-    command line spells differently), helped by the field's docstring."""
-    return typer.Option(shown(field_default(config, name)), help=field_help(config, name))
-
-
-ConfigFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        metavar="FILE",
-        help="YAML or JSON file of this command's options (named as in --help, with _ for -); "
-        "options typed on the command line win over it.",
-    ),
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", metavar="KEY=VALUE", help="VALUE read as YAML, over --config; repeatable."
-    ),
-]
-
-
-def command_config(
-    ctx: typer.Context, cls: type, given: dict[str, Any], path: Path | None, sets: list[str] | None
-) -> Any:
-    """Dataclass `cls` from a command's options: its fields from the `--config` file at `path`,
-    then `--set`, then those of `given` (the command's arguments) typed on the command line;
-    the rest at their defaults. Errors name the file or --set, one line."""
-    from .config import apply_sets, from_dict, read_mapping
-
-    where = str(path) if path is not None else "--set"
-    data = read_mapping(path) if path is not None else {}
-    apply_sets(data, sets or [], where)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for name, value in given.items():
-        # by name: typer vendors click (typer._click) in some versions, with its own enum
-        source = getattr(ctx.get_parameter_source(name), "name", None)
-        if name in names and source == "COMMANDLINE":
-            data[name] = value
-    return from_dict(cls, data, where)
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-    """A comma-separated option ("date,city,...") as a tuple of names; "" is none."""
-    return tuple(f.strip() for f in text.split(",")) if text.strip() else ()
-
-
-def parse_template(text: str) -> str:
-    """--template with its typed "\\n" as newlines, as `EvalConfig.template`."""
-    return text.replace("\\n", "\n")
-
-
-def parse_placement(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
-    """--device-map and --max-memory, each read as YAML as in a run config (``auto``,
-    ``{0: 20GiB, cpu: 60GiB}``), as the keyword arguments of `elusive.models.load_model`."""
-    from .config import yaml_value
-    from .specs import check_placement
-
-    placement = {
-        "device_map": yaml_value("--device-map", device_map),
-        "max_memory": yaml_value("--max-memory", max_memory),
-    }
-    check_placement(**placement)
-    return placement
+TEXT_FIELD = Options(CorpusSection, "corpus", only=("text_field",))
+"""`--text-field`, of the commands that read a corpus or its scores."""
+PLACEMENT = Options(ModelsSection, "models", only=("device_map", "max_memory"))
+"""`--device-map` and `--max-memory`, of the commands that load a model whole."""
 
 
 _show_warning = warnings.showwarning
@@ -235,9 +146,9 @@ def _show_dropped(message, category, filename, lineno, file=None, line=None) -> 
 
 def _print_version(shown: bool) -> None:
     if shown:
-        from . import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"elusive {__version__}")
+        typer.echo(f"elusive {version('elusive')}")  # the installed package's, as pip shows
         raise typer.Exit()
 
 
@@ -254,26 +165,16 @@ def _setup(
 
 
 @bios_app.command("generate")
+@config_options(config=Options(BiosConfig, "corpus.bios"))
 def bios_generate(
     out: Annotated[Path, typer.Option(help="Folder to write people.jsonl and qa.jsonl into.")],
-    n: int = config_option(BiosConfig, "n"),
-    seed: int = config_option(BiosConfig, "seed"),
-    templates: int = config_option(BiosConfig, "templates"),
-    field_order: str = config_option(BiosConfig, "field_order", ",".join),
-    shuffle_sentences: bool = config_option(BiosConfig, "shuffle_sentences"),
+    config: BiosConfig,
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
     from .bios import write_bios
 
-    config = BiosConfig(
-        n=n,
-        seed=seed,
-        templates=templates,
-        field_order=parse_names(field_order),
-        shuffle_sentences=shuffle_sentences,
-    )
     people, qa = write_bios(config, out)
-    typer.echo(f"wrote {n} people to {people} and {5 * n} questions to {qa}")
+    typer.echo(f"wrote {config.n} people to {people} and {5 * config.n} questions to {qa}")
 
 
 # --- attention commands
@@ -285,57 +186,37 @@ CORPUS_HELP = (
 
 
 @app.command("attention")
+@config_options(
+    models=Options(ModelsSection, "models", exclude=("trained",)),  # scoring trains nothing
+    config=Options(AttentionConfig, "attention", exclude=("chunk_size",)),  # cache granularity
+    reading=TEXT_FIELD,
+)
 def attention_cmd(
     corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Folder to write scores.jsonl and manifest.json.")],
-    large: Annotated[
-        str | None,
-        typer.Option(help=f"Large model spec (default {field_default(ModelsSection, 'large')})."),
-    ] = None,
-    small: Annotated[
-        str | None,
-        typer.Option(help=f"Small model spec (default {field_default(ModelsSection, 'small')})."),
-    ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Score one model only (no contrast) instead of a large/small pair."),
     ] = None,
-    prefix: str = config_option(AttentionConfig, "prefix"),
-    align: str = config_option(AttentionConfig, "align"),
-    trained: str = config_option(AttentionConfig, "trained"),
-    batch_size: int = config_option(AttentionConfig, "batch_size"),
-    dtype: str = config_option(AttentionConfig, "dtype"),
-    cache_dir: Path | None = config_option(AttentionConfig, "cache_dir"),
-    score: str = config_option(AttentionConfig, "score"),
-    device_map: str | None = config_option(ModelsSection, "device_map"),
-    max_memory: str | None = config_option(ModelsSection, "max_memory"),
-    text_field: str = config_option(CorpusSection, "text_field"),
+    *,
+    config: AttentionConfig,
+    models: ModelsSection,
+    reading: CorpusSection,
+    given: frozenset[str],
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
     from .parallel import process_state
+    from .specs import check_placement
 
-    if model is not None and (large or small):
+    if model is not None and given & {"large", "small"}:
         fail("give either --model or --large/--small, not both")
     specs = (
-        {"model": model}
-        if model is not None
-        else {
-            "large": large or field_default(ModelsSection, "large"),
-            "small": small or field_default(ModelsSection, "small"),
-        }
+        {"model": model} if model is not None else {"large": models.large, "small": models.small}
     )
-    config = AttentionConfig(
-        prefix=prefix,
-        align=align,
-        trained=trained,
-        batch_size=batch_size,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        score=score,
-    )
-    placement = parse_placement(device_map, max_memory)
-    rows = score_corpus(specs, corpus, out, config, **placement, text_field=text_field)
+    placement = {"device_map": models.device_map, "max_memory": models.max_memory}
+    check_placement(**placement)
+    rows = score_corpus(specs, corpus, out, config, **placement, text_field=reading.text_field)
     if process_state().is_main_process:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
@@ -352,32 +233,26 @@ CorpusOption = Annotated[
 
 
 @app.command("augment")
+@config_options(config=Options(AugmentConfig, "augment"), reading=TEXT_FIELD)
 def augment_command(
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Augmented corpus JSONL to write.")],
     corpus: CorpusOption = None,
-    policy: str = config_option(AugmentConfig, "policy"),
-    alpha: float = config_option(AugmentConfig, "alpha"),
-    beta: float = config_option(AugmentConfig, "beta"),
-    copies: int = config_option(AugmentConfig, "copies"),
-    seed: int = config_option(AugmentConfig, "seed"),
-    drop_style: str = config_option(AugmentConfig, "drop_style"),
-    random_drop: str = config_option(AugmentConfig, "random_drop"),
-    score_of: str | None = config_option(AugmentConfig, "score_of"),
-    protect: str = config_option(AugmentConfig, "protect", ",".join),
-    text_field: str = config_option(CorpusSection, "text_field"),
+    *,
+    config: AugmentConfig,
+    reading: CorpusSection,
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
     from .augment import augment_file
 
-    config = AugmentConfig(
-        policy, alpha, beta, copies, seed, drop_style, random_drop, score_of, parse_names(protect)
+    n = augment_file(
+        scores, out, config, corpus=corpus, progress=True, text_field=reading.text_field
     )
-    n = augment_file(scores, out, config, corpus=corpus, progress=True, text_field=text_field)
-    typer.echo(f"wrote {n} sequences ({policy}, {copies} copies + original) to {out}")
+    typer.echo(f"wrote {n} sequences ({config.policy}, {config.copies} copies + original) to {out}")
 
 
 @app.command("scorers")
+@config_options(reading=TEXT_FIELD)
 def scorers_command(
     scores: ScoresOption,
     corpus: CorpusOption = None,
@@ -394,7 +269,8 @@ def scorers_command(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the shuffled scorer and the CIs.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the table as JSON here.")] = None,
-    text_field: str = config_option(CorpusSection, "text_field"),
+    *,
+    reading: CorpusSection,
 ) -> None:
     """Where each scorer ranks a text's spans (the name, each field): mean rank percentile."""
     import json
@@ -408,10 +284,11 @@ def scorers_command(
     if out is not None:
         check_out_file(out)
         check_apart([out], {"--scores": scores, "--corpus": corpus, "--authors": authors})
-    records, rows, _ = load_inputs(scores, corpus, AugmentConfig(), text_field)
+    records, rows, _ = load_inputs(scores, corpus, AugmentConfig(), reading.text_field)
     authors_rows = None
     if authors is not None:
-        _, authors_rows, _ = load_inputs(authors, corpus, AugmentConfig("authors"), text_field)
+        theirs = AugmentConfig("authors")
+        _, authors_rows, _ = load_inputs(authors, corpus, theirs, reading.text_field)
     contrasts = None
     if query_rows:
         manifest = read_manifest(scores)
@@ -431,26 +308,26 @@ def scorers_command(
 
 
 @app.command("show")
+@config_options(
+    # the keep probability a text is drawn with: no copies are made, nothing is dropped
+    config=Options(AugmentConfig, "augment", exclude=("copies", "drop_style")),
+    reading=TEXT_FIELD,
+)
 def show_command(
     text_id: Annotated[str, typer.Argument(help="Id of the text to draw.")],
     scores: ScoresOption,
     out: Annotated[Path, typer.Option(help="Output prefix: writes PREFIX.html and PREFIX.png.")],
     corpus: CorpusOption = None,
-    policy: str = config_option(AugmentConfig, "policy"),
-    alpha: float = config_option(AugmentConfig, "alpha"),
-    beta: float = config_option(AugmentConfig, "beta"),
-    seed: int = config_option(AugmentConfig, "seed"),
-    score_of: str | None = config_option(AugmentConfig, "score_of"),
-    protect: str = config_option(AugmentConfig, "protect", ",".join),
-    text_field: str = config_option(CorpusSection, "text_field"),
+    *,
+    config: AugmentConfig,
+    reading: CorpusSection,
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
     from .augment import show
 
-    config = AugmentConfig(
-        policy, alpha, beta, seed=seed, score_of=score_of, protect=parse_names(protect)
+    html_path, png_path = show(
+        text_id, scores, out, config, corpus=corpus, text_field=reading.text_field
     )
-    html_path, png_path = show(text_id, scores, out, config, corpus=corpus, text_field=text_field)
     typer.echo(f"wrote {html_path} and {png_path}")
 
 
@@ -458,73 +335,46 @@ def show_command(
 
 
 @app.command("train")
+@config_options(config=Options(TrainConfig, "train", required=("model",)), reading=TEXT_FIELD)
 def train_command(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Option(help=field_help(TrainConfig, "model"))],
     corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option(help="Run folder (epoch-N/, log.json); resumes there.")],
-    full: bool = config_option(TrainConfig, "full"),
-    epochs: int = config_option(TrainConfig, "epochs"),
-    lr: float = config_option(TrainConfig, "lr"),
-    batch_size: int = config_option(TrainConfig, "batch_size"),
-    grad_accum: int = config_option(TrainConfig, "grad_accum"),
-    warmup: float = config_option(TrainConfig, "warmup"),
-    schedule: str = config_option(TrainConfig, "schedule"),
-    weight_decay: float = config_option(TrainConfig, "weight_decay"),
-    seed: int = config_option(TrainConfig, "seed"),
-    max_length: int = config_option(TrainConfig, "max_length"),
-    dtype: str = config_option(TrainConfig, "dtype"),
-    mixed_precision: str = config_option(TrainConfig, "mixed_precision"),
-    lora_r: int = config_option(TrainConfig, "lora_r"),
-    lora_alpha: int = config_option(TrainConfig, "lora_alpha"),
-    lora_dropout: float = config_option(TrainConfig, "lora_dropout"),
-    quantize: str = config_option(TrainConfig, "quantize"),
-    text_field: str = config_option(CorpusSection, "text_field"),
-    packing: bool = config_option(TrainConfig, "packing"),
-    group_by_length: bool = config_option(TrainConfig, "group_by_length"),
-    report_to: str = config_option(TrainConfig, "report_to"),
-    config_file: ConfigFileOption = None,
-    sets: SetOption = None,
+    *,
+    config: TrainConfig,
+    reading: CorpusSection,
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
-    from .train import train
-
-    config = command_config(ctx, TrainConfig, locals(), config_file, sets)
     from .parallel import process_state
+    from .train import train
 
     check_apart([out], {"--corpus": corpus})
     with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
-        last = train(config, corpus, out, text_field=text_field)
+        last = train(config, corpus, out, text_field=reading.text_field)
     typer.echo(f"trained {config.epochs} epochs; last checkpoint: {last}")
 
 
 @app.command("evaluate")
+@config_options(
+    config=Options(EvalConfig, "evaluate", spellings={"template": ESCAPED_NEWLINES}),
+    weights=Options(
+        TrainConfig,
+        "train",
+        only=("dtype", "quantize"),
+        helps={
+            "quantize": "Base weights: no (as --dtype, the adapter merged in), or 4bit (NF4 as "
+            "QLoRA trains them, the adapter beside them; needs bitsandbytes)."
+        },
+    ),
+    placement=PLACEMENT,
+)
 def evaluate_command(
-    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model spec (or a --full run's epoch folder).")],
     qa: Annotated[Path, typer.Option(help="Questions JSONL (question, answer(s), field).")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and predictions.jsonl.")],
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter: RUN_DIR/epoch-N.")] = None,
-    shots: int = config_option(EvalConfig, "shots"),
     shots_from: Annotated[
         Path | None, typer.Option(help="QA JSONL to draw examples from (default: --qa).")
     ] = None,
-    shot_seed: int = config_option(EvalConfig, "shot_seed"),
-    max_new_tokens: int = config_option(EvalConfig, "max_new_tokens"),
-    template: str = config_option(EvalConfig, "template", lambda t: t.replace("\n", "\\n")),
-    batch_size: int = config_option(EvalConfig, "batch_size"),
-    dtype: str = config_option(TrainConfig, "dtype"),
-    probes: bool = config_option(EvalConfig, "probes"),
-    choices: int = config_option(EvalConfig, "choices"),
-    device_map: str | None = config_option(ModelsSection, "device_map"),
-    max_memory: str | None = config_option(ModelsSection, "max_memory"),
-    quantize: Annotated[
-        str,
-        typer.Option(
-            help="Base weights: no (as --dtype, the adapter merged in), or 4bit (NF4 as QLoRA "
-            "trains them, the adapter beside them; needs bitsandbytes)."
-        ),
-    ] = "no",
     baseline: Annotated[
         bool,
         typer.Option(
@@ -533,8 +383,10 @@ def evaluate_command(
             "questions, into OUT/untrained/.",
         ),
     ] = False,
-    config_file: ConfigFileOption = None,
-    sets: SetOption = None,
+    *,
+    config: EvalConfig,
+    weights: TrainConfig,
+    placement: ModelsSection,
 ) -> None:
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
@@ -542,18 +394,18 @@ def evaluate_command(
     from .evaluate import evaluate_model, scores_table
     from .models import DTYPES
     from .parallel import process_state
+    from .specs import check_placement
 
-    if dtype not in DTYPES:
-        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if weights.dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {weights.dtype!r}")
     if baseline and adapter is None:
         fail("--baseline evaluates the base model of --adapter untrained: give --adapter")
-    given = {**locals(), "template": parse_template(template)}
-    config = command_config(ctx, EvalConfig, given, config_file, sets)
     config.validate()
-    placement = parse_placement(device_map, max_memory)
+    check_placement(placement.device_map, placement.max_memory)
     result = evaluate_model(
-        model, qa, out, adapter, config, DTYPES[dtype], shots_from, **placement,
-        quantize=quantize, baseline=model if baseline else None,
+        model, qa, out, adapter, config, DTYPES[weights.dtype], shots_from,
+        device_map=placement.device_map, max_memory=placement.max_memory,
+        quantize=weights.quantize, baseline=model if baseline else None,
     )  # fmt: skip
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
@@ -566,18 +418,24 @@ def evaluate_command(
 
 
 @app.command("table1")
+@config_options(
+    # Table 1 is plain LoRA finetuning at the paper's other settings: these few options only
+    config=Options(
+        TrainConfig,
+        "train",
+        only=("model", "epochs", "lr", "batch_size", "seed", "dtype", "mixed_precision"),
+        required=("model",),
+        helps={"model": "Model spec: folder, .gguf file or pack name."},
+    ),
+    bios=Options(BiosConfig, "corpus.bios", only=("n", "seed"), names={"seed": "bios_seed"}),
+    evaluation=Options(EvalConfig, "evaluate", only=("shots",)),
+)
 def table1_command(
-    model: Annotated[str, typer.Option(help="Model spec: folder, .gguf file or pack name.")],
     out: Annotated[Path, typer.Option(help="Folder for data/, run/, eval/ and figure1.png.")],
-    n: int = config_option(BiosConfig, "n"),
-    bios_seed: int = config_option(BiosConfig, "seed"),
-    epochs: int = config_option(TrainConfig, "epochs"),
-    lr: float = config_option(TrainConfig, "lr"),
-    batch_size: int = config_option(TrainConfig, "batch_size"),
-    seed: int = config_option(TrainConfig, "seed"),
-    shots: int = config_option(EvalConfig, "shots"),
-    dtype: str = config_option(TrainConfig, "dtype"),
-    mixed_precision: str = config_option(TrainConfig, "mixed_precision"),
+    *,
+    config: TrainConfig,
+    bios: BiosConfig,
+    evaluation: EvalConfig,
 ) -> None:
     """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
     from rich.console import Console
@@ -586,13 +444,10 @@ def table1_command(
     from .parallel import process_state
     from .table1 import run_table1
 
-    config = TrainConfig(
-        model=model, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dtype=dtype,
-        mixed_precision=mixed_precision,
-    )  # fmt: skip
-    result = run_table1(config, out, n, bios_seed, EvalConfig(shots=shots))
+    result = run_table1(config, out, bios.n, bios.seed, evaluation)
     if not process_state().is_main_process:  # under `accelerate launch`: one process prints
         return
+    model, n, epochs = config.model, bios.n, config.epochs
     Console().print(scores_table(result.baseline.scores, f"Table 1: {model}, untrained"))
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
     evals = f"{out / 'eval' / 'metrics.json'}, {out / 'eval' / 'untrained' / 'metrics.json'}"
@@ -600,6 +455,7 @@ def table1_command(
 
 
 @app.command("export")
+@config_options(choice=Options(ExportChoice))
 def export_command(
     source: Annotated[
         Path,
@@ -609,28 +465,13 @@ def export_command(
         ),
     ],
     out: Annotated[Path, typer.Option(help="New or empty folder for the merged model.")],
-    policy: Annotated[
-        str | None, typer.Option(help="Of an `elusive run` folder: this policy's selected setting.")
-    ] = None,
-    role: Annotated[
-        str | None, typer.Option(help="Of an `elusive run` folder: this trained role's setting.")
-    ] = None,
-    epoch: Annotated[
-        int | None, typer.Option(help="Of a run folder: this epoch instead of the selected one.")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Of an `elusive run` folder: this seed's training run.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Base model spec (default: the one the run records).")
-    ] = None,
+    *,
+    choice: ExportChoice,
 ) -> None:
     """A model out: the adapter merged into its base, a Hugging Face folder with a model card."""
     from .export import export_model
 
-    checkpoint = export_model(
-        source, out, policy=policy, role=role, epoch=epoch, seed=seed, model=model
-    )
+    checkpoint = export_model(source, out, **dataclasses.asdict(choice))
     what = "model" if checkpoint.full else f"{checkpoint.base} + adapter"
     typer.echo(f"wrote {what} {checkpoint.folder} ({checkpoint.dtype}) to {out}")
 
@@ -655,26 +496,19 @@ app.add_typer(squad_app, name="squad")
 
 
 @squad_app.command("convert")
+@config_options(config=Options(SquadConfig, "corpus"))
 def squad_convert(
     file: Annotated[
         Path, typer.Argument(help="SQuAD v1.1-format JSON: data[].paragraphs[].qas[].answers[].")
     ],
     out: Annotated[Path, typer.Option(help="Folder to write corpus.jsonl and qa.jsonl into.")],
-    max_paragraphs: int | None = config_option(SquadConfig, "max_paragraphs"),
-    max_questions: int | None = config_option(SquadConfig, "max_questions"),
-    seed: int = config_option(SquadConfig, "seed"),
-    require_answer_in_context: bool = config_option(SquadConfig, "require_answer_in_context"),
+    *,
+    config: SquadConfig,
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
     from .corpus import write_corpus_and_qa
     from .squad import read_squad
 
-    config = SquadConfig(
-        max_paragraphs=max_paragraphs,
-        max_questions=max_questions,
-        seed=seed,
-        require_answer_in_context=require_answer_in_context,
-    )
     check_apart([out / "corpus.jsonl", out / "qa.jsonl"], {"FILE": file})
     records, questions = read_squad(file, config)
     corpus, qa = write_corpus_and_qa(records, questions, out)
@@ -693,18 +527,21 @@ app.add_typer(probes_app, name="probes")
 
 
 @probes_app.command("build")
+@config_options(
+    config=Options(ProbeConfig, "corpus.probes"),
+    reading=Options(CorpusSection, "corpus", only=("text_field", "chunk")),
+)
 def probes_build(
     corpus: Annotated[
         Path, typer.Argument(help="A corpus: .jsonl (with or without spans), .txt or a folder.")
     ],
     out: Annotated[Path, typer.Option(help="The probes' JSONL (qa.jsonl without questions).")],
-    max_probes: int | None = config_option(ProbeConfig, "max_probes"),
-    seed: int = config_option(ProbeConfig, "seed"),
-    text_field: str = config_option(CorpusSection, "text_field"),
-    chunk: int | None = config_option(CorpusSection, "chunk"),
     model: Annotated[
         str | None, typer.Option(help="With --chunk: the trained model, whose tokens count.")
     ] = None,
+    *,
+    config: ProbeConfig,
+    reading: CorpusSection,
 ) -> None:
     """Write one cloze probe per span of the texts (their own spans, else dates, numbers with
     units and names found in them), to read, edit and give a run as corpus.qa."""
@@ -712,8 +549,7 @@ def probes_build(
 
     from .cloze import probe_file
 
-    config = ProbeConfig(max_probes=max_probes, seed=seed)
-    probes = probe_file(corpus, out, config, text_field, chunk, model)
+    probes = probe_file(corpus, out, config, reading.text_field, reading.chunk, model)
     kinds = Counter(item.field for item in probes.items)
     typer.echo(
         f"wrote {len(probes.items)} probes ("

@@ -120,7 +120,10 @@ class CorpusSection:
 @dataclass
 class ModelsSection:
     large: str = "qwen2.5-coder-1.5b"
+    """Spec of the large model of the contrast (`elusive.models.load_model`: a folder, a .gguf
+    file or an offline pack name)."""
     small: str = "qwen2.5-coder-0.5b"
+    """Spec of the small model of the contrast, the one trained by default."""
     trained: list[str] = field(default_factory=lambda: ["small"])
     """Roles that are finetuned and evaluated (the paper trains both)."""
     device_map: Any = None
@@ -506,7 +509,7 @@ def from_dict(cls: type, data: Any, where: str, key: str = "") -> Any:
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"
             raise ConfigError(f"{where}: {prefix}{_cut(str(name))}: unknown key ({hint})")
-    return cls(**{k: _coerce(v, hints[k], where, prefix + k) for k, v in data.items()})
+    return cls(**{k: coerce(v, hints[k], where, prefix + k) for k, v in data.items()})
 
 
 def _cut(text: str, limit: int = 80) -> str:
@@ -514,23 +517,24 @@ def _cut(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+def coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     """Check `value` against a type hint; numbers written as strings ("1e-3") become numbers,
-    and a scalar where a list is expected becomes a one-item list."""
+    and a scalar where a list is expected becomes a one-item list. Errors read
+    ``WHERE: KEY: message``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, where, key)
+        return coerce(value, inner, where, key)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, key)
     if origin is list:
         items = value if isinstance(value, list) else [value]
-        return [_coerce(v, args[0], where, f"{key}[{i}]") for i, v in enumerate(items)]
+        return [coerce(v, args[0], where, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
-        return tuple(_coerce(v, args[0], where, key) for v in items)
+        return tuple(coerce(v, args[0], where, key) for v in items)
     if origin is dict or hint is Any:
         return value
     if hint is bool:

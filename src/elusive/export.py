@@ -82,6 +82,23 @@ class Checkpoint:
     """The run folder it was picked from (`elusive train`'s or `elusive run`'s)."""
 
 
+@dataclass
+class ExportChoice:
+    """Which checkpoint of a source `export_model` merges (see `find_checkpoint`); None leaves
+    the choice to what the source records."""
+
+    policy: str | None = None
+    """Of an `elusive run` folder: this policy's selected setting."""
+    role: str | None = None
+    """Of an `elusive run` folder: this trained role's setting."""
+    epoch: int | None = None
+    """Of a run folder: this epoch instead of the selected one."""
+    seed: int | None = None
+    """Of an `elusive run` folder: this seed's training run."""
+    model: str | None = None
+    """Base model spec (default: the one the run records)."""
+
+
 # --------------------------------------------------------------------------- finding it
 
 
