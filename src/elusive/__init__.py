@@ -1,3 +1,6 @@
 """elusive: enhance elusive clues in knowledge learning by contrasting attention of LMs."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("elusive")
+"""The installed package's version (pyproject.toml is its one source)."""
