@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, from_dict
 from .io import atomic_write_text, folder_lock, read_json
-from .runs import SCHEMA, STAGES, Run, fingerprints, schema_of
+from .pipeline import PIPELINE
+from .runs import SCHEMA, Run, schema_of
 
 
 def migrate(folder: str | Path) -> str:
@@ -50,8 +51,9 @@ def migrate(folder: str | Path) -> str:
             config.validate(f"{path}: config")
             run = Run(config, out=folder)
             manifest["outputs"] = {}
-            for stage in STAGES:
-                manifest["outputs"].update(fingerprints(run, stage))
+            for stage in PIPELINE:  # an output that records its inputs is known by them
+                if stage.self_recorded is None:
+                    manifest["outputs"].update(stage.fingerprints(run))
             manifest.pop("fixed_config_sha256", None)
         manifest["schema"] = SCHEMA
         atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
