@@ -12,12 +12,23 @@ they are the keys of run.json's ``outputs``; nothing else builds a run folder's 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .config import UNTRAINED
 
-if TYPE_CHECKING:
-    from .runs import Cell
+
+class Cell(Protocol):
+    """A point of the grid (`elusive.runs.Cell`): what its paths are named by."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def augment_tag(self) -> str: ...
+
+    @property
+    def train_tag(self) -> str: ...
+
 
 CORPUS = "corpus"
 CORPUS_FILE = "corpus/corpus.jsonl"

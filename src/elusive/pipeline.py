@@ -18,7 +18,8 @@ its outputs are already there::
 Every file is written atomically and training resumes from its last epoch, so an interrupted
 run picks up where it stopped and gives the numbers an uninterrupted run gives. A stage redoes
 only the outputs whose inputs changed since they were made (`elusive.runs.Run.refresh`, asking
-each stage's fingerprints), so a config fixed after a failure, or edited, resumes the folder."""
+each stage's fingerprints), so a config fixed after a failure, or edited, resumes the folder.
+"""
 
 from __future__ import annotations
 
@@ -382,7 +383,7 @@ def evaluate_fingerprints(run: Run) -> dict[str, str]:
     return {**untrained, **evaluations}
 
 
-def _none(run: Run) -> dict[str, str]:
+def _no_outputs(run: Run) -> dict[str, str]:
     """The report is written anew every run: no outputs to keep or remove."""
     return {}
 
@@ -436,7 +437,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "report",
         reads=("the run folder",),
-        fingerprints=_none,
+        fingerprints=_no_outputs,
         run=lambda run, _: stage_report(run),
         every_process=False,
     ),

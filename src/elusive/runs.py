@@ -13,7 +13,8 @@ whose config was fixed or edited redoes only what the change reaches, and says w
 are hashed by content where they are files, so a change that leaves a file identical (a
 scoring batch size) stops there. Nothing else is ever removed: a path the manifest does not
 record as an output is refused, and so are a folder elusive did not make and a corpus inside
-the run folder (`Run.check`)."""
+the run folder (`Run.check`).
+"""
 
 from __future__ import annotations
 
