@@ -225,14 +225,14 @@ def test_options_rebuild_the_module_config_from_a_section(tmp_path):
 def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
     """Under `accelerate launch` every process runs `elusive run`; one prints the tables."""
     import elusive.pipeline
-    import elusive.report
+    import elusive.summary
     from elusive.runs import Run
 
     def fake_run(config, out=None, echo=print):
         return Run(config, out, is_main=False)
 
     monkeypatch.setattr(elusive.pipeline, "run_experiment", fake_run)
-    monkeypatch.setattr(elusive.report, "summarize", lambda run: pytest.fail("summarized"))
+    monkeypatch.setattr(elusive.summary, "summarize", lambda run: pytest.fail("summarized"))
     result = CliRunner().invoke(app, ["run", str(write(tmp_path))])
     assert result.exit_code == 0 and result.output == ""
 

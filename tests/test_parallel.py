@@ -38,12 +38,12 @@ def _score_evaluate_analyse(folder: Path) -> None:
     and run the Figure 2-3 analysis, into folder/out-WORLD (own cache); each process also
     writes how many prompts it generated for."""
     from elusive import evaluate
+    from elusive.analysis import company_query_rows
     from elusive.attention import AttentionConfig, score_corpus
     from elusive.corpus import read_corpus
     from elusive.evaluate import EvalConfig, evaluate_model
     from elusive.io import atomic_write_text
     from elusive.parallel import process_state
-    from elusive.report import company_query_rows
 
     state = process_state()
     out = folder / f"out-{state.num_processes}"

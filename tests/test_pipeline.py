@@ -9,8 +9,8 @@ import yaml
 
 from elusive.config import ConfigError, load_config
 from elusive.models import make_tiny_model
-from elusive.pipeline import run_experiment
-from elusive.runs import STAGES, Run, grid
+from elusive.pipeline import STAGES, run_experiment
+from elusive.runs import Run, grid
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
     manifest = json.loads(run.path("run.json").read_text())
     assert set(manifest["stages"]) == set(STAGES)
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
-    assert sum(line.startswith("[") for line in lines) == 6
+    assert sum(line.startswith("[") for line in lines) == len(STAGES) == 7
 
     before = snapshot(run.root)
     lines.clear()
@@ -216,7 +216,7 @@ def test_squad_fixture_runs_the_whole_pipeline(tmp_path, tiny_pair):
 def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     """`accelerate launch`/`torchrun` with 2 CPU processes: both score, train (data parallel),
     evaluate (the untrained model and a checkpoint one each, the second checkpoint's questions
-    shared) and analyse for the report;
+    shared) and analyse for the report (the analysis stage);
     the main process alone writes the corpus, augmentations and report, and prints."""
     import socket
     import subprocess
@@ -239,10 +239,10 @@ def test_two_processes_under_torchrun(tmp_path, tiny_pair):
     env["ELUSIVE_CACHE"] = str(tmp_path / "cache")  # an empty score cache: both processes score
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("[4/6] train") == 1  # one process prints
+    assert done.stdout.count("[4/7] train") == 1  # one process prints
     root = tmp_path / "run"
     assert len(list(root.joinpath("eval").rglob("metrics.json"))) == 3  # untrained included
-    assert "[6/6] report" in done.stdout
+    assert done.stdout.count("[6/7] analysis") == 1 and "[7/7] report" in done.stdout
     summary = json.loads(root.joinpath("report", "report.json").read_text())
     assert [row["policy"] for row in summary["rows"]] == ["untrained", "none", "contrast"]
     assert summary["figures"]["analysis_texts"] == 4
@@ -340,13 +340,14 @@ def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, ti
     fingerprint changes with it; `train.packing` changes every one."""
     import dataclasses
 
-    from elusive.runs import Run, fingerprints
+    from elusive.pipeline import train_fingerprints
+    from elusive.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
 
     def prints(**train):
         changed = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
-        return fingerprints(Run(changed, tmp_path / "run"), "train")
+        return train_fingerprints(Run(changed, tmp_path / "run"))
 
     before = prints()
     assert prints(report_to="tensorboard") == before
@@ -665,7 +666,8 @@ def test_corpus_chunk_cuts_markdown_documents_into_passages(tmp_path, tiny_pair,
     from elusive.corpus import read_corpus
     from elusive.io import write_jsonl
     from elusive.models import load_tokenizer
-    from elusive.runs import Run, fingerprints
+    from elusive.pipeline import corpus_fingerprints
+    from elusive.runs import Run
 
     _corpus_stage_only(monkeypatch)
     pages = tmp_path / "wiki"
@@ -691,12 +693,12 @@ def test_corpus_chunk_cuts_markdown_documents_into_passages(tmp_path, tiny_pair,
         assert all(sequence_length(tokenizer, p.text) <= 40 for p in mine)
         assert {p.meta["title"] for p in mine} == {"Part 0", "Part 1", "Part 2"}
     # a changed chunk, or another tokenizer for it, redoes the corpus (and what follows)
-    before = fingerprints(Run(config), "corpus")
+    before = corpus_fingerprints(Run(config))
     config.corpus.chunk = 60
-    assert fingerprints(Run(config), "corpus") != before
+    assert corpus_fingerprints(Run(config)) != before
     config.corpus.chunk = 40
     config.models.small = tiny_pair[0]
-    assert fingerprints(Run(config), "corpus") != before
+    assert corpus_fingerprints(Run(config)) != before
     config.corpus.chunk, config.models.small = None, tiny_pair[1]
     config.train.max_length = 1024  # whole pages fit
     lines = []
@@ -856,31 +858,106 @@ def test_probes_of_passages_from_probes_build_are_a_chunked_runs_qa(
 
 
 def test_figures_2_3_follow_a_change_of_model_not_a_stale_cache(tmp_path, tiny_pair, monkeypatch):
-    """report/analysis.json (the attention rows of Figures 2-3) is reused only while the models,
-    the scoring options and the generator are the ones it was computed from."""
-    import elusive.report as report
+    """report/analysis.json (the attention rows of Figures 2-3, the `analysis` stage) is kept
+    only while the models, the scoring options and the generator are the ones it was computed
+    from."""
+    import elusive.analysis as analysis
+    from elusive.analysis import read_analysis
+    from elusive.pipeline import stage_named
+    from elusive.runs import Context
 
     large, small = tiny_pair
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     config.report.analysis_texts = 3
+    stage = stage_named("analysis")
+
+    def rows(run: Run) -> dict:
+        """The stage as `run_experiment` runs it: refreshed, then run."""
+        run.refresh(stage, echo=lambda _: None)
+        stage.run(run, Context(progress=False))
+        return read_analysis(run)
+
     run = Run(config)
-    run.path("report").mkdir(parents=True)
-    first = report._analysis(run)
-    computed = report.company_query_rows
+    run.open(echo=lambda _: None)
+    first = rows(run)
+    computed = analysis.company_query_rows
     calls = []
-    monkeypatch.setattr(report, "company_query_rows", lambda *a: calls.append(1) or computed(*a))
-    assert report._analysis(run) == first and not calls  # the same inputs: the cache
+    monkeypatch.setattr(analysis, "company_query_rows", lambda *a: calls.append(1) or computed(*a))
+    assert rows(run) == first and not calls  # the same inputs: kept
 
     config.models.large = small  # the small model scored in the large one's place
-    swapped = report._analysis(run)
+    swapped = rows(run)
     assert calls == [1] and swapped != first
     assert swapped["large"] == swapped["small"] == first["small"]
 
     config.attention.prefix = "Text: "
-    assert report._analysis(run) != swapped and calls == [1, 1]
+    assert rows(run) != swapped and calls == [1, 1]
     fresh = Run(config, out=tmp_path / "fresh")
-    fresh.path("report").mkdir(parents=True)
-    assert report._analysis(fresh) == report._analysis(run)  # what a new folder computes
+    fresh.open(echo=lambda _: None)
+    assert rows(fresh) == rows(run)  # what a new folder computes
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_pair) -> Path:
+    """A folder holding c.yaml (SMALL_GRID) and run/, every stage of it run."""
+    root = tmp_path_factory.mktemp("finished")
+    config = load_config(write_config(root / "c.yaml", tiny_pair, **SMALL_GRID))
+    run_experiment(config, progress=False, echo=lambda _: None)
+    return root
+
+
+def stage_of(rel: str) -> str:
+    """The stage that writes a file of the run folder (`elusive.layout`)."""
+    top, *rest = Path(rel).parts
+    if top == "report":
+        return "analysis" if rest == ["analysis.json"] else "report"
+    return {"scores": "attention", "eval": "evaluate"}.get(top, top)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reached"),
+    [
+        # the generator's size: the corpus and all after it, not the analysis (own size)
+        ("corpus.bios.n", 10, {"corpus", "attention", "augment", "train", "evaluate"}),
+        ("attention.prefix", "Text: ", {"attention", "augment", "train", "evaluate", "analysis"}),
+        ("augment.copies", 1, {"augment", "train", "evaluate"}),
+        ("train.lr", [2e-3], {"train", "evaluate"}),
+        ("train.warmup", 0.2, {"train", "evaluate"}),
+        ("evaluate.max_new_tokens", 4, {"evaluate"}),
+        ("report.analysis_texts", 3, {"analysis"}),
+        ("report.select_metric", "em", set()),
+        ("models.large", "SMALL", {"attention", "augment", "train", "evaluate", "analysis"}),
+    ],
+)
+def test_a_changed_option_redoes_exactly_the_stages_it_reaches(
+    tmp_path, tiny_pair, finished, key, value, reached
+):
+    """Each stage's fingerprint: a finished folder rerun with one option changed rewrites the
+    outputs of the stages that option reaches (through the files it changes) and no other;
+    the report is rendered anew every run."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished / "run", folder)
+    config = load_config(finished / "c.yaml")
+    *parents, name = key.split(".")
+    section = config
+    for part in parents:
+        section = getattr(section, part)
+    setattr(section, name, tiny_pair[1] if value == "SMALL" else value)
+
+    def mtimes() -> dict[str, int]:
+        return {
+            str(p.relative_to(folder)): p.stat().st_mtime_ns
+            for p in folder.rglob("*")
+            if p.is_file() and p.name not in ("run.json", ".elusive.lock")
+        }
+
+    before, lines = mtimes(), []
+    run_experiment(config, folder, progress=False, echo=lines.append)
+    after = mtimes()
+    redone = {stage_of(rel) for rel in after if before.get(rel) != after[rel]}
+    assert redone == reached | {"report"}, lines
 
 
 def test_the_authors_policy_ranks_by_a_second_scores_folder_of_the_authors_scorer(
@@ -910,7 +987,7 @@ def test_the_authors_policy_ranks_by_a_second_scores_folder_of_the_authors_score
     assert made.read_bytes() == expected.read_bytes()
     outputs = json.loads(run.path("run.json").read_text())["outputs"]
     assert "scores/authors" in outputs
-    assert any("(authors)" in line for line in lines if "attention" in line)
+    assert any("scored by the authors' scorer" in line for line in lines if "attention" in line)
     before = snapshot(run.root)
     run_experiment(config, progress=False, echo=lines.append)
     assert snapshot(run.root) == before

@@ -1,4 +1,5 @@
-"""Figure 1: token distances of the fields from the name, and the PNG."""
+"""The report's rendering (`elusive.report`) and the numbers behind its figures: Figure 1's token
+distances of the fields from the name, the drops by span, the loss curves."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from elusive.bios import FIELDS, BiosConfig, generate_bios
 from elusive.figures import plot_accuracy_vs_distance
 from elusive.metrics import FieldScore
 from elusive.models import load_model
-from elusive.report import field_token_distances
+from elusive.summary import field_token_distances
 
 
 def test_field_distances_by_hand_and_in_field_order(tiny_model_dir):
@@ -36,8 +37,8 @@ def test_figure1_png(tmp_path):
 
 
 def test_figures_colour_every_token_category_in_the_report_order():
+    from elusive.analysis import CATEGORIES
     from elusive.figures import COLOURS
-    from elusive.report import CATEGORIES
 
     assert tuple(COLOURS) == CATEGORIES
 
@@ -47,8 +48,8 @@ def test_drop_by_span_against_a_loop():
     import re
 
     from elusive.augment import AugmentConfig
-    from elusive.report import drop_by_span
     from elusive.scores import TextScores
+    from elusive.summary import drop_by_span
 
     records, _ = generate_bios(BiosConfig(n=4, seed=2))
     rows = []
@@ -88,13 +89,13 @@ def test_drop_by_span_against_a_loop():
 
 def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
     from elusive.report import markdown_tables
+    from elusive.summary import UNITS, Row, Selection
 
     score = {"n": 4, "em": 0.5, "em_std": 0.0, "f1": 0.6, "f1_std": 0.1}
     probed = {**score, "choice": 0.25, "choice_std": 0.0}
-    row = {"role": "small", "model": "tiny", "policy": "none", "alpha": None, "beta": None}
-    row |= {"lr": 1e-3, "epochs": 2, "seeds": [0]}
-    row["test"] = {"city": score, "date": probed, "overall": probed}
-    summary = {"rows": [row], "select_on": ["city", "date"], "select_metric": "em", "study": {}}
+    test = {"city": score, "date": probed, "overall": probed}
+    row = Row("small", "tiny", "none", None, None, 1e-3, 2, [0], 0.5, test)
+    summary = Selection(UNITS["bios"], ["city", "date"], "em", [row], {}, {})
     lines = markdown_tables(summary).splitlines()
     probe_row = next(line for line in lines if line.startswith("| tiny") and "0.25" in line)
     assert probe_row.endswith("| - | 0.25 |")
@@ -103,37 +104,39 @@ def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
 def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    """After tiny training runs laid out as a run folder: loss-small.png with one line per
-    (policy, seed) of the chosen settings, the steps of each run's log.json; the untrained
-    reference row, which trained nothing, is left out."""
+    """After tiny training runs laid out as a run folder: the summary's loss points, one curve
+    per (policy, seed) of the chosen settings with the steps of each run's log.json (the
+    untrained reference row, which trained nothing, left out), drawn as loss-small.png."""
     import json
 
     import elusive.report as report_module
     from elusive.config import RunConfig
-    from elusive.report import loss_curves
+    from elusive.report import loss_figures
     from elusive.runs import Cell, Run
+    from elusive.summary import Row, RunSummary, Selection, loss_points
     from elusive.train import TrainConfig, train
 
     run = Run(RunConfig(), tmp_path / "run")
     records = generate_bios(BiosConfig(n=8, seed=1))[0]
     rows = [
-        {"role": "small", "policy": "none", "alpha": None, "beta": None, "lr": 1e-2},
-        {"role": "small", "policy": "random", "alpha": 0.5, "beta": None, "lr": 1e-2},
+        Row("small", "none", "none", None, None, 1e-2, 2, [0, 1], 0.0, {}),
+        Row("small", "none", "random", 0.5, None, 1e-2, 2, [0, 1], 0.0, {}),
     ]
     logs = {}
     for row in rows:
-        row["seeds"] = [0, 1]
-        for seed in row["seeds"]:
-            cell = Cell(row["role"], row["policy"], row["alpha"], row["beta"], row["lr"], seed)
+        for seed in row.seeds:
+            cell = Cell(row.role, row.policy, row.alpha, row.beta, row.lr, seed)
             config = TrainConfig(
                 model=str(tiny_model_dir), epochs=2, lr=1e-2, batch_size=4, seed=seed,
                 mixed_precision="no",
             )  # fmt: skip
             train(config, records, run.path("train", cell.train_tag), progress=False)
             log = json.loads(run.path("train", cell.train_tag, "log.json").read_text())
-            logs[f"{row['policy']} seed {seed}"] = [(s["step"], s["loss"]) for s in log["steps"]]
-    untrained = {"role": "small", "policy": "untrained", "alpha": None, "beta": None}
-    rows.append({**untrained, "lr": None, "seeds": [0, 1]})
+            logs[f"{row.policy} seed {seed}"] = [(s["step"], s["loss"]) for s in log["steps"]]
+    rows.append(Row("small", "none", "untrained", None, None, None, 0, [0, 1], 0.0, {}))
+    loss = loss_points(run, rows)
+    assert loss == {"small": logs} and len(logs) == 4 and all(len(p) == 4 for p in logs.values())
+
     drawn = []
     plot = report_module.plot_loss_curves
     monkeypatch.setattr(
@@ -141,12 +144,15 @@ def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
         "plot_loss_curves",
         lambda curves, title, out: drawn.append(curves) or plot(curves, title, out),
     )
-    written, lines = loss_curves(run, rows, run.path("report"))
+    models = {"large": run.config.models.large, "small": run.config.models.small}
+    selection = Selection(("person", "people"), [], "f1", rows, {}, {})
+    summary = RunSummary(run.root, models, [], selection, loss, None)
+    written, lines = loss_figures(summary, run.path("report"))
     assert written == [run.path("report", "loss-small.png")]
     assert (
         written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[0].stat().st_size > 10_000
     )
-    assert drawn == [logs] and len(logs) == 4 and all(len(p) == 4 for p in logs.values())
+    assert drawn == [logs]
     assert lines == [
         f"- [loss-small.png](loss-small.png): training loss per optimizer step of "
         f"{run.config.models.small} (small), one line per policy (at its chosen setting) and seed."
@@ -155,13 +161,13 @@ def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
 
 def test_the_untrained_row_comes_first_without_a_spread():
     from elusive.report import markdown_tables
+    from elusive.summary import UNITS, Row, Selection
 
-    row = {"role": "small", "model": "tiny", "alpha": None, "beta": None}
-    untrained = {**row, "policy": "untrained", "lr": None, "epochs": 0, "seeds": []}
-    untrained["test"] = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
-    trained = {**row, "policy": "none", "lr": 1e-3, "epochs": 2, "seeds": [0, 1]}
-    trained["test"] = {"overall": {"n": 4, "em": 0.5, "em_std": 0.1, "f1": 0.75, "f1_std": 0.0}}
-    summary = {"rows": [untrained, trained], "select_on": [], "select_metric": "f1", "study": {}}
+    test = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
+    untrained = Row("small", "tiny", "untrained", None, None, None, 0, [], 0.5, test)
+    test = {"overall": {"n": 4, "em": 0.5, "em_std": 0.1, "f1": 0.75, "f1_std": 0.0}}
+    trained = Row("small", "tiny", "none", None, None, 1e-3, 2, [0, 1], 0.75, test)
+    summary = Selection(UNITS["bios"], [], "f1", [untrained, trained], {}, {})
     text = markdown_tables(summary)
     assert "mean ± std over seeds [0, 1]. untrained: the base model before any training" in text
     lines = [line for line in text.splitlines() if line.startswith("| tiny")]

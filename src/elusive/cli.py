@@ -569,7 +569,8 @@ def probes_build(
 def _run_config(config, out: Path | None) -> None:
     """Run an experiment config and print its Table 2 and where the report is."""
     from .pipeline import run_experiment
-    from .report import markdown_tables, summarize
+    from .report import markdown_tables
+    from .summary import summarize
 
     run = run_experiment(config, out=out, echo=typer.echo)
     if not run.is_main:  # under `accelerate launch`: the main process prints for all

@@ -7,7 +7,8 @@ recorded, never from a config given now:
 
 - 0 -> 1: a folder made before outputs carried fingerprints (elusive up to stop 11). Its
   outputs were made from the config its run.json records; each is recorded with the
-  fingerprint of that config and of the files before it, as `elusive run` would have written.
+  fingerprint of that config and of the files before it, as `elusive run` would have written
+  (report/analysis.json by the key it holds).
 - 1 -> 2: the recorded ``augment.replace_with_spaces`` becomes ``augment.drop_style``
   (``space`` where it was true, else ``delete``). A folder of version 1 may not have the
   version written.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, from_dict
 from .io import atomic_write_text, folder_lock, read_json
-from .runs import SCHEMA, STAGES, Run, fingerprints, schema_of
+from .pipeline import PIPELINE
+from .runs import SCHEMA, Run, schema_of
 
 
 def migrate(folder: str | Path) -> str:
@@ -50,8 +52,9 @@ def migrate(folder: str | Path) -> str:
             config.validate(f"{path}: config")
             run = Run(config, out=folder)
             manifest["outputs"] = {}
-            for stage in STAGES:
-                manifest["outputs"].update(fingerprints(run, stage))
+            for stage in PIPELINE:  # an output that holds its inputs is known by them
+                held = stage.self_recorded
+                manifest["outputs"].update(held(run) if held else stage.fingerprints(run))
             manifest.pop("fixed_config_sha256", None)
         manifest["schema"] = SCHEMA
         atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

@@ -1,6 +1,8 @@
 """The experiment runner: one config from corpus to report (`elusive run CONFIG.yaml`).
 
-Stages, each writing into the run folder and skipped when its outputs are already there::
+The pipeline is `PIPELINE`, a list of stages (`elusive.runs.Stage`: what each reads, the outputs
+it writes and its work), each writing into the run folder (`elusive.layout`) and skipped when
+its outputs are already there::
 
     corpus/     corpus.jsonl, qa.jsonl, split.json (validation / test sources)
     scores/     attention scores of both models (elusive.attention); scores/authors/ those of
@@ -9,14 +11,15 @@ Stages, each writing into the run folder and skipped when its outputs are alread
     train/      one run folder per (trained role, augmentation, lr); epochs resume
     eval/       metrics.json + predictions.jsonl per (train run, epoch)
                 and per trained role, its base model untrained (ROLE/untrained/)
-    report/     report.md, report.json and the figures
+    analysis    report/analysis.json: the attention rows of Figures 2-3 (elusive.analysis)
+    report/     report.md, report.json and the figures, from the folder alone (elusive.report)
     run.json    the manifest: config, versions, input hashes, stage timings
     .elusive.lock  held by the process writing the folder (its pid and host)
 
 Every file is written atomically and training resumes from its last epoch, so an interrupted
 run picks up where it stopped and gives the numbers an uninterrupted run gives. A stage redoes
-only the outputs whose inputs changed since they were made (`elusive.runs.fingerprints`), so a
-config fixed after a failure, or edited, resumes the folder.
+only the outputs whose inputs changed since they were made (`elusive.runs.Run.refresh`, asking
+each stage's fingerprints), so a config fixed after a failure, or edited, resumes the folder.
 """
 
 from __future__ import annotations
@@ -26,20 +29,26 @@ import math
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
+from . import layout
+from .analysis import analysis_fingerprints, analysis_recorded, write_analysis
 from .bios import generate_bios
 from .config import UNTRAINED, ConfigError, CorpusSection, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
 from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
+from .options import LOGGING_ONLY
 from .runs import (
-    STAGES,
     Cell,
+    Context,
     Run,
+    Stage,
+    changed_options,
+    content_hash,
+    digest,
     eval_dirs,
     grid,
-    score_folders,
-    scores_folder,
     untrained_dirs,
 )
 
@@ -48,8 +57,8 @@ from .runs import (
 
 def stage_corpus(run: Run) -> str:
     """Write the corpus and its questions into the run folder and split the sources."""
-    corpus_path, qa_path = run.path("corpus", "corpus.jsonl"), run.path("corpus", "qa.jsonl")
-    split_path = run.path("corpus", "split.json")
+    corpus_path, qa_path = run.path(layout.CORPUS_FILE), run.path(layout.QA_FILE)
+    split_path = run.path(layout.SPLIT_FILE)
     if not split_path.exists():
         records, questions = _load_source(run.config)
         documents, records = records, _passages(run.config, records)
@@ -141,29 +150,31 @@ def _passages(config: RunConfig, records: list[Record]) -> list[Record]:
 
 def stage_attention(run: Run, progress: bool) -> str:
     """Score every text with the large and the small model (cached per model and text), into
-    each of the run's scores folders (`elusive.runs.score_folders`); every launched process
+    each of the run's scores folders (`elusive.layout.score_folders`); every launched process
     scores its share (`elusive.attention.score_corpus`)."""
     from .attention import AttentionConfig, score_corpus
 
-    models = run.config.models
+    config, models = run.config, run.config.models
     scored = []
-    for folder, score in score_folders(run.config).items():
-        out = run.path(folder)
-        if (out / "manifest.json").exists():  # written after scores.jsonl (elusive.attention)
+    for folder, score in layout.score_folders(
+        config.augment.policies, config.attention.score
+    ).items():
+        if run.path(folder, "manifest.json").exists():  # written after scores.jsonl
             continue
         rows = score_corpus(
             {"large": models.large, "small": models.small},
-            run.path("corpus", "corpus.jsonl"),
-            out,
+            run.path(layout.CORPUS_FILE),
+            run.path(folder),
             AttentionConfig(
-                **options(run.config.attention, score=score),
+                **options(config.attention, score=score),
                 trained="small" if models.trained == ["small"] else models.trained[0],
             ),
             progress=progress,
             device_map=models.device_map,
             max_memory=models.max_memory,
         )
-        scored.append(f"{len(rows)} texts scored ({score})")
+        by = " by the authors' scorer" if folder == layout.AUTHORS_SCORES else ""
+        scored.append(f"{len(rows)} texts scored{by}")
     return ", ".join(scored) or "scores already there"
 
 
@@ -174,8 +185,8 @@ def stage_augment(run: Run, progress: bool) -> str:
     tags = {}
     for cell in grid(run.config):
         tags[(cell.role, cell.augment_tag)] = cell
-    for (role, tag), cell in tags.items():
-        path = run.path("augment", role, f"{tag}.jsonl")
+    for (role, _), cell in tags.items():
+        path = run.path(layout.augmented(cell))
         if path.exists():
             continue
         grid_values = {
@@ -187,7 +198,7 @@ def stage_augment(run: Run, progress: bool) -> str:
             **options(run.config.augment, **grid_values), seed=cell.seed, score_of=role
         )
         records, rows, config = load_inputs(
-            run.path(scores_folder(cell.policy)), run.path("corpus", "corpus.jsonl"), config
+            run.path(layout.scores_of(cell.policy)), run.path(layout.CORPUS_FILE), config
         )
         write_jsonl(path, augment(records, rows, config, progress=progress))
         written += 1
@@ -207,8 +218,8 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
             model=getattr(run.config.models, cell.role),
             seed=cell.seed,
         )
-        corpus = run.path("augment", cell.role, f"{cell.augment_tag}.jsonl")
-        train(config, corpus, run.path("train", tag), progress=progress)
+        corpus = run.path(layout.augmented(cell))
+        train(config, corpus, run.path(layout.training(cell)), progress=progress)
     return f"{len(runs)} training runs"
 
 
@@ -223,7 +234,7 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     from .models import DTYPES
     from .parallel import process_state
 
-    questions = read_qa(run.path("corpus", "qa.jsonl"))
+    questions = read_qa(run.path(layout.QA_FILE))
     models = run.config.models
     placement = {"device_map": models.device_map, "max_memory": models.max_memory}
     dtype = DTYPES[run.config.train.dtype]
@@ -232,7 +243,7 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
         spec = getattr(models, role)
         if cell is None:  # the base model, untrained
             return load_for_eval(spec, dtype=dtype, **placement)
-        checkpoint = run.path("train", cell.train_tag, f"epoch-{epoch}")
+        checkpoint = run.path(layout.checkpoint(cell, epoch))
         if run.config.train.full:
             return load_for_eval(str(checkpoint), dtype=dtype, **placement)
         return load_for_eval(spec, adapter=checkpoint, dtype=dtype, **placement)
@@ -265,11 +276,191 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     return f"{len(jobs) - untrained} evaluations + {untrained} untrained ({done} new)"
 
 
+def stage_analysis(run: Run) -> str:
+    """The attention rows of Figures 2-3 (`elusive.analysis`); every launched process scores
+    its share of the texts."""
+    return write_analysis(run)
+
+
 def stage_report(run: Run) -> str:
+    """The report, rendered from the run folder alone (`elusive.report`)."""
     from .report import write_report
 
     paths = write_report(run)
-    return f"wrote {', '.join(p.name for p in paths)} to {run.path('report')}"
+    return f"wrote {', '.join(p.name for p in paths)} to {run.path(layout.REPORT)}"
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def corpus_fingerprints(run: Run) -> dict[str, str]:
+    """The corpus folder: the corpus section, `validation` and its source files by content;
+    with `corpus.chunk`, the first trained model's tokenizer too (it cuts the passages)."""
+    config, models = run.config, run.config.models
+    section = config.corpus
+    sources = [content_hash(Path(s)) for s in (section.path, section.qa, section.squad) if s]
+    if section.chunk is None:
+        return {layout.CORPUS: digest(changed_options(section), config.validation, sources)}
+    from .models import spec_key
+
+    tokenizer = spec_key(getattr(models, models.trained[0]))
+    return {layout.CORPUS: digest(changed_options(section), config.validation, sources, tokenizer)}
+
+
+def attention_fingerprints(run: Run) -> dict[str, str]:
+    """Each scores folder (`layout.score_folders`): the corpus by content, the attention
+    section, both models and the trained roles (whose tokenizer aligns the scores); the authors'
+    scorer's also by its score."""
+    from .models import spec_key
+
+    config, models = run.config, run.config.models
+    large, small = spec_key(models.large), spec_key(models.small)
+    corpus = content_hash(run.path(layout.CORPUS_FILE))
+    made = [corpus, changed_options(config.attention), models.trained, large, small]
+    folders = layout.score_folders(config.augment.policies, config.attention.score)
+    return {
+        folder: digest(*made) if folder == layout.SCORES else digest(*made, score)
+        for folder, score in folders.items()
+    }
+
+
+def augment_fingerprints(run: Run) -> dict[str, str]:
+    """One augmented corpus per cell: the scores and the corpus by content, the augment
+    section and the cell's role, policy, alpha, beta and seed (its policy's scores folder:
+    `layout.scores_of`)."""
+    config = run.config
+    corpus = content_hash(run.path(layout.CORPUS_FILE))
+    return {
+        layout.augmented(cell): digest(
+            content_hash(run.path(layout.scores_of(cell.policy), "scores.jsonl")),
+            corpus,
+            changed_options(config.augment),
+            cell.role,
+            cell.policy,
+            cell.alpha,
+            cell.beta,
+            cell.seed,
+        )
+        for cell in grid(config)
+    }
+
+
+def train_fingerprints(run: Run) -> dict[str, str]:
+    """One training run per cell: its augmented corpus by content, the train section but what
+    only logging reads, the largest epoch, the cell's lr, its role's model and seed."""
+    from .models import spec_key
+
+    config, section = run.config, run.config.train
+    # what a run logs to is no input of its weights: switching trackers retrains nothing
+    changed = {k: v for k, v in changed_options(section).items() if k not in LOGGING_ONLY}
+    return {
+        layout.training(cell): digest(
+            content_hash(run.path(layout.augmented(cell))),
+            changed,
+            max(section.epochs),
+            cell.lr,
+            spec_key(getattr(config.models, cell.role)),
+            cell.seed,
+        )
+        for cell in grid(config)
+    }
+
+
+def evaluate_fingerprints(run: Run) -> dict[str, str]:
+    """One evaluation per (training run, epoch): the training run's fingerprint, the epoch, the
+    questions by content and the evaluate section; and per trained role its base model's."""
+    from .models import spec_key
+
+    config = run.config
+    trained = train_fingerprints(run)
+    questions = content_hash(run.path(layout.QA_FILE))
+    evaluations = {
+        str(out.relative_to(run.root)): digest(
+            trained[layout.training(cell)], epoch, questions, changed_options(config.evaluate)
+        )
+        for cell, epoch, out in eval_dirs(run)
+    }
+    # The base model as it loads for evaluation (its spec and train.dtype, the weights'
+    # dtype), the questions and the evaluation options: no other option reaches it.
+    untrained = {
+        str(out.relative_to(run.root)): digest(
+            UNTRAINED,
+            spec_key(getattr(config.models, role)),
+            config.train.dtype,
+            questions,
+            changed_options(config.evaluate),
+        )
+        for role, out in untrained_dirs(run)
+    }
+    return {**untrained, **evaluations}
+
+
+def _no_outputs(run: Run) -> dict[str, str]:
+    """The report is written anew every run: no outputs to keep or remove."""
+    return {}
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+# The stage functions are looked up when a stage runs (not bound here), so that a test can
+# replace one of them on the module.
+PIPELINE: tuple[Stage, ...] = (
+    Stage(
+        "corpus",
+        reads=("corpus", "validation", "corpus.path/qa/squad files", "tokenizer with chunk"),
+        fingerprints=corpus_fingerprints,
+        run=lambda run, _: stage_corpus(run),
+        every_process=False,
+    ),
+    Stage(
+        "attention",
+        reads=("attention", "models.large/small/trained", layout.CORPUS_FILE),
+        fingerprints=attention_fingerprints,
+        run=lambda run, context: stage_attention(run, context.progress),
+    ),
+    Stage(
+        "augment",
+        reads=("augment", "seeds", layout.SCORES_FILE, layout.CORPUS_FILE),
+        fingerprints=augment_fingerprints,
+        run=lambda run, context: stage_augment(run, context.progress),
+        every_process=False,
+    ),
+    Stage(
+        "train",
+        reads=("train", "models (trained roles)", "seeds", "augment/ROLE/TAG.jsonl"),
+        fingerprints=train_fingerprints,
+        run=lambda run, context: stage_train(run, context.progress and run.is_main, context.echo),
+    ),
+    Stage(
+        "evaluate",
+        reads=("evaluate", "train.dtype", "train/ROLE/TAG (its fingerprint)", layout.QA_FILE),
+        fingerprints=evaluate_fingerprints,
+        run=lambda run, context: stage_evaluate(
+            run, context.progress and run.is_main, context.rank, context.world
+        ),
+    ),
+    Stage(
+        "analysis",
+        reads=("corpus.bios", "report.analysis_texts", "attention", "models.large/small files"),
+        fingerprints=analysis_fingerprints,
+        run=lambda run, _: stage_analysis(run),
+        self_recorded=analysis_recorded,
+    ),
+    Stage(
+        "report",
+        reads=("the run folder",),
+        fingerprints=_no_outputs,
+        run=lambda run, _: stage_report(run),
+        every_process=False,
+    ),
+)
+STAGES = tuple(stage.name for stage in PIPELINE)
+"""The stages' names, in the order they run."""
+
+
+def stage_named(name: str) -> Stage:
+    """The stage of `PIPELINE` called `name`."""
+    return next(stage for stage in PIPELINE if stage.name == name)
 
 
 def run_experiment(
@@ -282,7 +473,8 @@ def run_experiment(
 
     Under `accelerate launch` every process scores its share of the texts, trains (data
     parallel), evaluates its share of the checkpoints and questions and scores its share of the
-    report's analysis texts; the main process alone runs the other stages while the rest wait.
+    analysis texts; the main process alone runs the other stages (`Stage.every_process`) while
+    the rest wait.
     The main process holds the run folder's lock throughout (`elusive.io.folder_lock`), so a
     second run on the same folder refuses instead of removing this one's outputs.
     """
@@ -294,20 +486,13 @@ def run_experiment(
     with folder_lock(run.root) if run.is_main else nullcontext():
         with state.main_process_first():
             run.open(echo)
-        rank, world = state.process_index, state.num_processes
-        stages: dict[str, Callable[[], str]] = {
-            "corpus": lambda: stage_corpus(run),
-            "attention": lambda: stage_attention(run, progress),
-            "augment": lambda: stage_augment(run, progress),
-            "train": lambda: stage_train(run, progress and run.is_main, echo),
-            "evaluate": lambda: stage_evaluate(run, progress and run.is_main, rank, world),
-            "report": lambda: stage_report(run),
-        }
-        for name in STAGES:
+        context = Context(progress, echo, state.process_index, state.num_processes)
+        for number, stage in enumerate(PIPELINE, start=1):
             if run.is_main:
-                run.refresh(name, echo)
+                run.refresh(stage, echo)
             state.wait_for_everyone()
-            if run.is_main or name not in ("corpus", "augment"):
-                run.stage(name, stages[name], echo)
+            if run.is_main or stage.every_process:
+                work = partial(stage.run, run, context)
+                run.stage(stage.name, work, echo, f"[{number}/{len(PIPELINE)}]")
             state.wait_for_everyone()
     return run

@@ -1,12 +1,14 @@
 """A run folder of `elusive run` and its grid: what the pipeline writes and the report reads.
 
 `Run` is the folder and its manifest (run.json); `grid` expands a config's lists into `Cell`s,
-one training run each, evaluated after every epoch of ``train.epochs`` (`eval_dirs`).
+one training run each, evaluated after every epoch of ``train.epochs`` (`eval_dirs`). A `Stage`
+is one step of the pipeline (`elusive.pipeline.PIPELINE`): its outputs, where `elusive.layout`
+puts them, each with the fingerprint of what it is made from, and the work that writes them.
 
 Every output of a stage (the corpus, the scores, one augmented corpus, one training run, one
-evaluation) is recorded in the manifest with the fingerprint of what it is made from
-(`fingerprints`): the config options it reads and the contents of the files it reads. Before a
-stage runs, `Run.refresh` removes the outputs whose fingerprint changed, so a run folder
+evaluation, the analysis of Figures 2-3) is recorded in the manifest with its fingerprint
+(`Stage.fingerprints`): the config options it reads and the contents of the files it reads.
+Before a stage runs, `Run.refresh` removes the outputs whose fingerprint changed, so a run folder
 whose config was fixed or edited redoes only what the change reaches, and says which. Inputs
 are hashed by content where they are files, so a change that leaves a file identical (a
 scoring batch size) stops there. Nothing else is ever removed: a path the manifest does not
@@ -27,7 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import UNTRAINED, ConfigError, RunConfig, to_dict
+from . import layout
+from .config import ConfigError, RunConfig, to_dict
 from .io import (
     OutputError,
     atomic_write_text,
@@ -38,9 +41,6 @@ from .io import (
     read_json,
     remove_temp_files,
 )
-from .options import LOGGING_ONLY
-
-STAGES = ("corpus", "attention", "augment", "train", "evaluate", "report")
 
 SCHEMA = 2
 """The run folder's layout version, recorded in run.json as ``schema``: 1 records every output
@@ -99,6 +99,40 @@ def grid(config: RunConfig) -> list[Cell]:
     return cells
 
 
+@dataclass(frozen=True)
+class Context:
+    """How a stage runs in this process: progress bars, where its lines go, and under
+    `accelerate launch` this process's rank among `world` processes."""
+
+    progress: bool = True
+    echo: Callable[[str], None] = print
+    rank: int = 0
+    world: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline: what it reads, what it writes and the work that writes it."""
+
+    name: str
+    reads: tuple[str, ...]
+    """The config options and run-folder files its outputs are made from: what `fingerprints`
+    hashes (a section name stands for its options that differ from their defaults)."""
+    fingerprints: Callable[[Run], dict[str, str]]
+    """Its outputs, as paths relative to the run folder (`elusive.layout`), each with the
+    fingerprint of what it is made from. Files are hashed by content: they exist once the
+    stages before have run (a missing one hashes as None, and then none of the outputs exist
+    yet). A stage whose outputs are written anew every run (the report) has none."""
+    run: Callable[[Run, Context], str]
+    """Write the outputs that are not there yet; returns the stage's one-line summary."""
+    every_process: bool = True
+    """Under `accelerate launch`, whether every process runs it (sharing its work) or the main
+    process alone while the others wait."""
+    self_recorded: Callable[[Run], dict[str, str]] | None = None
+    """For outputs that hold the inputs they were made from (report/analysis.json): the
+    fingerprints they hold, which count as the manifest's record where it has none."""
+
+
 # --------------------------------------------------------------------------- the run folder
 
 
@@ -150,19 +184,22 @@ class Run:
         self.manifest.update(config=to_dict(self.config), versions=_versions())
         self.save()
 
-    def refresh(self, stage: str, echo: Callable[[str], None] = print) -> None:
+    def refresh(self, stage: Stage, echo: Callable[[str], None] = print) -> None:
         """Before `stage` runs: remove each of its outputs made from other inputs than its
         fingerprint says now, say which, and record the fingerprints. Only what the manifest
-        records is removed: a path there that it does not record is not elusive's, nor is a
-        link (elusive makes none), and either is refused rather than removed. Outputs are
-        complete once they exist (atomic files, resumable training runs), so a recorded
-        fingerprint with no output just means the work is still to do."""
+        records (or an output records of itself: `Stage.self_recorded`) is removed: a path
+        there that neither records is not elusive's, nor is a link (elusive makes none), and
+        either is refused rather than removed. Outputs are complete once they exist (atomic
+        files, resumable training runs), so a recorded fingerprint with no output just means
+        the work is still to do."""
         recorded = self.manifest.setdefault("outputs", {})
-        made = fingerprints(self, stage)
+        made = stage.fingerprints(self)
+        held = stage.self_recorded(self) if stage.self_recorded else {}
+        known = {rel: recorded.get(rel, held.get(rel)) for rel in made}
         for rel, fingerprint in made.items():
             path = self.path(rel)
-            link = path.is_symlink() and recorded.get(rel) != fingerprint
-            if link or (rel not in recorded and path.exists()):
+            link = path.is_symlink() and known[rel] != fingerprint
+            if link or (known[rel] is None and path.exists()):
                 raise OutputError(
                     f"{path}: exists but was not written by elusive (no record in "
                     f"{self.manifest_path}); move it or choose another --out"
@@ -170,29 +207,31 @@ class Run:
         stale = []
         for rel, fingerprint in made.items():
             path = self.path(rel)
-            if recorded.get(rel) != fingerprint and path.exists():
+            if known[rel] != fingerprint and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
                 stale.append(rel)
             recorded[rel] = fingerprint
         self.save()
         if stale and self.is_main:
             shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-            echo(f"  {stage}: redoing {len(stale)} made from other inputs: {shown}")
+            echo(f"  {stage.name}: redoing {len(stale)} made from other inputs: {shown}")
 
     def save(self) -> None:
         if self.is_main:
             atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
 
-    def stage(self, name: str, work: Callable[[], str], echo: Callable[[str], None]) -> None:
-        """Run one stage, time it, record it in the manifest and print one line."""
+    def stage(
+        self, name: str, work: Callable[[], str], echo: Callable[[str], None], step: str = ""
+    ) -> None:
+        """Run one stage, time it, record it in the manifest and print one line (after `step`,
+        e.g. ``[2/7]``)."""
         began = time.perf_counter()
         summary = work()
         seconds = time.perf_counter() - began
         self.manifest["stages"][name] = {"seconds": round(seconds, 2), "summary": summary}
         self.save()
         if self.is_main:
-            index = STAGES.index(name) + 1
-            echo(f"[{index}/{len(STAGES)}] {name}: {summary} ({seconds:.1f} s)")
+            echo(f"{step} {name}: {summary} ({seconds:.1f} s)".lstrip())
 
 
 def schema_of(manifest: dict[str, Any]) -> int:
@@ -217,91 +256,7 @@ def check_schema(manifest: dict[str, Any], path: Path) -> None:
     )
 
 
-def fingerprints(run: Run, stage: str) -> dict[str, str]:
-    """The outputs of `stage`, as paths relative to the run folder, each with the fingerprint of
-    what it is made from. Files are hashed by content: they exist once the stages before have
-    run (a missing one hashes as None, and so do none of its outputs exist yet). The report is
-    written anew every run and has none."""
-    config, models = run.config, run.config.models
-    if stage == "corpus":
-        section = config.corpus
-        sources = [_content(Path(s)) for s in (section.path, section.qa, section.squad) if s]
-        if section.chunk is None:
-            return {"corpus": _digest(_changed(section), config.validation, sources)}
-        from .models import spec_key
-
-        # passages are cut with the first trained model's tokenizer
-        tokenizer = spec_key(getattr(models, models.trained[0]))
-        return {"corpus": _digest(_changed(section), config.validation, sources, tokenizer)}
-    corpus = _content(run.path("corpus", "corpus.jsonl"))
-    if stage == "attention":
-        from .models import spec_key
-
-        large, small = spec_key(models.large), spec_key(models.small)
-        attention = _changed(config.attention)
-        made = {"scores": _digest(corpus, attention, models.trained, large, small)}
-        if AUTHORS_SCORES in score_folders(config):
-            made[AUTHORS_SCORES] = _digest(corpus, attention, models.trained, large, small, "a")
-        return made
-    if stage == "augment":
-        return {
-            _augment_path(cell): _digest(
-                _content(run.path(scores_folder(cell.policy), "scores.jsonl")),
-                corpus,
-                _changed(config.augment),
-                cell.role,
-                cell.policy,
-                cell.alpha,
-                cell.beta,
-                cell.seed,
-            )
-            for cell in grid(config)
-        }
-    if stage == "train":
-        from .models import spec_key
-
-        section = config.train
-        # what a run logs to is no input of its weights: switching trackers retrains nothing
-        changed = {k: v for k, v in _changed(section).items() if k not in LOGGING_ONLY}
-        return {
-            f"train/{cell.train_tag}": _digest(
-                _content(run.path(_augment_path(cell))),
-                changed,
-                max(section.epochs),
-                cell.lr,
-                spec_key(getattr(models, cell.role)),
-                cell.seed,
-            )
-            for cell in grid(config)
-        }
-    if stage == "evaluate":
-        from .models import spec_key
-
-        trained = fingerprints(run, "train")
-        questions = _content(run.path("corpus", "qa.jsonl"))
-        evaluations = {
-            str(out.relative_to(run.root)): _digest(
-                trained[f"train/{cell.train_tag}"], epoch, questions, _changed(config.evaluate)
-            )
-            for cell, epoch, out in eval_dirs(run)
-        }
-        # The base model as it loads for evaluation (its spec and train.dtype, the weights'
-        # dtype), the questions and the evaluation options: no other option reaches it.
-        untrained = {
-            str(out.relative_to(run.root)): _digest(
-                UNTRAINED,
-                spec_key(getattr(models, role)),
-                config.train.dtype,
-                questions,
-                _changed(config.evaluate),
-            )
-            for role, out in untrained_dirs(run)
-        }
-        return {**untrained, **evaluations}
-    return {}
-
-
-def _changed(section: Any) -> dict[str, Any]:
+def changed_options(section: Any) -> dict[str, Any]:
     """A config section's scalar options that differ from their defaults (grid lists are
     the cell's): an option added to the schema later leaves existing fingerprints as they were."""
     grid_keys = set(getattr(section, "grid", {}).values())
@@ -309,40 +264,18 @@ def _changed(section: Any) -> dict[str, Any]:
     return {k: v for k, v in to_dict(section).items() if k not in grid_keys and default.get(k) != v}
 
 
-AUTHORS_SCORES = "scores/authors"
-"""The scores of the authors' released scorer (``attention.score: authors``), which the
-`authors` policy ranks by; written only where a run has that policy."""
-
-
-def score_folders(config: RunConfig) -> dict[str, str]:
-    """The scores folders of a run, each with the `attention.score` it is made with: the run's
-    own (``scores``), and the authors' scorer's where a policy ranks by it."""
-    folders = {"scores": config.attention.score}
-    if "authors" in config.augment.policies:
-        folders[AUTHORS_SCORES] = "authors"
-    return folders
-
-
-def scores_folder(policy: str) -> str:
-    """The scores folder `policy` ranks by."""
-    return AUTHORS_SCORES if policy == "authors" else "scores"
-
-
-def _augment_path(cell: Cell) -> str:
-    return f"augment/{cell.role}/{cell.augment_tag}.jsonl"
-
-
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
+    """A short hash of JSON-able parts: a fingerprint."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _content(path: Path) -> str | None:
+def content_hash(path: Path) -> str | None:
     """The SHA-256 of a file, of every file under a folder (with their names), or None."""
     if path.is_file():
         return file_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return _digest([(str(p.relative_to(path)), _content(p)) for p in files])
+        return digest([(str(p.relative_to(path)), content_hash(p)) for p in files])
     return None
 
 
@@ -373,11 +306,11 @@ def untrained_dirs(run: Run) -> Iterator[tuple[str, Path]]:
     one per role, shared by every cell (greedy answers and the probes are deterministic, so
     policy, seed and epoch cannot change it)."""
     for role in run.config.models.trained:
-        yield role, run.path("eval", role, UNTRAINED)
+        yield role, run.path(layout.untrained(role))
 
 
 def eval_dirs(run: Run) -> Iterator[tuple[Cell, int, Path]]:
     """Every (cell, epoch) of the grid with its evaluation folder, eval/TRAIN_TAG_eEPOCH."""
     for cell in grid(run.config):
         for epoch in sorted(set(run.config.train.epochs)):
-            yield cell, epoch, run.path("eval", f"{cell.train_tag}_e{epoch}")
+            yield cell, epoch, run.path(layout.evaluation(cell, epoch))

@@ -10,7 +10,7 @@ from .corpus import read_corpus, read_qa
 from .evaluate import EvalConfig, EvalResult, evaluate_model
 from .figures import plot_accuracy_vs_distance
 from .models import DTYPES, load_tokenizer
-from .report import field_token_distances
+from .summary import field_token_distances
 from .train import TrainConfig, train
 
 
