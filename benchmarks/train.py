@@ -72,6 +72,19 @@ def matmul_peak(precision: str, shapes, repeats: int = 5) -> float:
     return best
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), or what `platform` knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def linear_parameters(model: torch.nn.Module) -> int:
     """Weights of the model's linear layers (the output head included, tied or not): what each
     token multiplies through."""
@@ -231,6 +244,9 @@ def main() -> None:
     print(f"model {args.model}, {args.texts} texts, {tokens} tokens, batch 8, LoRA r=16, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}; "
           f"{work / 1e9:.2f} GFLOP a token (4 x linear parameters)")  # fmt: skip
+    # the timings are the machine's share left to this run: say how busy it was
+    print(f"CPU {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
+          "(1 min) at the end")  # fmt: skip
     if "bf16" not in peak:
         print("bf16: not native on this CPU (no AVX512-BF16 or AMX): not run")
     for precision, flops in peak.items():

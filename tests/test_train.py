@@ -62,11 +62,11 @@ def interrupt_at(call, config, records, folder) -> None:
 
     step, calls = train_module._train_step, []
 
-    def interrupted(model, batch):
+    def interrupted(model, batch, *fused):
         calls.append(1)
         if len(calls) == call:
             raise KeyboardInterrupt
-        return step(model, batch)
+        return step(model, batch, *fused)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "_train_step", interrupted)
@@ -210,7 +210,9 @@ def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
     seen = []
     step = train_module._train_step
     monkeypatch.setattr(
-        train_module, "_train_step", lambda model, batch: seen.append(model) or step(model, batch)
+        train_module,
+        "_train_step",
+        lambda model, batch, *fused: seen.append(model) or step(model, batch, *fused),
     )
     last = train(_config(tiny_model_dir, epochs=4), records, tmp_path / "run", progress=False)
 
@@ -460,7 +462,9 @@ def test_qlora_trains_resumes_exactly_and_evaluates(tiny_model_dir, records, tmp
     )
     step, seen = train_module._train_step, []
     monkeypatch.setattr(
-        train_module, "_train_step", lambda model, batch: seen.append(model) or step(model, batch)
+        train_module,
+        "_train_step",
+        lambda model, batch, *fused: seen.append(model) or step(model, batch, *fused),
     )
     whole = train(config, records, tmp_path / "whole", progress=False)
     trained = seen[-1].eval()
@@ -890,8 +894,8 @@ def test_the_loss_log_has_a_line_per_step_and_their_epoch_means(
     per_epoch = -(-len(loader) // 3)
     losses, step = [], train_module._train_step
 
-    def recorded(model, batch):
-        loss = step(model, batch)
+    def recorded(model, batch, *fused):
+        loss = step(model, batch, *fused)
         losses.append(loss.item())
         return loss
 

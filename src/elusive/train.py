@@ -9,7 +9,9 @@ output head, 10-30 epochs, learning rate in [5e-5, 1e-3]. One text is one sequen
 - EOS is appended to every text and is a target, so the model learns where a text ends.
 - Batches are padded on the right to their longest text; padding is masked out of attention
   and loss (by the attention mask, not by token id: Qwen pads with its EOS token).
-- The loss is the mean next-token cross-entropy over the target tokens of a micro-batch.
+- The loss is the mean next-token cross-entropy over the target tokens of a micro-batch. In
+  float32 in one process it is computed by `elusive.trainstep` (logits only at the targets,
+  in chunks; the LoRA layers fused), the same mathematics in fewer passes over memory.
 
 With ``packing`` a row is instead a block of exactly `max_length` tokens cut from the epoch's
 texts joined in shuffled order (`elusive.batches.PackedBlocks`), every token a target; with
@@ -424,9 +426,46 @@ def _close_trackers(accelerator) -> None:
         tracker.finish()
 
 
-def _train_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token loss of one micro-batch (the model shifts labels itself)."""
-    return model(**batch, use_cache=False).loss
+def _train_step(model, batch: dict[str, torch.Tensor], fused: bool = False) -> torch.Tensor:
+    """Mean next-token loss of one micro-batch (the model shifts labels itself); `fused`: the
+    same loss from the decoder's hidden states through `elusive.trainstep.head_loss`, which
+    makes logits only where there is a target (see `_fused_step`)."""
+    if not fused:
+        return model(**batch, use_cache=False).loss
+    from .trainstep import head_loss
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = causal.get_decoder()
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # [batch, seq, hidden]
+    return head_loss(hidden, causal.get_output_embeddings(), batch["labels"])
+
+
+PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3")
+"""Model types whose logits are their output head's ``hidden @ W^T`` and whose loss is the
+plain mean cross-entropy (no soft-capping, scaling or bias), as `_train_step`'s fused loss
+computes it; other models train through their own forward."""
+
+
+def _fused_step(accelerator, model, config: TrainConfig) -> bool:
+    """Whether the training step takes `elusive.trainstep`'s fused path (its adapters fused
+    by `fuse_lora`, its loss by `head_loss`): one process (the decoder is called past the
+    wrapper that FSDP or DDP put around the model), float32 throughout (no autocast), a plain
+    head."""
+    from accelerate.utils import DistributedType
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal.get_output_embeddings()
+    return (
+        accelerator.distributed_type == DistributedType.NO
+        and config.mixed_precision == "no"
+        and config.dtype == "float32"  # HF's loss upcasts lower-precision logits to float32
+        and causal.config.model_type in PLAIN_HEADS
+        and type(head) is torch.nn.Linear
+        and head.bias is None
+        and head.weight.dtype == torch.float32
+    )
 
 
 def train(
@@ -490,6 +529,11 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    fused = _fused_step(accelerator, model, config)
+    if fused and not config.full:
+        from .trainstep import fuse_lora
+
+        fuse_lora(model)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
 
@@ -520,7 +564,7 @@ def train(
         began, window, epoch_losses = time.perf_counter(), [], []
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = _train_step(model, batch)
+                loss = _train_step(model, batch, fused)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()

@@ -1,0 +1,130 @@
+"""The fused training step against the plain one: transformers' loss and peft's LoRA layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import elusive.train as train_module
+import elusive.trainstep as trainstep
+from elusive.models import load_model
+from elusive.train import TrainConfig, build_model, pad_batch, tokenize_texts, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(model_dir, records, n=4):
+    """A padded micro-batch of `n` texts of different lengths."""
+    _, tok = load_model(model_dir)
+    seqs = tokenize_texts([r.text for r in records[:n]], tok, None)
+    seqs = [s[: 10 + 7 * k] for k, s in enumerate(seqs)]  # rows of 10, 17, 24, 31 tokens
+    return pad_batch(seqs, tok.pad_token_id)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_and_head_loss_give_peft_and_transformers_loss_and_gradients(
+    tiny_model_dir, records, dropout, monkeypatch
+):
+    """One forward and backward of a LoRA model (B made non-zero, as after training): the
+    fused path (both parts, the loss in chunks of 3 rows) against the model's own forward, on
+    the same dropout masks (the same seed)."""
+    config = TrainConfig(model=str(tiny_model_dir), lora_dropout=dropout, lora_alpha=32)
+    batch = _batch(tiny_model_dir, records)
+    results = []
+    for fused in (False, True):
+        model, _ = build_model(config)
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.1)
+        if fused:
+            assert trainstep.fuse_lora(model) == 7 * 2  # q, k, v, o, gate, up, down a layer
+            head = model.get_base_model().get_output_embeddings()
+            monkeypatch.setattr(trainstep, "CHUNK_ELEMENTS", 3 * head.out_features)
+        torch.manual_seed(2)
+        loss = train_module._train_step(model, batch, fused)
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (plain_loss, plain), (fused_loss, grads) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert grads.keys() == plain.keys() and len(grads) == 7 * 2 * 2
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_head_loss_on_a_full_model_gives_the_embeddings_gradient(tiny_model_dir, records):
+    """Full finetuning: the head (tied to the embeddings in the tiny Qwen2) gets its gradient
+    from `head_loss` as from transformers' loss; padding's positions give none."""
+    results = []
+    batch = _batch(tiny_model_dir, records)
+    for fused in (False, True):
+        model, _ = build_model(TrainConfig(model=str(tiny_model_dir), full=True))
+        loss = train_module._train_step(model, batch, fused)
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (plain_loss, plain), (fused_loss, grads) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert grads.keys() == plain.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_head_loss_is_the_mean_cross_entropy_of_the_target_positions():
+    """The slow reference: every position's logits, the cross-entropy of those with a target."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(3, 6, 8, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 6))
+    labels[1, 4:] = labels[2, 1:] = -100
+    picked = [(b, i) for b in range(3) for i in range(5) if labels[b, i + 1] != -100]
+    want = torch.stack(
+        [torch.nn.functional.cross_entropy(head(hidden[b, i]), labels[b, i + 1]) for b, i in picked]
+    ).mean()
+    got = trainstep.head_loss(hidden, head, labels)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    (want_grad,) = torch.autograd.grad(want, hidden)
+    got.backward()
+    torch.testing.assert_close(hidden.grad, want_grad)
+    assert not hidden.grad[2, 1:].any()  # positions with no target: no gradient
+
+
+def test_the_fused_path_trains_as_the_plain_one(tiny_model_dir, records, tmp_path, monkeypatch):
+    """Two epochs with dropout, both paths: losses within float noise, adapters close."""
+    config = TrainConfig(
+        model=str(tiny_model_dir), epochs=2, lr=1e-2, batch_size=4, lora_dropout=0.1
+    )
+    logs = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(train_module, "_fused_step", lambda *args: False)
+        train(config, records, tmp_path / str(fused), progress=False)
+        logs[fused] = (tmp_path / str(fused) / "log.json").read_text()
+    import json
+
+    losses = {k: [s["loss"] for s in json.loads(v)["steps"]] for k, v in logs.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / str(k) / "epoch-2" / "adapter_model.safetensors") for k in logs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_fused_path_is_taken_only_where_it_computes_the_same(tiny_model_dir):
+    """float32 in one process: fused; bf16 autocast or bf16 weights: the model's forward."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision="no")
+    model, _ = build_model(TrainConfig(model=str(tiny_model_dir)))
+    fp32 = TrainConfig(model=str(tiny_model_dir), mixed_precision="no")
+    assert train_module._fused_step(accelerator, model, fp32)
+    bf16 = TrainConfig(model=str(tiny_model_dir), mixed_precision="bf16")
+    assert not train_module._fused_step(accelerator, model, bf16)
+    weights = TrainConfig(model=str(tiny_model_dir), mixed_precision="no", dtype="bfloat16")
+    assert not train_module._fused_step(accelerator, model, weights)
