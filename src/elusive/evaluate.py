@@ -91,18 +91,28 @@ def build_prompts(
     """One prompt per item. With ``config.shots = k``, k solved examples come first, drawn
     from `pool` (default: `items`) in an order shuffled by ``config.shot_seed``, skipping the
     asked person, one example per field before any field repeats."""
+    return [shots + asked for shots, asked in prompt_parts(items, config, pool)]
+
+
+def prompt_parts(
+    items: Sequence[QAItem], config: EvalConfig, pool: Sequence[QAItem] | None = None
+) -> list[tuple[str, str]]:
+    """`build_prompts`' prompts in two parts, (solved examples, question), whose concatenation
+    is the prompt; the examples part is ``""`` without shots. Most questions get the same
+    examples (only those about a person among them get others), so the examples part is what
+    `answer_and_score` runs once for all the prompts that start with it."""
     config.validate()
     question = [config.template.format(question=q.question) for q in items]
     if not config.shots:
-        return question
+        return [("", asked) for asked in question]
     order = list(pool if pool is not None else items)
     random.Random(config.shot_seed).shuffle(order)
-    prompts = []
+    parts = []
     for item, asked in zip(items, question, strict=True):
         shots = _pick_shots(order, item, config.shots)
         blocks = [config.template.format(question=s.question) + " " + s.answers[0] for s in shots]
-        prompts.append(_SHOT_SEPARATOR.join([*blocks, asked]))
-    return prompts
+        parts.append(("".join(block + _SHOT_SEPARATOR for block in blocks), asked))
+    return parts
 
 
 def _pick_shots(order: Sequence[QAItem], item: QAItem, k: int) -> list[QAItem]:
@@ -131,6 +141,7 @@ def answer_and_score(
     progress: bool = True,
     candidates: Sequence[Sequence[str]] | None = None,
     shared: bool = True,
+    prefixes: Sequence[str] | None = None,
 ) -> tuple[list[str], list[list[CandidateScore]] | None]:
     """Greedy continuations of `prompts` and, with `candidates` (one list per prompt), the
     log-probability of each candidate answer after its prompt (see `elusive.probes`).
@@ -140,6 +151,15 @@ def answer_and_score(
     complete (`answer_complete`: the tokens after that would not change `cut_answer`), or after
     ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
     generation built for the prompt, so they cost no prompt pass of their own.
+
+    `prefixes[i]` (default: none) is a text prompt i starts with, such as its solved examples
+    (`prompt_parts`): prompts with the same prefix form a group whose batches hold only its
+    prompts, and the tokens the group shares run once, alone, into a key/value cache that every
+    batch of the group continues (see `_prefix_cache`). A row is then laid out as [shared
+    tokens][padding][its own tokens], the padding masked and positions counted over the real
+    tokens, so each row's positions are those of its prompt alone, and a question costs its own
+    tokens only. The answers and scores are the ones of the prompts run whole, up to float
+    rounding.
 
     Under `accelerate launch`, with `shared`, every process runs its share of these batches
     (`elusive.parallel`, balanced by tokens) and gets everyone's results: a collective, so all
@@ -152,7 +172,14 @@ def answer_and_score(
 
     from .models import input_device, resolve_mixed_precision
     from .parallel import gather, my_share, process_state
-    from .probes import candidate_ids, left_pad, model_cache, pad_id, score_after_prompts
+    from .probes import (
+        cache_argument,
+        candidate_ids,
+        left_pad,
+        model_cache,
+        pad_id,
+        score_after_prompts,
+    )
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
@@ -164,26 +191,49 @@ def answer_and_score(
         return_dict_in_generate=True,
         output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
     )
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    groups: dict[str, list[int]] = {}  # prefix -> its prompts, in the order given
+    for i in range(len(prompts)):
+        groups.setdefault(prefixes[i] if prefixes is not None else "", []).append(i)
+    head = [0] * len(prompts)  # prompt -> the leading tokens its group runs once
+    batches = []
+    for prefix, members in groups.items():
+        length = _shared_length(tokenizer, prefix, [encoded[i] for i in members])
+        for i in members:
+            head[i] = length
+        order = sorted(members, key=lambda i: len(encoded[i]))
+        batches += [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
     texts: list[str] = [""] * len(prompts)
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    if shared:  # cost: the tokens each row holds once it has generated every new token
-        costs = [len(b) * (len(encoded[b[-1]]) + config.max_new_tokens) for b in batches]
+    if shared:  # cost: the shared tokens once, plus those each row holds once it has generated
+        costs = [
+            head[b[0]] + len(b) * (len(encoded[b[-1]]) - head[b[0]] + config.max_new_tokens)
+            for b in batches
+        ]
         batches = [batches[b] for b in my_share(costs)]
         progress = progress and process_state().is_main_process
     device = input_device(model)
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU
     # (docs/benchmarks.md).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
+    prefix_ids, prefix_cache = None, None  # the last group's shared tokens and their cache
     for batch in tqdm(batches, desc="generate", disable=not progress):
-        ids, mask = left_pad([encoded[i] for i in batch], pad_id(tokenizer))  # [batch, width]
+        shared_ids = encoded[batch[0]][: head[batch[0]]]
+        ids, mask = left_pad([encoded[i][len(shared_ids) :] for i in batch], pad_id(tokenizer))
+        reuse = {}  # no shared tokens: the prompts run whole
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out = model.generate(
+            if shared_ids:
+                if shared_ids != prefix_ids:
+                    prefix_ids, prefix_cache = shared_ids, _prefix_cache(model, shared_ids)
+                ids, mask, rows_cache = _after_prefix(prefix_ids, prefix_cache, ids, mask)
+                reuse = cache_argument(model, rows_cache)
+            out = model.generate(  # [batch, width] ids and mask, the shared tokens included
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=gen_config,
                 stopping_criteria=StoppingCriteriaList([_AnswerDone(tokenizer, ids.shape[1])]),
+                **reuse,
             )
         generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
         for row, i in enumerate(batch):
@@ -203,6 +253,46 @@ def answer_and_score(
         for i, text, score in gather([(i, texts[i], scores[i]) for b in batches for i in b]):
             texts[i], scores[i] = text, score
     return texts, (scores if cand_ids is not None else None)
+
+
+def _shared_length(tokenizer, prefix: str, members: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt of a group (`members`, their token ids) shares:
+    those of `prefix` (special tokens included) that each of them starts with, since the
+    prefix's last token may merge with the text after it. One token of each prompt stays its
+    own, so that every row has a last position to predict from. 0 for an empty prefix."""
+    if not prefix:
+        return 0
+    head = tokenizer(prefix, add_special_tokens=True)["input_ids"]
+    length = len(head)
+    for ids in members:
+        length = min(length, len(ids) - 1)
+        length = next((t for t in range(length) if head[t] != ids[t]), length)
+    return length
+
+
+def _prefix_cache(model, ids: Sequence[int]):
+    """The key/value cache of a group's shared tokens `ids`, run alone (batch 1, positions from
+    0): what each of its prompts computes first when run whole."""
+    from .models import input_device
+    from .probes import model_cache
+
+    tokens = torch.tensor([list(ids)], device=input_device(model))  # [1, shared]
+    return model_cache(model(input_ids=tokens, use_cache=True, logits_to_keep=1))
+
+
+def _after_prefix(prefix_ids: Sequence[int], prefix_cache, ids: torch.Tensor, mask: torch.Tensor):
+    """A batch continuing its group's shared tokens: (ids, mask) [batch, shared + width], each
+    row [shared][padding][its own left-padded tokens] with the padding masked (``generate``
+    counts positions over the mask's ones, so a row's positions are those of its prompt alone),
+    and a copy of `prefix_cache` with one row per batch row (``generate`` runs only the tokens
+    after the cache's)."""
+    import copy
+
+    rows = ids.shape[0]
+    head = torch.tensor([list(prefix_ids)], dtype=ids.dtype).expand(rows, -1)  # [batch, shared]
+    cache = copy.deepcopy(prefix_cache)  # generate extends the cache it is given
+    cache.batch_repeat_interleave(rows)
+    return torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1), cache
 
 
 class _AnswerDone:
@@ -296,7 +386,8 @@ def evaluate_qa(
         items = [item for item in items if item.question is not None]
     qa = [i for i, item in enumerate(items) if item.question is not None]
     shots = [item for item in (pool if pool is not None else items) if item.question is not None]
-    prompts = build_prompts([items[i] for i in qa], config, shots)
+    parts = prompt_parts([items[i] for i in qa], config, shots)
+    prompts = [examples + asked for examples, asked in parts]
     asked = [i for i, item in enumerate(items) if item.cloze is not None]
     clozes = {i: [items[i].cloze] for i in asked} if config.probes else {}
     qa_prompts = dict(zip(qa, prompts, strict=True))
@@ -325,6 +416,7 @@ def evaluate_qa(
         outputs, scores = answer_and_score(
             model, tokenizer, prompts, config, progress,
             None if cands is None else [cands[i] for i in qa], shared,
+            prefixes=[examples for examples, _ in parts],
         )  # fmt: skip
         for i, row in zip(qa, score_predictions([items[i] for i in qa], outputs), strict=True):
             rows[i] = row
