@@ -171,8 +171,9 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
 
 def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir, bios_qa):
     """k-shot prompts grouped by their solved examples (three sets, groups split over batches,
-    rows of different lengths) give the greedy answers and probe scores of the prompts run
-    whole, and each group's examples run once, alone; 0-shot prompts run as they did."""
+    batches spanning two groups, rows of different lengths) give the greedy answers and probe
+    scores of the prompts run whole, the examples running once per batch, not per question;
+    0-shot prompts run as they did."""
     from elusive.evaluate import answer_and_score, prompt_parts
     from elusive.models import load_model
     from elusive.probes import candidates, pick_distractors
@@ -193,8 +194,12 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
+    generate, calls = model.generate, []
+    model.generate = lambda **kwargs: calls.append(1) or generate(**kwargs)
     whole = answer_and_score(model, tok, prompts, config, False, cands, shared=False)
-    whole_fed, fed[:] = list(fed), []
+    whole_fed, whole_calls = list(fed), len(calls)
+    fed.clear()
+    calls.clear()
     got = answer_and_score(model, tok, prompts, config, False, cands, False, prefixes=prefixes)
     hook.remove()
     assert got[0] == whole[0]
@@ -202,9 +207,13 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
         assert [s.tokens for s in shared_scores] == [s.tokens for s in whole_scores]
         totals = [s.total for s in whole_scores]
         assert [s.total for s in shared_scores] == pytest.approx(totals, abs=1e-5)
-    # Only the examples, once per group, run more tokens than a question has.
-    assert [batch for batch, n in fed if n > own] == [1] * len(groups)
+    # Only the examples run more tokens than a question has: each batch's distinct ones, in one
+    # forward (the next batch reuses them when it holds the same), not once per question.
+    prefix_runs = [rows for rows, n in fed if n > own]
+    assert prefix_runs and len(prefix_runs) <= -(-len(items) // config.batch_size)
+    assert max(prefix_runs) == 2 and sum(prefix_runs) < len(items) / 2
     assert sum(b * n for b, n in fed) < sum(b * n for b, n in whole_fed)
+    assert len(calls) == whole_calls == -(-len(items) // config.batch_size)  # as many batches
 
     zero = EvalConfig(max_new_tokens=5, batch_size=3, mixed_precision="no")
     zero_parts = prompt_parts(items[:7], zero)

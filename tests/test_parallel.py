@@ -35,8 +35,9 @@ def test_share_is_a_balanced_deterministic_partition():
 
 def _score_evaluate_analyse(folder: Path) -> None:
     """Score folder/people.jsonl with both models, evaluate the small one on folder/qa.jsonl
-    (2-shot: each process runs the solved examples its batches share) and run the Figure 2-3 analysis, into folder/out-WORLD (own cache); each process also
-    writes how many prompts it generated for."""
+    (2-shot: each process runs the solved examples its batches share) and run the Figure 2-3
+    analysis, into folder/out-WORLD (own cache); each process also writes how many prompts it
+    generated for."""
     from elusive import evaluate
     from elusive.attention import AttentionConfig, score_corpus
     from elusive.corpus import read_corpus

@@ -153,13 +153,15 @@ def answer_and_score(
     generation built for the prompt, so they cost no prompt pass of their own.
 
     `prefixes[i]` (default: none) is a text prompt i starts with, such as its solved examples
-    (`prompt_parts`): prompts with the same prefix form a group whose batches hold only its
-    prompts, and the tokens the group shares run once, alone, into a key/value cache that every
-    batch of the group continues (see `_prefix_cache`). A row is then laid out as [shared
-    tokens][padding][its own tokens], the padding masked and positions counted over the real
-    tokens, so each row's positions are those of its prompt alone, and a question costs its own
-    tokens only. The answers and scores are the ones of the prompts run whole, up to float
-    rounding.
+    (`prompt_parts`): the prompts with the same prefix form a group, the tokens they all start
+    with are its shared prefix, and batches take the groups one after the other (each in order
+    of its prompts' own length), so a batch spans few groups and there are as many batches as
+    without prefixes. A batch runs its distinct shared prefixes once, in one forward pass, into
+    a key/value cache (`_prefix_cache`; the next batch reuses it when it shares the same ones)
+    that each row continues: laid out as [padding][its prefix][padding][its own tokens], every
+    padding masked and positions counted over the real tokens, so each row's positions are those
+    of its prompt alone, and a question costs its own tokens only. The answers and scores are
+    the ones of the prompts run whole, up to float rounding.
 
     Under `accelerate launch`, with `shared`, every process runs its share of these batches
     (`elusive.parallel`, balanced by tokens) and gets everyone's results: a collective, so all
@@ -192,23 +194,25 @@ def answer_and_score(
         output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
     )
     groups: dict[str, list[int]] = {}  # prefix -> its prompts, in the order given
-    for i in range(len(prompts)):
-        groups.setdefault(prefixes[i] if prefixes is not None else "", []).append(i)
-    head = [0] * len(prompts)  # prompt -> the leading tokens its group runs once
-    batches = []
+    keys = prefixes if prefixes is not None else [""] * len(prompts)
+    for i, prefix in zip(range(len(prompts)), keys, strict=True):
+        groups.setdefault(prefix, []).append(i)
+    head: list[tuple[int, ...]] = [()] * len(prompts)  # prompt -> the tokens its group shares
     for prefix, members in groups.items():
         length = _shared_length(tokenizer, prefix, [encoded[i] for i in members])
         for i in members:
-            head[i] = length
-        order = sorted(members, key=lambda i: len(encoded[i]))
-        batches += [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
+            head[i] = tuple(encoded[i][:length])
+    # Group after group, each in order of its own length: a batch spans few groups, and there
+    # are as many batches (and decoding steps) as without groups.
+    group_of = {i: g for g, members in enumerate(groups.values()) for i in members}
+    order = sorted(range(len(prompts)), key=lambda i: (group_of[i], len(encoded[i]) - len(head[i])))
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     texts: list[str] = [""] * len(prompts)
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
-    if shared:  # cost: the shared tokens once, plus those each row holds once it has generated
+    if shared:  # cost: each shared prefix once, plus the tokens each row holds once generated
         costs = [
-            head[b[0]] + len(b) * (len(encoded[b[-1]]) - head[b[0]] + config.max_new_tokens)
+            sum(len(h) for h in {head[i] for i in b})
+            + len(b) * (max(len(encoded[i]) - len(head[i]) for i in b) + config.max_new_tokens)
             for b in batches
         ]
         batches = [batches[b] for b in my_share(costs)]
@@ -217,16 +221,19 @@ def answer_and_score(
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU
     # (docs/benchmarks.md).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
-    prefix_ids, prefix_cache = None, None  # the last group's shared tokens and their cache
+    prefix = None  # the last batch's distinct shared prefixes and (ids, mask, cache) of them
     for batch in tqdm(batches, desc="generate", disable=not progress):
-        shared_ids = encoded[batch[0]][: head[batch[0]]]
-        ids, mask = left_pad([encoded[i][len(shared_ids) :] for i in batch], pad_id(tokenizer))
+        own = [encoded[i][len(head[i]) :] for i in batch]
+        ids, mask = left_pad(own, pad_id(tokenizer))  # [batch, own width]
+        distinct = list(dict.fromkeys(head[i] for i in batch if head[i]))
         reuse = {}  # no shared tokens: the prompts run whole
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            if shared_ids:
-                if shared_ids != prefix_ids:
-                    prefix_ids, prefix_cache = shared_ids, _prefix_cache(model, shared_ids)
-                ids, mask, rows_cache = _after_prefix(prefix_ids, prefix_cache, ids, mask)
+            if distinct:
+                if prefix is None or prefix[0] != distinct:  # the same ones: the same numbers
+                    prefix = distinct, _prefix_cache(model, distinct, pad_id(tokenizer))
+                ids, mask, rows_cache = _after_prefix(
+                    *prefix[1], [head[i] for i in batch], ids, mask
+                )
                 reuse = cache_argument(model, rows_cache)
             out = model.generate(  # [batch, width] ids and mask, the shared tokens included
                 input_ids=ids.to(device),
@@ -270,29 +277,48 @@ def _shared_length(tokenizer, prefix: str, members: Sequence[Sequence[int]]) -> 
     return length
 
 
-def _prefix_cache(model, ids: Sequence[int]):
-    """The key/value cache of a group's shared tokens `ids`, run alone (batch 1, positions from
-    0): what each of its prompts computes first when run whole."""
+def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad: int):
+    """(ids, mask, cache) of the distinct shared prefixes of a batch, one row each, left-padded
+    to the longest ([prefixes, longest] ids and mask) and run in one forward pass, positions
+    counted from each row's first real token: what their prompts compute first when run whole."""
     from .models import input_device
-    from .probes import model_cache
+    from .probes import left_pad, model_cache
 
-    tokens = torch.tensor([list(ids)], device=input_device(model))  # [1, shared]
-    return model_cache(model(input_ids=tokens, use_cache=True, logits_to_keep=1))
+    device = input_device(model)
+    ids, mask = left_pad(prefixes, pad)  # [prefixes, longest]
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+        logits_to_keep=1,  # no output is read: only the cache
+    )
+    return ids, mask, model_cache(out)
 
 
-def _after_prefix(prefix_ids: Sequence[int], prefix_cache, ids: torch.Tensor, mask: torch.Tensor):
-    """A batch continuing its group's shared tokens: (ids, mask) [batch, shared + width], each
-    row [shared][padding][its own left-padded tokens] with the padding masked (``generate``
-    counts positions over the mask's ones, so a row's positions are those of its prompt alone),
-    and a copy of `prefix_cache` with one row per batch row (``generate`` runs only the tokens
-    after the cache's)."""
+def _after_prefix(
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    prefix_cache,
+    heads: Sequence[tuple[int, ...]],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+):
+    """A batch continuing the shared prefixes of `_prefix_cache` (rows in the order they were
+    given: their distinct `heads`, ``()`` for a row that shares none): (ids, mask) [batch,
+    longest prefix + width], each row [padding][its prefix][padding][its own left-padded
+    tokens] with every padding masked (``generate`` counts positions over the mask's ones, so a
+    row's positions are those of its prompt alone), and a copy of `prefix_cache` with each row's
+    prefix (``generate`` runs only the tokens after the cache's)."""
     import copy
 
-    rows = ids.shape[0]
-    head = torch.tensor([list(prefix_ids)], dtype=ids.dtype).expand(rows, -1)  # [batch, shared]
+    distinct = list(dict.fromkeys(h for h in heads if h))
+    rows = torch.tensor([distinct.index(h) if h else 0 for h in heads])  # [batch]
+    sharing = torch.tensor([bool(h) for h in heads], dtype=mask.dtype)[:, None]  # [batch, 1]
     cache = copy.deepcopy(prefix_cache)  # generate extends the cache it is given
-    cache.batch_repeat_interleave(rows)
-    return torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1), cache
+    cache.batch_select_indices(rows)  # indices on the CPU, as in `elusive.probes`
+    head_ids, head_mask = prefix_ids[rows], prefix_mask[rows] * sharing  # [batch, longest]
+    return torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1), cache
 
 
 class _AnswerDone:
