@@ -9,11 +9,13 @@ from elusive.bios import BiosConfig, generate_bios
 from elusive.corpus import QAItem
 from elusive.evaluate import (
     EvalConfig,
+    answer_and_score,
     build_prompts,
     cut_answer,
     evaluate_qa,
     generate_continuations,
     load_for_eval,
+    prompt_parts,
     write_eval,
 )
 from elusive.io import DroppedDataWarning
@@ -174,7 +176,6 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     batches spanning two groups, rows of different lengths) give the greedy answers and probe
     scores of the prompts run whole, the examples running once per batch, not per question;
     0-shot prompts run as they did."""
-    from elusive.evaluate import answer_and_score, prompt_parts
     from elusive.models import load_model
     from elusive.probes import candidates, pick_distractors
 
@@ -294,6 +295,11 @@ def test_generation_autocasts_to_bf16_only_where_native(
     monkeypatch.setattr(model, "forward", recording)
     prompts = build_prompts(bios_qa[:2], EvalConfig())
     generate_continuations(model, tok, prompts, EvalConfig(max_new_tokens=2), progress=False)
+    # k-shot: the shared examples' own forward pass too
+    parts = prompt_parts(bios_qa[:2], EvalConfig(shots=1), pool=bios_qa[5:])
+    k_shot = [examples + asked for examples, asked in parts]
+    prefixes = [examples for examples, _ in parts]
+    answer_and_score(model, tok, k_shot, EvalConfig(max_new_tokens=2), False, prefixes=prefixes)
     assert seen and set(seen) == {torch.bfloat16 if native else False}
     with pytest.raises(ValueError, match="--mixed-precision must be auto or one of"):
         EvalConfig(mixed_precision="bf17").validate()
