@@ -9,11 +9,13 @@ from elusive.bios import BiosConfig, generate_bios
 from elusive.corpus import QAItem
 from elusive.evaluate import (
     EvalConfig,
+    answer_and_score,
     build_prompts,
     cut_answer,
     evaluate_qa,
     generate_continuations,
     load_for_eval,
+    prompt_parts,
     write_eval,
 )
 from elusive.io import DroppedDataWarning
@@ -104,7 +106,7 @@ def test_evaluator_scores_agree_with_the_metric(bios_qa, monkeypatch, tmp_path):
         for i, g in enumerate(golds)
     ]
     monkeypatch.setattr(
-        ev, "answer_and_score", lambda m, t, prompts, c, p, cands, shared: (canned, None)
+        ev, "answer_and_score", lambda m, t, prompts, c, p, cands, shared, **kw: (canned, None)
     )
     result = evaluate_qa(None, None, bios_qa, EvalConfig(probes=False), progress=False)
     rows = [
@@ -169,6 +171,81 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
         assert want.startswith(got) and cut_answer(want) == cut_answer(got)
 
 
+def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir, bios_qa):
+    """k-shot prompts grouped by their solved examples (three sets, groups split over batches,
+    batches spanning two groups, rows of different lengths) give the greedy answers and probe
+    scores of the prompts run whole, the examples running once per batch, not per question;
+    0-shot prompts run as they did."""
+    from elusive.models import load_model
+    from elusive.probes import candidates, pick_distractors
+
+    model, tok = load_model(tiny_model_dir)
+    items = bios_qa[:20]
+    config = EvalConfig(max_new_tokens=5, shots=2, batch_size=3, mixed_precision="no")
+    parts = prompt_parts(items, config)
+    prompts = [examples + asked for examples, asked in parts]
+    prefixes = [examples for examples, _ in parts]
+    groups = {p: prefixes.count(p) for p in prefixes}
+    assert len(groups) == 3 and max(groups.values()) > config.batch_size
+    cands = candidates(items, pick_distractors(items, 3))
+    own = max(len(tok(asked)["input_ids"]) for _, asked in parts) + 1  # +1: a merged boundary
+    assert min(len(tok(p)["input_ids"]) for p in prefixes) > own
+
+    fed = []  # [batch, tokens] of every forward pass
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    generate, calls = model.generate, []
+    model.generate = lambda **kwargs: calls.append(1) or generate(**kwargs)
+    whole = answer_and_score(model, tok, prompts, config, False, cands, shared=False)
+    whole_fed, whole_calls = list(fed), len(calls)
+    fed.clear()
+    calls.clear()
+    got = answer_and_score(model, tok, prompts, config, False, cands, False, prefixes=prefixes)
+    hook.remove()
+    assert got[0] == whole[0]
+    for shared_scores, whole_scores in zip(got[1], whole[1], strict=True):
+        assert [s.tokens for s in shared_scores] == [s.tokens for s in whole_scores]
+        totals = [s.total for s in whole_scores]
+        assert [s.total for s in shared_scores] == pytest.approx(totals, abs=1e-5)
+    # Only the examples run more tokens than a question has: each batch's distinct ones, in one
+    # forward (the next batch reuses them when it holds the same), not once per question.
+    prefix_runs = [rows for rows, n in fed if n > own]
+    assert prefix_runs and len(prefix_runs) <= -(-len(items) // config.batch_size)
+    assert max(prefix_runs) == 2 and sum(prefix_runs) < len(items) / 2
+    assert sum(b * n for b, n in fed) < sum(b * n for b, n in whole_fed)
+    assert len(calls) == whole_calls == -(-len(items) // config.batch_size)  # as many batches
+
+    zero = EvalConfig(max_new_tokens=5, batch_size=3, mixed_precision="no")
+    zero_parts = prompt_parts(items[:7], zero)
+    assert {examples for examples, _ in zero_parts} == {""}
+    asked = [question for _, question in zero_parts]
+    assert answer_and_score(model, tok, asked, zero, False, cands[:7], False) == answer_and_score(
+        model, tok, asked, zero, False, cands[:7], False, prefixes=[""] * 7
+    )
+
+
+def test_shared_tokens_stop_where_the_examples_tokens_merge_with_the_question(tiny_model_dir):
+    """A prefix's last token can merge with the text after it: only the tokens every prompt
+    starts with are shared, and each prompt keeps at least one token of its own."""
+    from transformers import AutoTokenizer
+
+    from elusive.evaluate import _shared_length
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prefix, prompts = "Liam Thom", ["Liam Thompson was", "Liam Thomas is"]
+    head, members = tok(prefix)["input_ids"], [tok(p)["input_ids"] for p in prompts]
+
+    def common(a, b):  # slow reference: the length of the longest common start
+        return max(n for n in range(min(len(a), len(b)) + 1) if a[:n] == b[:n])
+
+    want = min(common(head, ids) for ids in members)
+    assert want < len(head)  # "Thom" merges with what follows
+    assert _shared_length(tok, prefix, members) == want
+    assert _shared_length(tok, prefix, [*members, head]) == len(head) - 1
+    assert _shared_length(tok, "", members) == 0
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -218,6 +295,11 @@ def test_generation_autocasts_to_bf16_only_where_native(
     monkeypatch.setattr(model, "forward", recording)
     prompts = build_prompts(bios_qa[:2], EvalConfig())
     generate_continuations(model, tok, prompts, EvalConfig(max_new_tokens=2), progress=False)
+    # k-shot: the shared examples' own forward pass too
+    parts = prompt_parts(bios_qa[:2], EvalConfig(shots=1), pool=bios_qa[5:])
+    k_shot = [examples + asked for examples, asked in parts]
+    prefixes = [examples for examples, _ in parts]
+    answer_and_score(model, tok, k_shot, EvalConfig(max_new_tokens=2), False, prefixes=prefixes)
     assert seen and set(seen) == {torch.bfloat16 if native else False}
     with pytest.raises(ValueError, match="--mixed-precision must be auto or one of"):
         EvalConfig(mixed_precision="bf17").validate()
@@ -254,7 +336,7 @@ def test_a_metric_no_question_has_is_named_not_dropped(tiny_model_dir, tmp_path,
     assert "choice" not in saved["scores"]["overall"] and "logprob" in saved["scores"]["overall"]
 
     # One field without distractors: only its scores lack choice, overall has it.
-    def canned(model, tokenizer, prompts, config, progress, cands, shared):
+    def canned(model, tokenizer, prompts, config, progress, cands, shared, prefixes=None):
         gold_first = [CandidateScore(-0.5, 1), *[CandidateScore(-1.0, 1)] * 9]
         return [""] * len(prompts), [gold_first[: len(c)] for c in cands]
 

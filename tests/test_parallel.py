@@ -35,8 +35,9 @@ def test_share_is_a_balanced_deterministic_partition():
 
 def _score_evaluate_analyse(folder: Path) -> None:
     """Score folder/people.jsonl with both models, evaluate the small one on folder/qa.jsonl
-    and run the Figure 2-3 analysis, into folder/out-WORLD (own cache); each process also
-    writes how many prompts it generated for."""
+    (2-shot: each process runs the solved examples its batches share) and run the Figure 2-3
+    analysis, into folder/out-WORLD (own cache); each process also writes how many prompts it
+    generated for."""
     from elusive import evaluate
     from elusive.analysis import company_query_rows
     from elusive.attention import AttentionConfig, score_corpus
@@ -65,7 +66,7 @@ def _score_evaluate_analyse(folder: Path) -> None:
 
     evaluate.load_for_eval = counting_load
     try:
-        eval_config = EvalConfig(batch_size=3, max_new_tokens=4, choices=3)
+        eval_config = EvalConfig(batch_size=3, max_new_tokens=4, choices=3, shots=2)
         evaluate_model(
             specs["small"], folder / "qa.jsonl", out / "eval", config=eval_config, progress=False
         )

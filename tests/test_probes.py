@@ -17,7 +17,7 @@ from elusive.metrics import normalize_answer
 from elusive.models import load_model
 from elusive.probes import (
     CandidateScore,
-    _cache_argument,
+    cache_argument,
     candidates,
     judge,
     left_pad,
@@ -163,22 +163,27 @@ def test_evaluate_qa_adds_every_probe_and_is_deterministic(tiny_model_dir):
 
 
 def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir):
-    from elusive.evaluate import answer_and_score, build_prompts, generate_continuations
+    from elusive.evaluate import answer_and_score, generate_continuations, prompt_parts
 
     model, tok = load_model(tiny_model_dir)
     items = generate_bios(BiosConfig(n=5, seed=9))[1]
     config = EvalConfig(max_new_tokens=5, batch_size=7, shots=2, mixed_precision="no")
-    prompts = build_prompts(items, config)  # lengths differ: left padding in every batch
+    parts = prompt_parts(items, config)
+    prompts = [examples + asked for examples, asked in parts]  # left padding in every batch
     cands = [[*q.answers, *w] for q, w in zip(items, pick_distractors(items, 4), strict=True)]
     texts, scores = answer_and_score(model, tok, prompts, config, False, cands)
     assert texts == generate_continuations(model, tok, prompts, config, progress=False)
+    # the solved examples run once per group, each row continuing their cache through a hole
+    prefixes = [examples for examples, _ in parts]
+    _, shared = answer_and_score(model, tok, prompts, config, False, cands, prefixes=prefixes)
     fresh = score_candidates(model, tok, prompts, cands, batch_size=3, progress=False)
-    for got, want in zip(scores, fresh, strict=True):
-        assert [s.tokens for s in got] == [s.tokens for s in want]
+    for got, reused, want in zip(scores, shared, fresh, strict=True):
+        assert [s.tokens for s in got] == [s.tokens for s in reused] == [s.tokens for s in want]
         assert [s.total for s in got] == pytest.approx([s.total for s in want], abs=1e-4)
+        assert [s.total for s in reused] == pytest.approx([s.total for s in want], abs=1e-4)
 
 
-def _canned_answers(model, tokenizer, prompts, config, progress, cands, shared):
+def _canned_answers(model, tokenizer, prompts, config, progress, cands, shared, prefixes=None):
     """`answer_and_score` without a model: empty answers, every candidate scored alike."""
     from elusive.probes import CandidateScore
 
@@ -284,8 +289,8 @@ def test_the_cache_goes_by_the_name_each_transformers_version_uses():
     class Older:  # transformers 4.x
         def forward(self, input_ids, past_key_values=None, **kwargs): ...
 
-    assert _cache_argument(Current(), "kv") == {"cache": "kv"}
-    assert _cache_argument(Older(), "kv") == {"past_key_values": "kv"}
+    assert cache_argument(Current(), "kv") == {"cache": "kv"}
+    assert cache_argument(Older(), "kv") == {"past_key_values": "kv"}
     assert model_cache({"logits": 0, "cache": "kv"}) == "kv"
     assert model_cache({"logits": 0, "past_key_values": "old"}) == "old"
 

@@ -91,18 +91,28 @@ def build_prompts(
     """One prompt per item. With ``config.shots = k``, k solved examples come first, drawn
     from `pool` (default: `items`) in an order shuffled by ``config.shot_seed``, skipping the
     asked person, one example per field before any field repeats."""
+    return [shots + asked for shots, asked in prompt_parts(items, config, pool)]
+
+
+def prompt_parts(
+    items: Sequence[QAItem], config: EvalConfig, pool: Sequence[QAItem] | None = None
+) -> list[tuple[str, str]]:
+    """`build_prompts`' prompts in two parts, (solved examples, question), whose concatenation
+    is the prompt; the examples part is ``""`` without shots. Most questions get the same
+    examples (only those about a person among them get others), so the examples part is what
+    `answer_and_score` runs once for all the prompts that start with it."""
     config.validate()
     question = [config.template.format(question=q.question) for q in items]
     if not config.shots:
-        return question
+        return [("", asked) for asked in question]
     order = list(pool if pool is not None else items)
     random.Random(config.shot_seed).shuffle(order)
-    prompts = []
+    parts = []
     for item, asked in zip(items, question, strict=True):
         shots = _pick_shots(order, item, config.shots)
         blocks = [config.template.format(question=s.question) + " " + s.answers[0] for s in shots]
-        prompts.append(_SHOT_SEPARATOR.join([*blocks, asked]))
-    return prompts
+        parts.append(("".join(block + _SHOT_SEPARATOR for block in blocks), asked))
+    return parts
 
 
 def _pick_shots(order: Sequence[QAItem], item: QAItem, k: int) -> list[QAItem]:
@@ -131,6 +141,7 @@ def answer_and_score(
     progress: bool = True,
     candidates: Sequence[Sequence[str]] | None = None,
     shared: bool = True,
+    prefixes: Sequence[str] | None = None,
 ) -> tuple[list[str], list[list[CandidateScore]] | None]:
     """Greedy continuations of `prompts` and, with `candidates` (one list per prompt), the
     log-probability of each candidate answer after its prompt (see `elusive.probes`).
@@ -140,6 +151,17 @@ def answer_and_score(
     complete (`answer_complete`: the tokens after that would not change `cut_answer`), or after
     ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
     generation built for the prompt, so they cost no prompt pass of their own.
+
+    `prefixes[i]` (default: none) is a text prompt i starts with, such as its solved examples
+    (`prompt_parts`): the prompts with the same prefix form a group, the tokens they all start
+    with are its shared prefix, and batches take the groups one after the other (each in order
+    of its prompts' own length), so a batch spans few groups and there are as many batches as
+    without prefixes. A batch runs its distinct shared prefixes once, in one forward pass, into
+    a key/value cache (`_prefix_cache`; the next batch reuses it when it shares the same ones)
+    that each row continues: laid out as [padding][its prefix][padding][its own tokens], every
+    padding masked and positions counted over the real tokens, so each row's positions are those
+    of its prompt alone, and a question costs its own tokens only. The answers and scores are
+    the ones of the prompts run whole, up to float rounding.
 
     Under `accelerate launch`, with `shared`, every process runs its share of these batches
     (`elusive.parallel`, balanced by tokens) and gets everyone's results: a collective, so all
@@ -152,7 +174,14 @@ def answer_and_score(
 
     from .models import input_device, resolve_mixed_precision
     from .parallel import gather, my_share, process_state
-    from .probes import candidate_ids, left_pad, model_cache, pad_id, score_after_prompts
+    from .probes import (
+        cache_argument,
+        candidate_ids,
+        left_pad,
+        model_cache,
+        pad_id,
+        score_after_prompts,
+    )
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
@@ -164,26 +193,54 @@ def answer_and_score(
         return_dict_in_generate=True,
         output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
     )
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    groups: dict[str, list[int]] = {}  # prefix -> its prompts, in the order given
+    keys = prefixes if prefixes is not None else [""] * len(prompts)
+    for i, prefix in zip(range(len(prompts)), keys, strict=True):
+        groups.setdefault(prefix, []).append(i)
+    head: list[tuple[int, ...]] = [()] * len(prompts)  # prompt -> the tokens its group shares
+    for prefix, members in groups.items():
+        length = _shared_length(tokenizer, prefix, [encoded[i] for i in members])
+        for i in members:
+            head[i] = tuple(encoded[i][:length])
+    # Group after group, each in order of its own length: a batch spans few groups, and there
+    # are as many batches (and decoding steps) as without groups.
+    group_of = {i: g for g, members in enumerate(groups.values()) for i in members}
+    order = sorted(range(len(prompts)), key=lambda i: (group_of[i], len(encoded[i]) - len(head[i])))
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     texts: list[str] = [""] * len(prompts)
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    if shared:  # cost: the tokens each row holds once it has generated every new token
-        costs = [len(b) * (len(encoded[b[-1]]) + config.max_new_tokens) for b in batches]
+    if shared:  # cost: each shared prefix once, plus the tokens each row holds once generated
+        costs = [
+            sum(len(h) for h in {head[i] for i in b})
+            + len(b) * (max(len(encoded[i]) - len(head[i]) for i in b) + config.max_new_tokens)
+            for b in batches
+        ]
         batches = [batches[b] for b in my_share(costs)]
         progress = progress and process_state().is_main_process
     device = input_device(model)
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU
     # (docs/benchmarks.md).
     autocast = _AUTOCAST[resolve_mixed_precision(config.mixed_precision, device)]
+    prefix = None  # the last batch's distinct shared prefixes and (ids, mask, cache) of them
     for batch in tqdm(batches, desc="generate", disable=not progress):
-        ids, mask = left_pad([encoded[i] for i in batch], pad_id(tokenizer))  # [batch, width]
+        own = [encoded[i][len(head[i]) :] for i in batch]
+        ids, mask = left_pad(own, pad_id(tokenizer))  # [batch, own width]
+        distinct = list(dict.fromkeys(head[i] for i in batch if head[i]))
+        reuse = {}  # no shared tokens: the prompts run whole
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out = model.generate(
+            if distinct:
+                if prefix is None or prefix[0] != distinct:  # the same ones: the same numbers
+                    prefix = distinct, _prefix_cache(model, distinct, pad_id(tokenizer))
+                ids, mask, rows_cache = _after_prefix(
+                    *prefix[1], [head[i] for i in batch], ids, mask
+                )
+                reuse = cache_argument(model, rows_cache)
+            out = model.generate(  # [batch, width] ids and mask, the shared tokens included
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=gen_config,
                 stopping_criteria=StoppingCriteriaList([_AnswerDone(tokenizer, ids.shape[1])]),
+                **reuse,
             )
         generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
         for row, i in enumerate(batch):
@@ -203,6 +260,65 @@ def answer_and_score(
         for i, text, score in gather([(i, texts[i], scores[i]) for b in batches for i in b]):
             texts[i], scores[i] = text, score
     return texts, (scores if cand_ids is not None else None)
+
+
+def _shared_length(tokenizer, prefix: str, members: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt of a group (`members`, their token ids) shares:
+    those of `prefix` (special tokens included) that each of them starts with, since the
+    prefix's last token may merge with the text after it. One token of each prompt stays its
+    own, so that every row has a last position to predict from. 0 for an empty prefix."""
+    if not prefix:
+        return 0
+    head = tokenizer(prefix, add_special_tokens=True)["input_ids"]
+    length = len(head)
+    for ids in members:
+        length = min(length, len(ids) - 1)
+        length = next((t for t in range(length) if head[t] != ids[t]), length)
+    return length
+
+
+def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad: int):
+    """(ids, mask, cache) of the distinct shared prefixes of a batch, one row each, left-padded
+    to the longest ([prefixes, longest] ids and mask) and run in one forward pass, positions
+    counted from each row's first real token: what their prompts compute first when run whole."""
+    from .models import input_device
+    from .probes import left_pad, model_cache
+
+    device = input_device(model)
+    ids, mask = left_pad(prefixes, pad)  # [prefixes, longest]
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+        logits_to_keep=1,  # no output is read: only the cache
+    )
+    return ids, mask, model_cache(out)
+
+
+def _after_prefix(
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    prefix_cache,
+    heads: Sequence[tuple[int, ...]],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+):
+    """A batch continuing the shared prefixes of `_prefix_cache` (rows in the order they were
+    given: their distinct `heads`, ``()`` for a row that shares none): (ids, mask) [batch,
+    longest prefix + width], each row [padding][its prefix][padding][its own left-padded
+    tokens] with every padding masked (``generate`` counts positions over the mask's ones, so a
+    row's positions are those of its prompt alone), and a copy of `prefix_cache` with each row's
+    prefix (``generate`` runs only the tokens after the cache's)."""
+    import copy
+
+    distinct = list(dict.fromkeys(h for h in heads if h))
+    rows = torch.tensor([distinct.index(h) if h else 0 for h in heads])  # [batch]
+    sharing = torch.tensor([bool(h) for h in heads], dtype=mask.dtype)[:, None]  # [batch, 1]
+    cache = copy.deepcopy(prefix_cache)  # generate extends the cache it is given
+    cache.batch_select_indices(rows)  # indices on the CPU, as in `elusive.probes`
+    head_ids, head_mask = prefix_ids[rows], prefix_mask[rows] * sharing  # [batch, longest]
+    return torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1), cache
 
 
 class _AnswerDone:
@@ -296,7 +412,8 @@ def evaluate_qa(
         items = [item for item in items if item.question is not None]
     qa = [i for i, item in enumerate(items) if item.question is not None]
     shots = [item for item in (pool if pool is not None else items) if item.question is not None]
-    prompts = build_prompts([items[i] for i in qa], config, shots)
+    parts = prompt_parts([items[i] for i in qa], config, shots)
+    prompts = [examples + asked for examples, asked in parts]
     asked = [i for i, item in enumerate(items) if item.cloze is not None]
     clozes = {i: [items[i].cloze] for i in asked} if config.probes else {}
     qa_prompts = dict(zip(qa, prompts, strict=True))
@@ -325,6 +442,7 @@ def evaluate_qa(
         outputs, scores = answer_and_score(
             model, tokenizer, prompts, config, progress,
             None if cands is None else [cands[i] for i in qa], shared,
+            prefixes=[examples for examples, _ in parts],
         )  # fmt: skip
         for i, row in zip(qa, score_predictions([items[i] for i in qa], outputs), strict=True):
             rows[i] = row

@@ -155,7 +155,7 @@ def score_after_prompts(
                 input_ids=cand[:, :-1],
                 attention_mask=torch.cat([mask[source], cand_mask[:, :-1]], dim=-1).to(device),
                 position_ids=(lengths[source, None] + torch.arange(width - 1)).to(device),
-                **_cache_argument(model, rows_cache),
+                **cache_argument(model, rows_cache),
                 use_cache=True,
             ).logits.float()  # [rows, cand - 1, vocab]
             # log p(token) = its logit - logsumexp(logits): no [rows, cand, vocab] log-softmax
@@ -234,7 +234,7 @@ def model_cache(output):
     return output["cache"] if "cache" in output else output["past_key_values"]
 
 
-def _cache_argument(model, cache) -> dict:
+def cache_argument(model, cache) -> dict:
     """The keyword a model's forward takes its key/value cache by (`cache` from transformers
     5.x, `past_key_values` before). A peft model (an adapter left unmerged, over 4-bit
     weights) passes its keywords on to the model it wraps: that one's forward tells."""
