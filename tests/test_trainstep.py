@@ -128,3 +128,11 @@ def test_the_fused_path_is_taken_only_where_it_computes_the_same(tiny_model_dir)
     assert not train_module._fused_step(accelerator, model, bf16)
     weights = TrainConfig(model=str(tiny_model_dir), mixed_precision="no", dtype="bfloat16")
     assert not train_module._fused_step(accelerator, model, weights)
+
+    class Launched:  # several processes: DDP or FSDP wraps the model, hiding its head
+        from accelerate.utils import DistributedType
+
+        distributed_type = DistributedType.MULTI_CPU
+
+    wrapped = torch.nn.Module()  # what DDP gives: no get_output_embeddings, no base model
+    assert not train_module._fused_step(Launched(), wrapped, fp32)

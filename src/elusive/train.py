@@ -455,11 +455,12 @@ def _fused_step(accelerator, model, config: TrainConfig) -> bool:
     head."""
     from accelerate.utils import DistributedType
 
+    if accelerator.distributed_type != DistributedType.NO:  # the model is wrapped: no head here
+        return False
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal.get_output_embeddings()
     return (
-        accelerator.distributed_type == DistributedType.NO
-        and config.mixed_precision == "no"
+        config.mixed_precision == "no"
         and config.dtype == "float32"  # HF's loss upcasts lower-precision logits to float32
         and causal.config.model_type in PLAIN_HEADS
         and type(head) is torch.nn.Linear
