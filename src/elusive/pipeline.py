@@ -420,7 +420,13 @@ PIPELINE: tuple[Stage, ...] = (
     ),
     Stage(
         "augment",
-        reads=("augment", "seeds", layout.SCORES_FILE, "authors: its", layout.CORPUS_FILE),
+        reads=(
+            "augment",
+            "seeds",
+            layout.SCORES_FILE,
+            f"{layout.AUTHORS_SCORES}/scores.jsonl",
+            layout.CORPUS_FILE,
+        ),
         fingerprints=augment_fingerprints,
         run=lambda run, context: stage_augment(run, context.progress),
         every_process=False,
