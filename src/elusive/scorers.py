@@ -140,7 +140,8 @@ def query_rows(
 
     by_id = _by_id(records, rows)
     jobs = [(r.id, key, q) for r in records for key, q in value_queries(r, by_id[r.id]).items()]
-    texts = [next(r.text for r in records if r.id == text_id) for text_id, _, _ in jobs]
+    text_of = {r.id: r.text for r in records}
+    texts = [text_of[text_id] for text_id, _, _ in jobs]
     weights = {
         role: [
             a.weights for a in query_attentions(specs[role], texts, [q for *_, q in jobs], config)
