@@ -293,10 +293,13 @@ UNRANKED: dict[str, Unranked] = {
 }
 
 
+_contrast = _by_scores(_contrast_scores)
+
+
 def _authors(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:
     """Minus the authors' rank of each token (`authors_rank`), so that ranking the eligible
     tokens by it keeps the authors' order among them."""
-    contrast = _by_scores(_contrast_scores)(rows, tok, config)
+    contrast = _contrast(rows, tok, config)
     return -np.fromiter(
         chain.from_iterable(
             authors_rank(contrast[a:b]) for a, b in zip(tok.start[:-1], tok.start[1:], strict=True)
@@ -308,7 +311,7 @@ def _authors(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) ->
 
 RANK_BY: dict[str, RankBy] = {
     "attention": _by_scores(_attention_scores),
-    "contrast": _by_scores(_contrast_scores),
+    "contrast": _contrast,
     "authors": _authors,
     "shuffled": _shuffled,
     "position": _position,

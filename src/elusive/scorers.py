@@ -54,16 +54,14 @@ def scorers_of(rows: Sequence[TextScores]) -> list[str]:
 
 def scorer_values(row: TextScores, scorer: str, seed: int = 0) -> list[float]:
     """Each token's value under `scorer` (higher = ranked first)."""
-    if scorer == "contrast":
+    if scorer in ("contrast", "authors"):
         if row.contrast is None:
             raise ScorerError(f"text {row.id!r}: no contrast (the scores hold one model)")
+        if scorer == "authors":
+            return [-float(r) for r in authors_rank(row.contrast)]
         return list(row.contrast)
     if scorer == "position":
         return [-float(k) for k in range(len(row.tokens))]
-    if scorer == "authors":
-        if row.contrast is None:
-            raise ScorerError(f"text {row.id!r}: no contrast (the scores hold one model)")
-        return [-float(r) for r in authors_rank(row.contrast)]
     if scorer == "shuffled":
         order = list(range(len(row.tokens)))
         random.Random(f"{seed}:{row.id}").shuffle(order)
