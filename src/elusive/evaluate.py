@@ -281,19 +281,10 @@ def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad: int):
     """(ids, mask, cache) of the distinct shared prefixes of a batch, one row each, left-padded
     to the longest ([prefixes, longest] ids and mask) and run in one forward pass, positions
     counted from each row's first real token: what their prompts compute first when run whole."""
-    from .models import input_device
-    from .probes import left_pad, model_cache
+    from .probes import left_pad, model_cache, prompt_pass
 
-    device = input_device(model)
     ids, mask = left_pad(prefixes, pad)  # [prefixes, longest]
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-        use_cache=True,
-        logits_to_keep=1,  # no output is read: only the cache
-    )
-    return ids, mask, model_cache(out)
+    return ids, mask, model_cache(prompt_pass(model, ids, mask))  # only the cache is read
 
 
 def _after_prefix(

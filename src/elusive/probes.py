@@ -184,23 +184,14 @@ def score_candidates(
     """
     from tqdm.auto import tqdm
 
-    from .models import input_device
-
     prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cands = candidate_ids(tokenizer, candidates)
-    device = input_device(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[CandidateScore]] = [[] for _ in prompts]
     for batch in tqdm(batches, desc="probe", disable=not progress):
         ids, mask = left_pad([prompt_ids[i] for i in batch], pad_id(tokenizer))  # [batch, width]
-        first = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-            use_cache=True,
-            logits_to_keep=1,  # only the last position predicts: no [batch, width, vocab]
-        )
+        first = prompt_pass(model, ids, mask)
         cache = model_cache(first)
         scores = score_after_prompts(
             model, first.logits[:, -1], cache, mask, [cands[i] for i in batch]
@@ -208,6 +199,23 @@ def score_candidates(
         for i, score in zip(batch, scores, strict=True):
             out[i] = score
     return out
+
+
+def prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor):
+    """One forward pass of left-padded prompts (ids and mask [batch, width], anywhere) on the
+    model's input device, positions counted from each row's first real token (so a row runs as
+    it would alone), keeping the key/value cache; only the last position's logits are made
+    (no [batch, width, vocab])."""
+    from .models import input_device
+
+    device = input_device(model)
+    return model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        use_cache=True,
+        logits_to_keep=1,
+    )
 
 
 def pad_id(tokenizer) -> int:
