@@ -261,7 +261,9 @@ def test_packaged_demo_and_paper_configs_are_valid():
         "qwen2.5-coder-1.5b",
         "qwen2.5-coder-0.5b",
     )
-    assert {"none", "random", "contrast", "shuffled"} <= set(config.augment.policies)
+    # the demo pairs contrast with plain copies, and every policy with the untrained model
+    assert {"none", "contrast"} <= set(config.augment.policies)
+    assert config.report.baselines == ["none", "untrained"]
     configs = Path(__file__).parents[1] / "configs"
     for name in ("paper-bios.yaml", "paper-wiki.yaml"):
         paper = load_config(configs / name)

@@ -101,6 +101,19 @@ def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
     assert probe_row.endswith("| - | 0.25 |")
 
 
+def test_the_note_says_whether_settings_were_chosen_or_there_was_one_per_policy():
+    from elusive.report import markdown_tables
+    from elusive.summary import UNITS, Row, Selection
+
+    test = {"overall": {"n": 4, "em": 0.5, "em_std": 0.0, "f1": 0.75, "f1_std": 0.0}}
+    one = Row("small", "tiny", "none", None, None, 1e-3, 2, [0], 0.5, test)
+    picked = Row("small", "tiny", "random", 0.5, None, 1e-3, 2, [0], 0.5, test, settings=3)
+    alone = markdown_tables(Selection(UNITS["bios"], [], "f1", [one], {}, {}))
+    assert "4 test questions; one setting per policy (nothing chosen on validation);" in alone
+    both = markdown_tables(Selection(UNITS["bios"], [], "f1", [one, picked], {}, {}))
+    assert "4 test questions; settings chosen per policy on validation F1 of overall;" in both
+
+
 def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
     tiny_model_dir, tmp_path, monkeypatch
 ):

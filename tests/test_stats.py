@@ -181,6 +181,23 @@ def test_markdown_says_plainly_when_no_difference_excludes_zero():
         summarize_study({"none": tables["none"], "random": {(7, "x", "date"): {"em": 1.0}}})
 
 
+def test_markdown_says_when_too_few_people_can_pass_the_correction():
+    # 12 people: the smallest p is 2 / 2^12, times 8 comparisons 0.004 < 0.05: no such line
+    assert "too small" not in study_markdown(summarize_study(study(np.random.default_rng(5))))
+    # 5 people all +0.25 on the university: p = 2 / 2^5 = 0.0625 at best, already above 0.05
+    rng = np.random.default_rng(5)
+    none = random_table(rng, n_people=5)
+    contrast = {
+        u: {m: v + 0.25 * (u[2] == "university") for m, v in s.items()} for u, s in none.items()
+    }
+    text = study_markdown(summarize_study({"none": none, "contrast": contrast}, n_boot=500))
+    assert "university em: +0.25 [0.25, 0.25], excludes 0 (contrast above none; p = 0.062" in text
+    assert (
+        "With 5 test people no sign-flip p-value can be below 0.062 (2 / 2^5), so no Holm p over "
+        "4 comparisons can be below 0.25: this run is too small" in text
+    )
+
+
 def test_paired_difference_figure_png(tmp_path):
     summary = summarize_study(study(np.random.default_rng(7)), n_boot=200)
     out = plot_paired_differences(summary, tmp_path / "fig" / "paired.png")

@@ -79,11 +79,14 @@ def markdown_tables(summary: Selection) -> str:
 
     seeds = next((r.seeds for r in rows if r.seeds), [])
     n_test = rows[0].test["overall"]["n"]
-    note = (
-        f"{n_test} test questions; settings chosen per policy on validation "
-        f"{LABELS.get(summary.select_metric, summary.select_metric)} of "
-        f"{', '.join(chosen)}; mean ± std over seeds {seeds}."
-    )
+    if all(r.settings == 1 for r in rows):
+        chosen_how = "one setting per policy (nothing chosen on validation)"
+    else:
+        chosen_how = (
+            "settings chosen per policy on validation "
+            f"{LABELS.get(summary.select_metric, summary.select_metric)} of {', '.join(chosen)}"
+        )
+    note = f"{n_test} test questions; {chosen_how}; mean ± std over seeds {seeds}."
     if any(r.policy == UNTRAINED for r in rows):
         note += (
             f" {UNTRAINED}: the base model before any training, evaluated once on the same "

@@ -367,7 +367,7 @@ def study_markdown(
         *table("difference", labels, signed=True),
         "",
     ]
-    found, tested, survive = [], 0, 0
+    found, tested, survive, fewest, least_p = [], 0, 0, None, 1.0
     for policy, cells in differences.items():
         for field in summary["fields"]:
             for metric in metrics:
@@ -375,6 +375,8 @@ def study_markdown(
                 if cell is None:
                     continue
                 tested += 1
+                fewest = min(fewest or cell["n_people"], cell["n_people"])
+                least_p = min(least_p, cell["p"])
                 if cell["excludes_zero"]:
                     side = "above" if cell["mean"] > 0 else "below"
                     found.append(
@@ -400,5 +402,15 @@ def study_markdown(
         f"{1 - summary['level']:.0%} of them would exclude 0 by chance alone if no policy had any "
         "effect."
     )
+    # an exact two-sided sign-flip test over n people cannot give less than 2 / 2^n (said
+    # only where no p shown is smaller, i.e. where the tests were exact)
+    floor = 2.0 / 2**fewest if fewest else 0.0
+    if tested and least_p >= floor and min(1.0, tested * floor) >= 1 - summary["level"]:
+        out.append(
+            f"With {fewest} test {many} no sign-flip p-value can be below "
+            f"{floor:.2g} (2 / 2^{fewest}), so no Holm p over {tested} comparisons can "
+            f"be below {min(1.0, tested * floor):.2g}: this run is too small for any "
+            "difference to pass the correction."
+        )
     out.append("")
     return "\n".join(out)

@@ -54,6 +54,8 @@ class Row:
     test: dict[str, dict[str, Any]]
     """Per field and ``overall``: ``n`` and every measured metric's mean over seeds with its
     standard deviation as ``METRIC_std`` (None without seeds)."""
+    settings: int = 1
+    """How many settings (alpha, beta, lr, epochs) the chosen one was picked from."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,7 @@ def summarize(run: Run) -> Selection:
                 seeds=sorted(by_seed),
                 validation_score=selection_score(by_seed),
                 test=test,
+                settings=len(settings),
             )
         )
     # a run of probes without questions has no QA metric anywhere: its study shows the cloze
