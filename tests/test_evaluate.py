@@ -501,3 +501,19 @@ def test_warnings_count_probes_as_probes(tiny_model_dir):
     n = len(probes)
     with pytest.warns(DroppedDataWarning, match=rf"^{n} of {n} probes get fewer distractors"):
         evaluate_qa(model, tok, probes, config, progress=False)
+
+
+def test_read_eval_gives_back_what_write_eval_wrote(tmp_path):
+    """A folder's result read back (`run_table1` returns it): scores with QA metrics and with
+    probes alone (EM and F1 None), the predictions and the warnings."""
+    from elusive.evaluate import EvalResult, read_eval, write_eval
+    from elusive.metrics import FieldScore
+
+    scores = {
+        "date": FieldScore(em=0.5, f1=0.75, n=2, choice=1.0),
+        "overall": FieldScore(em=None, f1=None, n=3, cloze_em=0.25, cloze_logprob=-1.5),
+    }
+    predictions = [{"id": "q0", "field": "date", "em": 1.0}, {"id": "q1", "field": "date"}]
+    written = EvalResult(scores, predictions, {"choice": {"fewer distractors": 1}})
+    write_eval(tmp_path, written, {"model": "m"})
+    assert read_eval(tmp_path) == written

@@ -993,3 +993,41 @@ def test_the_authors_policy_ranks_by_a_second_scores_folder_of_the_authors_score
     before = snapshot(run.root)
     run_experiment(config, progress=False, echo=lines.append)
     assert snapshot(run.root) == before
+
+
+@pytest.mark.parametrize("prefix", ["", "Text: "])
+def test_a_run_of_policies_that_rank_nothing_scores_nothing_and_augments_the_same(
+    tmp_path, tiny_pair, monkeypatch, prefix
+):
+    """Without models.large and with policies that rank nothing, the attention and analysis
+    stages write nothing, and each augmented corpus is the bytes a scored run writes (the
+    tokens stand for the scores)."""
+    import elusive.pipeline as pipeline
+
+    for name in ("train", "evaluate", "report"):
+        monkeypatch.setattr(pipeline, f"stage_{name}", lambda *a, **k: "skipped")
+    unranked = ["none", "plain", "random"]
+    augment = {"policies": unranked, "copies": 2, "alpha": [0.5]}
+    runs = {}
+    for name, large, policies in (
+        ("scored", tiny_pair[0], [*unranked, "contrast"]),
+        ("unscored", None, unranked),
+    ):
+        path = write_config(
+            tmp_path / f"{name}.yaml",
+            tiny_pair,
+            out=str(tmp_path / name),
+            models={"large": large, "small": tiny_pair[1], "trained": ["small"]},
+            augment={**augment, "policies": policies},
+            attention={"prefix": prefix},
+        )
+        runs[name] = run_experiment(load_config(path), progress=False, echo=lambda _: None)
+    scored, unscored = runs["scored"], runs["unscored"]
+    assert scored.path("scores", "scores.jsonl").is_file()
+    assert not unscored.path("scores").exists() and not unscored.path("report").exists()
+    augmented = sorted(p.name for p in unscored.path("augment", "small").iterdir())
+    assert len(augmented) == 3 * 2  # three policies, two seeds
+    for name in augmented:
+        mine = unscored.path("augment", "small", name).read_bytes()
+        assert mine == scored.path("augment", "small", name).read_bytes(), name
+    assert b'"copy": 1' in unscored.path("augment", "small", "random_a0.5_s0.jsonl").read_bytes()

@@ -121,8 +121,8 @@ def analysis_key(run: Run) -> dict[str, Any]:
 
 def analysis_fingerprints(run: Run) -> dict[str, str]:
     """The analysis file with the fingerprint of its key; none for a corpus of no biographies
-    (Figures 2-3 need their fields)."""
-    if run.config.corpus.bios is None:
+    (Figures 2-3 need their fields) or a run without ``models.large`` (they need both models)."""
+    if run.config.corpus.bios is None or run.config.models.large is None:
         return {}
     return {layout.ANALYSIS_FILE: digest(analysis_key(run))}
 
@@ -149,6 +149,8 @@ def write_analysis(run: Run) -> str:
     config = run.config
     if config.corpus.bios is None:
         return "no biographies: no Figures 2-3"
+    if config.models.large is None:
+        return "no models.large: no Figures 2-3"
     path = run.path(layout.ANALYSIS_FILE)
     n = config.report.analysis_texts
     if path.exists():

@@ -383,6 +383,30 @@ def is_eligible(token: str, special: bool) -> bool:
     return not special and any(ch.isalnum() for ch in token)
 
 
+def token_rows(records: Sequence[Record], spec: str, prefix: str = "") -> list[TextScores]:
+    """Rows of a scores file without scores: each text's tokens under model `spec`'s tokenizer
+    (``prefix`` tokens left out), their offsets and eligibility, as `score_records` writes them
+    for the trained role. The policies that rank nothing draw from them
+    (`elusive.augment.NEEDS_SCORES`), so a run of those alone loads no model to score."""
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    rows = []
+    for record in records:
+        tok = tokenize(tokenizer, record.text, prefix)
+        rows.append(
+            TextScores(
+                id=record.id,
+                text_sha256=record.sha256,
+                tokens=[tok.tokens[k] for k in tok.kept],
+                offsets=[tok.offsets[k] for k in tok.kept],
+                eligible=[is_eligible(tok.tokens[k], tok.special[k]) for k in tok.kept],
+                scores={},
+            )
+        )
+    return rows
+
+
 def _batches(items: Sequence[Tokenized], batch_size: int) -> Iterator[list[int]]:
     """Indices of `items` in batches of similar length (longest first), to pad little."""
     order = sorted(range(len(items)), key=lambda k: -len(items[k].ids))

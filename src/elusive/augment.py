@@ -333,6 +333,15 @@ def _random_rate(config: AugmentConfig) -> float:
 
 
 RANKED: tuple[str, ...] = tuple(RANK_BY)
+NEEDS_SCORES: tuple[str, ...] = RANKED
+"""The policies that need a scores folder (`elusive attention`: both models' attention, or the
+authors' scorer's): those that rank tokens. The others (`UNRANKED`: none, plain, random) draw
+from the trained model's tokens of each text alone (`elusive.attention.token_rows`)."""
+
+
+def needs_scores(policies: Sequence[str]) -> bool:
+    """Whether any of `policies` ranks tokens, so that a run of them scores its corpus."""
+    return any(policy in NEEDS_SCORES for policy in policies)
 
 
 def _ranks(rows: Sequence[TextScores], tok: _Tokens, config: AugmentConfig) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from .augment import POLICIES, AugmentConfig
+from .augment import NEEDS_SCORES, POLICIES, AugmentConfig
 from .bios import FIELDS, SPANS, BiosConfig
 from .cloze import ProbeConfig
 from .errors import ElusiveError
@@ -119,9 +119,11 @@ class CorpusSection:
 
 @dataclass
 class ModelsSection:
-    large: str = "qwen2.5-coder-1.5b"
+    large: str | None = "qwen2.5-coder-1.5b"
     """Spec of the large model of the contrast (`elusive.models.load_model`: a folder, a .gguf
-    file or an offline pack name)."""
+    file or an offline pack name). None (``null``) for a run whose policies rank nothing
+    (none, plain, random: `elusive.augment.NEEDS_SCORES`): nothing is scored, and the report
+    leaves out Figures 2-3, which need both models."""
     small: str = "qwen2.5-coder-0.5b"
     """Spec of the small model of the contrast, the one trained by default."""
     trained: list[str] = field(default_factory=lambda: ["small"])
@@ -135,6 +137,12 @@ class ModelsSection:
     max_memory: Any = None
     """With device_map: the most memory each device may hold, e.g. {0: 70GiB, cpu: 200GiB}; what
     does not fit goes to the CPU, then the disk."""
+
+    @property
+    def tokens_role(self) -> str:
+        """The role whose tokens the scores and the augmented corpora follow: small where it is
+        the only trained role, else the first trained one."""
+        return "small" if self.trained == ["small"] else self.trained[0]
 
 
 AttentionSection = section_of(
@@ -221,7 +229,19 @@ class RunConfig:
         for role in self.models.trained:
             if role not in ("large", "small"):
                 fail(f"models.trained: unknown role {shorten(role)}")
+        if self.models.large is None:
+            ranking = [p for p in self.augment.policies if p in NEEDS_SCORES]
+            if ranking:
+                fail(
+                    f"models.large: unset, and policy {ranking[0]} ranks tokens by the models' "
+                    "attention: give models.large, or list only policies that rank nothing "
+                    f"({', '.join(p for p in POLICIES if p not in NEEDS_SCORES)})"
+                )
+            if "large" in self.models.trained:
+                fail("models.trained: names large, and models.large is unset")
         for role in ("large", "small"):
+            if role == "large" and self.models.large is None:
+                continue
             try:
                 check_model_spec(getattr(self.models, role))
             except ElusiveError as exc:

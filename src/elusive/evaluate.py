@@ -642,6 +642,48 @@ def write_eval(out_dir: str | Path, result: EvalResult, meta: dict) -> tuple[Pat
     return metrics, write_jsonl(out / "predictions.jsonl", result.predictions)
 
 
+def read_eval(out_dir: str | Path) -> EvalResult:
+    """The result `write_eval` wrote into `out_dir`: its scores, predictions and warnings."""
+    from .io import iter_jsonl, read_json
+
+    out = Path(out_dir)
+    body = read_json(out / "metrics.json")
+    # each field's measured metrics and n (`write_eval`); QA EM and F1 are None for probes alone
+    scores = {k: FieldScore(**{"em": None, "f1": None, **v}) for k, v in body["scores"].items()}
+    predictions = [row for _, row in iter_jsonl(out / "predictions.jsonl")]
+    return EvalResult(scores, predictions, body.get("warnings", {}))
+
+
+def evaluate_checkpoint(
+    out_dir: str | Path,
+    spec: str,
+    adapter: str | Path | None,
+    items: Sequence[QAItem],
+    config: EvalConfig,
+    meta: dict,
+    dtype: torch.dtype = torch.float32,
+    *,
+    pool: Sequence[QAItem] | None = None,
+    progress: bool = True,
+    shared: bool = True,
+    write: bool = True,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+    quantize: str = "no",
+) -> EvalResult:
+    """Evaluate one checkpoint into one folder, for every caller (`evaluate_model`, the
+    pipeline's evaluate stage): load `spec` with `adapter` (`load_for_eval`), answer `items`
+    (`evaluate_qa`, `pool` and `shared` as there) and, where `write`, write metrics.json (with
+    `meta`) and predictions.jsonl into `out_dir` (`write_eval`)."""
+    model, tokenizer = load_for_eval(
+        spec, adapter, dtype, device_map=device_map, max_memory=max_memory, quantize=quantize
+    )
+    result = evaluate_qa(model, tokenizer, items, config, pool, progress, shared)
+    if write:
+        write_eval(out_dir, result, meta)
+    return result
+
+
 def scores_table(scores: dict[str, FieldScore], title: str = "closed-book QA"):
     """A rich table laid out like the paper's Table 1: a column per field, a row per metric
     (QA EM and F1, then each probe that was run), and n."""
@@ -703,15 +745,6 @@ def evaluate_model(
     evaluated = [(spec, adapter)] + ([(baseline, None)] if baseline is not None else [])
     results = []
     for out, (model_spec, model_adapter) in zip(outs, evaluated, strict=True):
-        model, tokenizer = load_for_eval(
-            model_spec,
-            model_adapter,
-            dtype,
-            device_map=device_map,
-            max_memory=max_memory,
-            quantize=quantize,
-        )
-        result = evaluate_qa(model, tokenizer, items, config, pool, progress)
         meta = {
             "model": str(model_spec),
             "adapter": None if model_adapter is None else str(model_adapter),
@@ -721,8 +754,11 @@ def evaluate_model(
         }
         if quantize != "no":  # only where used: an unquantized evaluation keeps its keys
             meta["quantize"] = quantize
-        if process_state().is_main_process:
-            write_eval(out, result, meta)
+        result = evaluate_checkpoint(
+            out, model_spec, model_adapter, items, config, meta, dtype,
+            pool=pool, progress=progress, write=process_state().is_main_process,
+            device_map=device_map, max_memory=max_memory, quantize=quantize,
+        )  # fmt: skip
         results.append(result)
     if baseline is not None:
         results[0].baseline = results[1]

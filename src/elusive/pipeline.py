@@ -6,7 +6,8 @@ its outputs are already there::
 
     corpus/     corpus.jsonl, qa.jsonl, split.json (validation / test sources)
     scores/     attention scores of both models (elusive.attention); scores/authors/ those of
-                the authors' scorer, where the `authors` policy is in the grid
+                the authors' scorer, where the `authors` policy is in the grid; none where no
+                policy ranks tokens (their corpora come from the tokens alone)
     augment/    one JSONL per (policy, alpha, beta, seed)
     train/      one run folder per (trained role, augmentation, lr); epochs resume
     eval/       metrics.json + predictions.jsonl per (train run, epoch)
@@ -49,6 +50,8 @@ from .runs import (
     digest,
     eval_dirs,
     grid,
+    scores_run,
+    unscored_rows,
     untrained_dirs,
 )
 
@@ -155,6 +158,8 @@ def stage_attention(run: Run, progress: bool) -> str:
     from .attention import AttentionConfig, score_corpus
 
     config, models = run.config, run.config.models
+    if not scores_run(config):
+        return "no policy ranks tokens: nothing to score"
     scored = []
     for folder, score in layout.score_folders(
         config.augment.policies, config.attention.score
@@ -179,8 +184,12 @@ def stage_attention(run: Run, progress: bool) -> str:
 
 
 def stage_augment(run: Run, progress: bool) -> str:
+    """Write each cell's augmented corpus, from its policy's scores, or in a run that scores
+    nothing (`elusive.runs.scores_run`) from each text's tokens (`elusive.runs.unscored_rows`,
+    the rows the scores would hold)."""
     from .augment import AugmentConfig, augment, load_inputs
 
+    unscored = None  # (records, token rows), read once where the run scores nothing
     written = 0
     tags = {}
     for cell in grid(run.config):
@@ -197,9 +206,15 @@ def stage_augment(run: Run, progress: bool) -> str:
         config = AugmentConfig(
             **options(run.config.augment, **grid_values), seed=cell.seed, score_of=role
         )
-        records, rows, config = load_inputs(
-            run.path(layout.scores_of(cell.policy)), run.path(layout.CORPUS_FILE), config
-        )
+        if scores_run(run.config):
+            records, rows, config = load_inputs(
+                run.path(layout.scores_of(cell.policy)), run.path(layout.CORPUS_FILE), config
+            )
+        else:
+            if unscored is None:
+                texts = read_corpus(run.path(layout.CORPUS_FILE))
+                unscored = texts, unscored_rows(run.config, texts)
+            records, rows = unscored
         write_jsonl(path, augment(records, rows, config, progress=progress))
         written += 1
     return f"{len(tags)} augmented corpora ({written} new)"
@@ -230,7 +245,7 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     world-th one alone (nothing to exchange); all processes share the questions of the last ones
     (fewer than `world`), so none waits idle for a whole checkpoint. Either way each
     checkpoint's answers are the ones a single process gives."""
-    from .evaluate import evaluate_qa, load_for_eval, write_eval
+    from .evaluate import evaluate_checkpoint
     from .models import DTYPES
     from .parallel import process_state
 
@@ -239,14 +254,13 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     placement = {"device_map": models.device_map, "max_memory": models.max_memory}
     dtype = DTYPES[run.config.train.dtype]
 
-    def load(cell: Cell | None, role: str, epoch: int):
+    def weights(cell: Cell | None, role: str, epoch: int) -> tuple[str, Path | None]:
+        """The (model spec, adapter) of a checkpoint, as `load_for_eval` takes them."""
         spec = getattr(models, role)
         if cell is None:  # the base model, untrained
-            return load_for_eval(spec, dtype=dtype, **placement)
+            return spec, None
         checkpoint = run.path(layout.checkpoint(cell, epoch))
-        if run.config.train.full:
-            return load_for_eval(str(checkpoint), dtype=dtype, **placement)
-        return load_for_eval(spec, adapter=checkpoint, dtype=dtype, **placement)
+        return (str(checkpoint), None) if run.config.train.full else (spec, checkpoint)
 
     # (cell or None for the untrained base model, role, epoch, folder, metrics.json's meta)
     jobs: list[tuple[Cell | None, str, int, Path, dict]] = [
@@ -265,13 +279,12 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
         shared = index >= rounds
         if not shared and index % world != rank:
             continue
-        model, tokenizer = load(cell, role, epoch)
-        result = evaluate_qa(
-            model, tokenizer, questions, run.config.evaluate, progress=progress, shared=shared
-        )
-        if run.is_main or not shared:
-            write_eval(out, result, meta)
-            done += 1
+        write = run.is_main or not shared
+        evaluate_checkpoint(
+            out, *weights(cell, role, epoch), questions, run.config.evaluate, meta, dtype,
+            progress=progress, shared=shared, write=write, **placement,
+        )  # fmt: skip
+        done += write
     untrained = len(run.config.models.trained)
     return f"{len(jobs) - untrained} evaluations + {untrained} untrained ({done} new)"
 
@@ -314,6 +327,8 @@ def attention_fingerprints(run: Run) -> dict[str, str]:
     from .models import spec_key
 
     config, models = run.config, run.config.models
+    if not scores_run(config):  # no policy ranks tokens: nothing is scored
+        return {}
     large, small = spec_key(models.large), spec_key(models.small)
     corpus = content_hash(run.path(layout.CORPUS_FILE))
     made = [corpus, changed_options(config.attention), models.trained, large, small]
@@ -327,12 +342,23 @@ def attention_fingerprints(run: Run) -> dict[str, str]:
 def augment_fingerprints(run: Run) -> dict[str, str]:
     """One augmented corpus per cell: the scores and the corpus by content, the augment
     section and the cell's role, policy, alpha, beta and seed (its policy's scores folder:
-    `layout.scores_of`)."""
+    `layout.scores_of`). In a run that scores nothing, the tokens stand for the scores: the
+    tokens role's model and ``attention.prefix``."""
+    from .models import spec_key
+
     config = run.config
     corpus = content_hash(run.path(layout.CORPUS_FILE))
+    policies = config.augment.policies
+    if scores_run(config):
+        files = {p: run.path(layout.scores_of(p), "scores.jsonl") for p in policies}
+        scores = {p: content_hash(path) for p, path in files.items()}
+    else:
+        tokens = spec_key(getattr(config.models, config.models.tokens_role))
+        scores = dict.fromkeys(policies, {"tokens": tokens, "prefix": config.attention.prefix})
+
     return {
         layout.augmented(cell): digest(
-            content_hash(run.path(layout.scores_of(cell.policy), "scores.jsonl")),
+            scores[cell.policy],
             corpus,
             changed_options(config.augment),
             cell.role,
@@ -414,7 +440,12 @@ PIPELINE: tuple[Stage, ...] = (
     ),
     Stage(
         "attention",
-        reads=("attention", "models.large/small/trained", layout.CORPUS_FILE),
+        reads=(
+            "attention",
+            "models.large/small/trained",
+            "augment.policies (nothing scored where none ranks tokens)",
+            layout.CORPUS_FILE,
+        ),
         fingerprints=attention_fingerprints,
         run=lambda run, context: stage_attention(run, context.progress),
     ),
@@ -425,6 +456,7 @@ PIPELINE: tuple[Stage, ...] = (
             "seeds",
             layout.SCORES_FILE,
             f"{layout.AUTHORS_SCORES}/scores.jsonl",
+            "where nothing is scored: the tokens role's model, attention.prefix",
             layout.CORPUS_FILE,
         ),
         fingerprints=augment_fingerprints,

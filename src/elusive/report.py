@@ -206,23 +206,31 @@ def render(summary: RunSummary, out: Path) -> list[Path]:
             for r in selection.rows
         }
         written.append(plot_accuracy_vs_distance(bios.distances, results, out / "fig1.png"))
-        counts = bios.top_rank_categories
-        panels = {f"{role}: {summary.models[role]}": counts[role] for role in ("large", "small")}
-        written.append(plot_rank_categories(panels, out / "fig2.png"))
-        written.append(
-            plot_rank_categories(
-                {"large - small (contrast)": counts["large - small"]}, out / "fig3.png"
-            )
-        )
         lines += [_drops_markdown(bios.drops, summary.protect)]
         figures += [
             "- fig1.png: test QA EM (and cloze EM) per field against the field's mean token "
             "distance from the name (Figure 1).",
-            f"- fig2.png: what kind of token holds each top-10 attention rank of the token "
-            f"before the company value, over {bios.analysis_texts} biographies, per model "
-            "(Figure 2).",
-            "- fig3.png: the same for the large - small attention difference (Figure 3).",
         ]
+        if (counts := bios.top_rank_categories) is None:
+            figures.append(
+                "- Figures 2-3 are not drawn: they compare the attention of the large and the "
+                "small model, and this run has no models.large."
+            )
+        else:
+            roles = ("large", "small")
+            panels = {f"{role}: {summary.models[role]}": counts[role] for role in roles}
+            written.append(plot_rank_categories(panels, out / "fig2.png"))
+            written.append(
+                plot_rank_categories(
+                    {"large - small (contrast)": counts["large - small"]}, out / "fig3.png"
+                )
+            )
+            figures += [
+                f"- fig2.png: what kind of token holds each top-10 attention rank of the token "
+                f"before the company value, over {bios.analysis_texts} biographies, per model "
+                "(Figure 2).",
+                "- fig3.png: the same for the large - small attention difference (Figure 3).",
+            ]
     if figures:
         lines += ["## Figures", "", *figures, ""]
     report = json.dumps(summary.to_json(), indent=2) + "\n"

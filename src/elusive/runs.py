@@ -23,7 +23,7 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 
 from . import layout
 from .config import ConfigError, RunConfig, to_dict
+from .corpus import Record
 from .io import (
     OutputError,
     atomic_write_text,
@@ -41,6 +42,7 @@ from .io import (
     read_json,
     remove_temp_files,
 )
+from .scores import TextScores
 
 SCHEMA = 2
 """The run folder's layout version, recorded in run.json as ``schema``: 1 records every output
@@ -97,6 +99,24 @@ def grid(config: RunConfig) -> list[Cell]:
                         for seed in config.seeds:
                             cells.append(Cell(role, policy, alpha, beta, lr, seed))
     return cells
+
+
+def scores_run(config: RunConfig) -> bool:
+    """Whether the run scores its corpus: some policy of it ranks tokens
+    (`elusive.augment.needs_scores`); the others draw from the tokens alone (`unscored_rows`)."""
+    from .augment import needs_scores
+
+    return needs_scores(config.augment.policies)
+
+
+def unscored_rows(config: RunConfig, records: Sequence[Record]) -> list[TextScores]:
+    """For a run that scores nothing: the rows its policies draw from, each text's tokens as the
+    scores would hold them (the tokens role's model, ``attention.prefix``:
+    `elusive.attention.token_rows`)."""
+    from .attention import token_rows
+
+    spec = getattr(config.models, config.models.tokens_role)
+    return token_rows(records, spec, config.attention.prefix)
 
 
 @dataclass(frozen=True)

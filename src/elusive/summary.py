@@ -26,7 +26,7 @@ from .corpus import Record
 from .errors import ElusiveError
 from .io import read_json
 from .metrics import METRICS
-from .runs import Cell, Run, eval_dirs, untrained_dirs
+from .runs import Cell, Run, eval_dirs, scores_run, unscored_rows, untrained_dirs
 from .scores import TextScores, read_scores
 
 if TYPE_CHECKING:
@@ -85,8 +85,9 @@ class BiosFigures:
 
     distances: dict[str, list[int]]
     """Per field, each training biography's token distance of the value from the name."""
-    top_rank_categories: dict[str, list[dict[str, int]]]
-    """Per model and ``large - small``, for rank 1..10, how often each token category holds it."""
+    top_rank_categories: dict[str, list[dict[str, int]]] | None
+    """Per model and ``large - small``, for rank 1..10, how often each token category holds it;
+    None for a run without ``models.large`` (no analysis: Figures 2-3 need both models)."""
     analysis_texts: int
     drops: dict[str, dict[str, float]]
     """Per "ROLE POLICY" at its chosen setting, the mean drop probability of each span."""
@@ -371,10 +372,12 @@ def policy_drops(
     from .augment import AugmentConfig
 
     out = {}
+    unscored = None if scores_run(run.config) else unscored_rows(run.config, records)
     for r in rows:
         if r.policy == UNTRAINED:  # trained on nothing: drops nothing
             continue
-        scores = {row.id: row for row in read_scores(run.path(layout.scores_of(r.policy)))}
+        found = read_scores(run.path(layout.scores_of(r.policy))) if unscored is None else unscored
+        scores = {row.id: row for row in found}
         texts = [scores[record.id] for record in records]
         configs = [
             AugmentConfig(
@@ -420,14 +423,18 @@ def gather(run: Run) -> RunSummary:
     if config.corpus.bios is not None:  # the figures need biography fields
         records = read_corpus(run.path(layout.CORPUS_FILE))
         tokenizer = load_tokenizer(getattr(config.models, config.models.trained[0]))
-        analysis = read_analysis(run)
-        top = 10
-        counts = {role: _counts(analysis[role], top) for role in ("large", "small")}
-        counts["large - small"] = _counts(contrast_rows(analysis["large"], analysis["small"]), top)
+        counts, analysed = None, 0
+        if config.models.large is not None:  # Figures 2-3 need both models
+            analysis = read_analysis(run)
+            top = 10
+            counts = {role: _counts(analysis[role], top) for role in ("large", "small")}
+            pairs = contrast_rows(analysis["large"], analysis["small"])
+            counts["large - small"] = _counts(pairs, top)
+            analysed = len(analysis["large"])
         bios = BiosFigures(
             distances=field_token_distances(records, tokenizer),
             top_rank_categories=counts,
-            analysis_texts=len(analysis["large"]),
+            analysis_texts=analysed,
             drops=policy_drops(run, records, selection.rows),
         )
     return RunSummary(
