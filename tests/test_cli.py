@@ -345,7 +345,7 @@ def test_version_prints_the_installed_version():
 def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeypatch):
     """`evaluate --baseline` writes the base model's evaluation into OUT/untrained and shows
     it; without --adapter it is one error line; `table1` evaluates the base model into
-    OUT/eval/untrained, on the same questions."""
+    OUT/eval/small/untrained, on the same questions."""
     from elusive.evaluate import evaluate_model
     from elusive.models import make_tiny_model
 
@@ -356,12 +356,13 @@ def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeyp
     result = runner.invoke(app, [*args, "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert f"Table 1: {model}, untrained" in result.output
-    assert str(out / "eval" / "untrained" / "metrics.json") in result.output
-    untrained = json.loads((out / "eval" / "untrained" / "metrics.json").read_text())
-    trained = json.loads((out / "eval" / "metrics.json").read_text())
-    assert untrained["model"] == model and untrained["adapter"] is None
+    assert str(out / "report" / "report.md") in result.output
+    untrained = json.loads((out / "eval" / "small" / "untrained" / "metrics.json").read_text())
+    trained = (out / "eval" / "small" / "plain_s0_lr0.001_e1" / "metrics.json").read_text()
+    trained = json.loads(trained)
+    assert untrained["untrained"] == {"role": "small", "model": model}
     assert untrained["scores"]["overall"]["n"] == trained["scores"]["overall"]["n"] == 20
-    qa = out / "data" / "qa.jsonl"
+    qa = out / "corpus" / "qa.jsonl"
     direct = evaluate_model(model, qa, tmp_path / "direct", progress=False)
     assert (
         untrained["scores"]
@@ -370,7 +371,7 @@ def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeyp
     assert direct.scores["overall"].n == 20
 
     evaluate = ["evaluate", "--model", model, "--qa", str(qa), "--max-new-tokens", "4"]
-    adapter = ["--adapter", str(out / "run" / "epoch-1")]
+    adapter = ["--adapter", str(out / "train" / "small" / "plain_s0_lr0.001" / "epoch-1")]
     result = runner.invoke(app, [*evaluate, *adapter, "--out", str(tmp_path / "e"), "--baseline"])
     assert result.exit_code == 0, result.output
     assert f"closed-book QA: {model}, untrained" in result.output

@@ -312,17 +312,6 @@ def test_cli_train_then_evaluate(tiny_model_dir, tmp_path):
     assert bad.exit_code == 2 and "adapter_config.json" in bad.output
 
 
-def test_cli_table1_writes_table_metrics_and_figure(tiny_model_dir, tmp_path):
-    args = ["table1", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--n", "4"]
-    result = CliRunner().invoke(app, [*args, "--epochs", "2", "--batch-size", "4"])
-    assert result.exit_code == 0, result.output
-    assert "Table 1" in result.output and "university" in result.output
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert list(metrics["scores"]) == ["date", "city", "university", "major", "company", "overall"]
-    assert metrics["adapter"].endswith("epoch-2") and (tmp_path / "figure1.png").stat().st_size
-    assert last_epoch(tmp_path / "run") == 2
-
-
 def test_run_json_waits_for_the_model_and_compares_resolved_paths(
     tiny_model_dir, records, tmp_path, monkeypatch
 ):

@@ -431,13 +431,14 @@ def evaluate_command(
     evaluation=Options(EvalConfig, "evaluate", only=("shots",)),
 )
 def table1_command(
-    out: Annotated[Path, typer.Option(help="Folder for data/, run/, eval/ and figure1.png.")],
+    out: Annotated[Path, typer.Option(help="Run folder of the pipeline (report/, eval/, ...).")],
     *,
     config: TrainConfig,
     bios: BiosConfig,
     evaluation: EvalConfig,
 ) -> None:
-    """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field."""
+    """Table 1 + Figure 1: plain LoRA finetuning on biographies, then QA per field; a run of
+    the pipeline (`elusive run`) with the plain policy alone."""
     from rich.console import Console
 
     from .evaluate import scores_table
@@ -450,8 +451,7 @@ def table1_command(
     model, n, epochs = config.model, bios.n, config.epochs
     Console().print(scores_table(result.baseline.scores, f"Table 1: {model}, untrained"))
     Console().print(scores_table(result.scores, f"Table 1: {model}, {n} people, {epochs} epochs"))
-    evals = f"{out / 'eval' / 'metrics.json'}, {out / 'eval' / 'untrained' / 'metrics.json'}"
-    typer.echo(f"wrote {evals} and {out / 'figure1.png'}")
+    typer.echo(f"report: {out / 'report' / 'report.md'} (Figure 1: {out / 'report' / 'fig1.png'})")
 
 
 @app.command("export")

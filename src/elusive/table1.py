@@ -1,17 +1,63 @@
-"""The paper's Table 1 and Figure 1 (`elusive table1`): plain finetuning on biographies."""
+"""The paper's Table 1 and Figure 1 (`elusive table1`): plain finetuning on biographies, as a run
+config of the pipeline (`elusive.pipeline`).
+
+`table1_config` builds the `RunConfig`: a biography corpus, the one model as the trained
+``small`` (no ``models.large``: nothing is scored, and the report leaves out Figures 2-3), the
+``plain`` policy alone (each original once per epoch), one learning rate, seed and epoch count.
+`run_table1` runs it into a run folder like any other (resumable, fingerprinted), whose
+report holds Table 2's layout with the untrained row and Figure 1 (report/fig1.png).
+
+The pipeline splits the people into validation and test (``validation``, 0.3 by default); with
+one setting nothing is chosen on validation. Every person is trained on and evaluated: each
+evaluation folder's metrics.json (what `run_table1` returns and `elusive table1` prints) holds
+every person's scores, as the paper's Table 1; the report's rows are those of the test people,
+as in every run's report.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .bios import BiosConfig, write_bios
-from .config import UNTRAINED
-from .corpus import read_corpus, read_qa
-from .evaluate import EvalConfig, EvalResult, evaluate_model
-from .figures import plot_accuracy_vs_distance
-from .models import DTYPES, load_tokenizer
-from .summary import field_token_distances
-from .train import TrainConfig, train
+from .bios import BiosConfig
+from .config import AugmentSection, CorpusSection, ModelsSection, RunConfig, TrainSection
+from .options import EvalConfig, TrainConfig
+from .runs import grid
+
+if TYPE_CHECKING:
+    from .evaluate import EvalResult
+
+POLICY = "plain"
+"""Table 1's augmentation: none; each original once per epoch."""
+
+
+def table1_config(
+    config: TrainConfig,
+    out_dir: str | Path,
+    n: int = 1000,
+    bios_seed: int = 0,
+    eval_config: EvalConfig | None = None,
+) -> RunConfig:
+    """The run config of Table 1: `n` biographies of generator seed `bios_seed`, model
+    ``config.model`` trained as ``small`` with the rest of `config` (its ``epochs``, ``lr`` and
+    ``seed`` as one-item grid lists), the plain policy alone, evaluated with `eval_config`."""
+    train = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("model", "seed", "lr", "epochs")
+    }
+    run = RunConfig(
+        out=str(out_dir),
+        seeds=[config.seed],
+        corpus=CorpusSection(bios=BiosConfig(n=n, seed=bios_seed)),
+        models=ModelsSection(large=None, small=config.model, trained=["small"]),
+        augment=AugmentSection(policies=[POLICY]),
+        train=TrainSection(**train, lr=[config.lr], epochs=[config.epochs]),
+        evaluate=eval_config or EvalConfig(),
+    )
+    run.validate("elusive table1")
+    return run
 
 
 def run_table1(
@@ -22,32 +68,19 @@ def run_table1(
     eval_config: EvalConfig | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """The paper's Table 1 and Figure 1: plain finetuning on the default biography corpus.
+    """The paper's Table 1 and Figure 1: `table1_config` run by `elusive.pipeline.run_experiment`
+    into run folder `out_dir` (resumed where it stopped; a changed option redoes what it
+    reaches). Returns the trained model's evaluation at its last epoch over every person
+    (`elusive.evaluate.EvalResult`), with the base model's untrained one as its ``baseline``;
+    the run folder's report holds Table 2's layout and Figure 1 (report/fig1.png)."""
+    from . import layout
+    from .evaluate import read_eval
+    from .pipeline import run_experiment
 
-    Writes OUT/data (people.jsonl, qa.jsonl), OUT/run (the training run), OUT/eval (metrics,
-    predictions), OUT/eval/untrained (the same for the base model before training) and
-    OUT/figure1.png; returns the evaluation result, the untrained one as its ``baseline``.
-    Resumes training.
-    """
-    from .parallel import process_state
-
-    state = process_state()  # under `accelerate launch`, one process writes the shared files
-    out = Path(out_dir)
-    people, qa = out / "data" / "people.jsonl", out / "data" / "qa.jsonl"
-    if state.is_main_process:
-        write_bios(BiosConfig(n=n, seed=bios_seed), out / "data")
-    state.wait_for_everyone()
-    records = read_corpus(people)
-    last = train(config, records, out / "run", progress=progress)
-    spec, adapter = (str(last), None) if config.full else (config.model, last)
-    result = evaluate_model(
-        spec, read_qa(qa), out / "eval", adapter, eval_config, DTYPES[config.dtype], None,
-        progress, baseline=config.model,
-    )  # fmt: skip
-    if state.is_main_process:
-        distances = field_token_distances(records, load_tokenizer(spec))
-        name = Path(config.model).name
-        label = f"{name} ({'full' if config.full else 'LoRA'})"
-        results = {f"{name} ({UNTRAINED})": result.baseline.scores, label: result.scores}
-        plot_accuracy_vs_distance(distances, results, out / "figure1.png")
+    run_config = table1_config(config, out_dir, n, bios_seed, eval_config)
+    echo = print if progress else (lambda line: None)
+    run = run_experiment(run_config, out_dir, progress=progress, echo=echo)
+    (cell,) = grid(run_config)
+    result = read_eval(run.path(layout.evaluation(cell, config.epochs)))
+    result.baseline = read_eval(run.path(layout.untrained("small")))
     return result
