@@ -285,6 +285,23 @@ def test_cache_hit_recomputes_nothing_and_interrupted_runs_resume(
     assert sum(calls) == 2  # a new prefix is a new key
 
 
+@pytest.mark.parametrize("prefix", ["", "Text: "])
+def test_token_rows_hold_the_tokens_the_scores_hold(tiny_dirs, twin_dir, tmp_path, prefix):
+    """What the policies that rank nothing draw from: the trained role's tokens, offsets and
+    eligibility exactly as scoring writes them, and no scores."""
+    from elusive.attention import token_rows
+
+    records = _records(3)
+    specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
+    config = AttentionConfig(cache_dir=tmp_path, prefix=prefix)
+    scored, _, _ = score_records(records, specs, config, progress=False)
+    rows = token_rows(records, specs["small"], prefix)
+    fields = ("id", "text_sha256", "tokens", "offsets", "eligible")
+    for row, reference in zip(rows, scored, strict=True):
+        assert [getattr(row, f) for f in fields] == [getattr(reference, f) for f in fields]
+        assert row.scores == {} and row.contrast is None
+
+
 def test_contrast_rows_follow_the_contract(tiny_dirs, twin_dir, tmp_path):
     records = _records(3)
     specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}
