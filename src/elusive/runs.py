@@ -41,6 +41,7 @@ from .io import (
     read_json,
     remove_temp_files,
 )
+from .parallel import Dist
 
 SCHEMA = 2
 """The run folder's layout version, recorded in run.json as ``schema``: 1 records every output
@@ -101,13 +102,11 @@ def grid(config: RunConfig) -> list[Cell]:
 
 @dataclass(frozen=True)
 class Context:
-    """How a stage runs in this process: progress bars, where its lines go, and under
-    `accelerate launch` this process's rank among `world` processes."""
+    """How a stage runs in this process: progress bars and where its lines go (who this process
+    is among the launched ones is the run's `Run.dist`)."""
 
     progress: bool = True
     echo: Callable[[str], None] = print
-    rank: int = 0
-    world: int = 1
 
 
 @dataclass(frozen=True)
@@ -140,14 +139,21 @@ class Run:
     """A run folder and its manifest (``run.json``)."""
 
     def __init__(
-        self, config: RunConfig, out: str | Path | None = None, is_main: bool = True
+        self, config: RunConfig, out: str | Path | None = None, dist: Dist | None = None
     ) -> None:
         self.config = config
         self.root = Path(out or config.out)
-        self.is_main = is_main
-        """Under `accelerate launch`, only the main process writes the manifest and prints."""
+        self.dist = dist or Dist.single()
+        """The processes that run it (`elusive.parallel`; default: this one alone); the stages
+        share their work among them."""
         self.manifest_path = self.root / "run.json"
         self.manifest: dict[str, Any] = {}
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the main process of `dist`: the one that writes the manifest and
+        prints."""
+        return self.dist.is_main
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
