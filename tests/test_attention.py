@@ -461,16 +461,17 @@ def test_unwritable_cache_warns_once_and_keeps_this_runs_scores(tiny_dirs, twin_
     assert (tmp_path / "afile").read_text() == "in the cache's way\n"
 
 
-def test_shares_that_could_not_reach_the_cache_stop_in_one_error(tiny_dirs, tmp_path, monkeypatch):
-    import elusive.parallel
+def test_shares_that_could_not_reach_the_cache_stop_in_one_error(tiny_dirs, tmp_path):
+    from elusive.parallel import Dist
 
-    # This process scores no batch: as if the other launched processes scored them all and
-    # could not write them to the cache, where this one reads them.
-    monkeypatch.setattr(elusive.parallel, "my_share", lambda costs: [])
+    # Rank 1 of 2 is given no batch of the one there is: as if rank 0 scored it and could not
+    # write it to the cache, where this one reads it.
+    second = Dist(rank=1, world=2, exchange=list, wait=lambda: None)
     (tmp_path / "afile").write_text("in the cache's way\n")
     config = AttentionConfig(cache_dir=tmp_path / "afile")
+    specs = {"model": str(tiny_dirs["llama"])}
     with pytest.raises(AttentionError, match="share their scores through the cache"):
-        score_records(_records(2), {"model": str(tiny_dirs["llama"])}, config, progress=False)
+        score_records(_records(2), specs, config, progress=False, dist=second)
 
 
 # --------------------------------------------------------------------------- exact numbers

@@ -226,10 +226,11 @@ def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
     """Under `accelerate launch` every process runs `elusive run`; one prints the tables."""
     import elusive.pipeline
     import elusive.summary
+    from elusive.parallel import Dist
     from elusive.runs import Run
 
     def fake_run(config, out=None, echo=print):
-        return Run(config, out, is_main=False)
+        return Run(config, out, Dist(rank=1, world=2, exchange=list, wait=lambda: None))
 
     monkeypatch.setattr(elusive.pipeline, "run_experiment", fake_run)
     monkeypatch.setattr(elusive.summary, "summarize", lambda run: pytest.fail("summarized"))

@@ -197,11 +197,11 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     )
     generate, calls = model.generate, []
     model.generate = lambda **kwargs: calls.append(1) or generate(**kwargs)
-    whole = answer_and_score(model, tok, prompts, config, False, cands, shared=False)
+    whole = answer_and_score(model, tok, prompts, config, False, cands)
     whole_fed, whole_calls = list(fed), len(calls)
     fed.clear()
     calls.clear()
-    got = answer_and_score(model, tok, prompts, config, False, cands, False, prefixes=prefixes)
+    got = answer_and_score(model, tok, prompts, config, False, cands, prefixes=prefixes)
     hook.remove()
     assert got[0] == whole[0]
     for shared_scores, whole_scores in zip(got[1], whole[1], strict=True):
@@ -220,8 +220,8 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     zero_parts = prompt_parts(items[:7], zero)
     assert {examples for examples, _ in zero_parts} == {""}
     asked = [question for _, question in zero_parts]
-    assert answer_and_score(model, tok, asked, zero, False, cands[:7], False) == answer_and_score(
-        model, tok, asked, zero, False, cands[:7], False, prefixes=[""] * 7
+    assert answer_and_score(model, tok, asked, zero, False, cands[:7]) == answer_and_score(
+        model, tok, asked, zero, False, cands[:7], prefixes=[""] * 7
     )
 
 

@@ -1,5 +1,7 @@
-"""Work shared among launched processes: the plan, and scoring, evaluation and the report's
-attention analysis under a 2-process torchrun (gloo, CPU) giving a single process's bytes.
+"""Work shared among launched processes: the plan, the distributed context (`Dist`), a rank's
+share of the scoring and the answers with two ranks in threads (their collectives meet in
+memory), and scoring, evaluation and the report's attention analysis under a 2-process torchrun
+(gloo, CPU) giving a single process's bytes.
 
 Run as a script (``torchrun ... tests/test_parallel.py FOLDER``), this file is the launched
 program: see `_score_evaluate_analyse`.
@@ -12,11 +14,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from elusive.parallel import share
+from elusive.parallel import Dist, share
 
 
 def test_share_is_a_balanced_deterministic_partition():
@@ -33,6 +38,154 @@ def test_share_is_a_balanced_deterministic_partition():
     assert share([], 2) == [[], []]
 
 
+def test_a_process_alone_is_rank_0_of_1_and_needs_no_accelerate():
+    program = (
+        "import sys\n"
+        "from elusive.parallel import Dist\n"
+        "alone = Dist.single()\n"
+        "values = [3, 'a']\n"
+        "assert (alone.rank, alone.world, alone.is_main) == (0, 1, True)\n"
+        "assert alone.gather(values) is values\n"
+        "alone.barrier()\n"
+        "with alone.main_first():\n"
+        "    pass\n"
+        "assert alone.share([5, 1, 8]) == [0, 1, 2]\n"
+        "assert 'accelerate' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_rank_gets_its_share_and_a_world_of_two_needs_collectives():
+    costs = [5, 1, 8, 3, 3, 7, 2, 2, 6]
+    ranks = [Dist(rank, 3, exchange=list, wait=lambda: None) for rank in range(3)]
+    assert [d.share(costs) for d in ranks] == share(costs, 3)
+    assert [d.is_main for d in ranks] == [True, False, False]
+    with pytest.raises(ValueError, match="rank 2 is not one of the 2 processes"):
+        Dist(2, 2, exchange=list, wait=lambda: None)
+    with pytest.raises(ValueError, match="2 processes need an exchange and a wait"):
+        Dist(1, 2)
+
+
+def test_the_launched_context_of_a_process_not_launched_is_rank_0_of_1():
+    alone = Dist.launched()
+    assert (alone.rank, alone.world, alone.is_main) == (0, 1, True)
+    assert alone.gather([1, 2]) == [1, 2]
+
+
+def test_main_first_runs_the_main_process_first():
+    order = []
+    done = _as_two(lambda dist: _main_first_then(dist, order))
+    assert done == [None, None] and order == [0, 1]
+
+
+def _main_first_then(dist: Dist, order: list[int]) -> None:
+    with dist.main_first():
+        order.append(dist.rank)
+
+
+def _as_two(work: Callable[[Dist], Any]) -> list[Any]:
+    """`work(dist)` in two threads, as ranks 0 and 1 of a two-process `Dist` whose collectives
+    meet in memory (no process group); both results, in rank order."""
+    barrier = threading.Barrier(2, timeout=300)
+    slots: list[list[Any]] = [[], []]
+
+    def exchange(rank: int) -> Callable[[list[Any]], list[Any]]:
+        def gather(values: list[Any]) -> list[Any]:
+            slots[rank] = list(values)
+            barrier.wait()
+            everyone = [*slots[0], *slots[1]]
+            barrier.wait()  # both have read before either gathers again
+            return everyone
+
+        return gather
+
+    results: list[Any] = [None, None]
+    errors: list[BaseException] = []
+
+    def target(rank: int) -> None:
+        try:
+            results[rank] = work(Dist(rank, 2, exchange(rank), barrier.wait))
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()  # the other rank stops waiting
+
+    threads = [threading.Thread(target=target, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, one_thread):
+    """A large and a small tiny llama (one tokenizer), run on one thread: the reference and the
+    two ranks compute the same numbers."""
+    from elusive.models import make_tiny_model
+
+    folder = tmp_path_factory.mktemp("pair")
+    return {
+        "large": str(make_tiny_model(folder / "large", arch="llama", hidden_size=96, seed=1)),
+        "small": str(make_tiny_model(folder / "small", arch="llama", seed=0)),
+    }
+
+
+def test_two_ranks_each_score_their_share_and_both_get_every_score(pair, tmp_path):
+    """`score_records` under a two-process `Dist`: each rank scores its share of the batches
+    (their texts add up to the one-process count, none twice), the shares meet in the cache,
+    and both ranks end with the rows one process gives."""
+    from elusive.attention import AttentionConfig, score_records
+    from elusive.bios import BiosConfig, generate_bios
+
+    records = generate_bios(BiosConfig(n=7, seed=4))[0]
+    options = {"batch_size": 2, "chunk_size": 3}
+    alone, _, [counted] = score_records(
+        records, pair, AttentionConfig(cache_dir=tmp_path / "one", **options), progress=False
+    )
+    config = AttentionConfig(cache_dir=tmp_path / "two", **options)
+    both = _as_two(lambda dist: score_records(records, pair, config, progress=False, dist=dist))
+    assert counted == {"rank": 0, "texts": 2 * 7, "tokens": counted["tokens"]}
+    for rows, _, processes in both:
+        assert rows == alone
+        assert [p["rank"] for p in processes] == [0, 1]
+        assert all(p["texts"] > 0 for p in processes)
+        for key in ("texts", "tokens"):
+            assert sum(p[key] for p in processes) == counted[key]
+    assert both[0][2] == both[1][2]  # the same record of who scored what
+
+
+def test_two_ranks_each_answer_their_share_and_both_get_every_answer(pair):
+    """`answer_and_score` under a two-process `Dist`: each rank generates for its share of the
+    batches only (together every prompt once) and both get every answer and candidate score,
+    the ones one process gives."""
+    from elusive.evaluate import EvalConfig, answer_and_score
+    from elusive.models import load_model
+
+    prompts = [f"Question {i}: where did person {'x' * i} work? Answer:" for i in range(9)]
+    candidates = [["Acme", "Globex Corporation", f"Initech {i}"] for i in range(9)]
+    config = EvalConfig(batch_size=2, max_new_tokens=4, mixed_precision="no")
+
+    def answer(dist: Dist | None) -> tuple[Any, int]:
+        model, tokenizer = load_model(pair["small"])  # each rank its own, as processes have
+        rows = []
+        generate = model.generate
+        model.generate = lambda **kw: rows.append(len(kw["input_ids"])) or generate(**kw)
+        result = answer_and_score(model, tokenizer, prompts, config, False, candidates, dist)
+        return result, sum(rows)
+
+    (texts, scores), generated = answer(None)
+    assert generated == len(prompts) and all(texts)
+    both = _as_two(answer)
+    assert all(0 < rows < len(prompts) for _, rows in both)
+    assert sum(rows for _, rows in both) == len(prompts)
+    for (got_texts, got_scores), _ in both:
+        assert got_texts == texts
+        assert got_scores == scores
+
+
 def _score_evaluate_analyse(folder: Path) -> None:
     """Score folder/people.jsonl with both models, evaluate the small one on folder/qa.jsonl
     (2-shot: each process runs the solved examples its batches share) and run the Figure 2-3
@@ -44,15 +197,14 @@ def _score_evaluate_analyse(folder: Path) -> None:
     from elusive.corpus import read_corpus
     from elusive.evaluate import EvalConfig, evaluate_model
     from elusive.io import atomic_write_text
-    from elusive.parallel import process_state
 
-    state = process_state()
-    out = folder / f"out-{state.num_processes}"
+    dist = Dist.launched()
+    out = folder / f"out-{dist.world}"
     specs = {"large": str(folder / "large"), "small": str(folder / "small")}
     config = AttentionConfig(cache_dir=out / "cache", batch_size=2, chunk_size=3)
-    score_corpus(specs, folder / "people.jsonl", out / "scores", config, progress=False)
-    rows = company_query_rows(read_corpus(folder / "people.jsonl"), specs, config)
-    if state.is_main_process:
+    score_corpus(specs, folder / "people.jsonl", out / "scores", config, progress=False, dist=dist)
+    rows = company_query_rows(read_corpus(folder / "people.jsonl"), specs, config, dist=dist)
+    if dist.is_main:
         atomic_write_text(out / "analysis.json", json.dumps(rows) + "\n")
 
     generated = []
@@ -68,12 +220,16 @@ def _score_evaluate_analyse(folder: Path) -> None:
     try:
         eval_config = EvalConfig(batch_size=3, max_new_tokens=4, choices=3, shots=2)
         evaluate_model(
-            specs["small"], folder / "qa.jsonl", out / "eval", config=eval_config, progress=False
+            specs["small"],
+            folder / "qa.jsonl",
+            out / "eval",
+            config=eval_config,
+            progress=False,
+            dist=dist,
         )
     finally:
         evaluate.load_for_eval = load
-    rank = state.process_index
-    atomic_write_text(out / f"generated-{rank}.json", json.dumps(sum(generated)))
+    atomic_write_text(out / f"generated-{dist.rank}.json", json.dumps(sum(generated)))
 
 
 @pytest.fixture(scope="module")

@@ -884,7 +884,9 @@ def test_figures_2_3_follow_a_change_of_model_not_a_stale_cache(tmp_path, tiny_p
     first = rows(run)
     computed = analysis.company_query_rows
     calls = []
-    monkeypatch.setattr(analysis, "company_query_rows", lambda *a: calls.append(1) or computed(*a))
+    monkeypatch.setattr(
+        analysis, "company_query_rows", lambda *a, **k: calls.append(1) or computed(*a, **k)
+    )
     assert rows(run) == first and not calls  # the same inputs: kept
 
     config.models.large = small  # the small model scored in the large one's place

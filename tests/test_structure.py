@@ -115,3 +115,57 @@ def test_reading_scores_augmenting_and_reporting_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def calls_by_function(path: Path, name: str) -> set[str]:
+    """The functions of `path` (by their own name, the innermost def; ``<module>`` outside
+    any) that call `name`, as ``name(...)`` or ``anything.name(...)``."""
+    out = set()
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, child.name)
+                continue
+            if isinstance(child, ast.Call):
+                called = child.func
+                if (isinstance(called, ast.Name) and called.id == name) or (
+                    isinstance(called, ast.Attribute) and called.attr == name
+                ):
+                    out.add(where)
+            visit(child, where)
+
+    visit(ast.parse(path.read_text("utf-8")), "<module>")
+    return out
+
+
+def test_only_the_entry_points_ask_which_process_this_is():
+    """Who this process is (`elusive.parallel.Dist`) is made at the entry points and passed
+    down: accelerate's process state is asked in `Dist.launched` and by the entry points alone
+    (the CLI commands and Table 1's `run_table1`, a top-level function of the Python API), and
+    `Dist.launched` is called by the CLI commands and the Python API's top-level functions
+    only; the functions that compute take a `Dist`."""
+    asking, launching = set(), set()
+    for path in sorted(PACKAGE.glob("*.py")):
+        asking |= {(path.stem, f) for f in calls_by_function(path, "process_state")}
+        launching |= {(path.stem, f) for f in calls_by_function(path, "launched")}
+    beyond_cli = {(m, f) for m, f in asking if m != "cli"}
+    assert beyond_cli <= {("parallel", "launched"), ("table1", "run_table1")}
+    assert ("parallel", "launched") in asking  # the walk sees real calls
+    entry_points = {
+        ("pipeline", "run_experiment"),
+        ("attention", "score_corpus"),
+        ("evaluate", "evaluate_model"),
+    }
+    assert {(m, f) for m, f in launching if m != "cli"} == entry_points
+    assert ("cli", "evaluate_command") in launching
+
+
+def test_the_call_finder_sees_calls_in_nested_functions_and_methods(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "x = process_state()\n"
+        "def f():\n    def g():\n        return p.process_state()\n    return g\n"
+        "class C:\n    def m(self):\n        process_state\n"
+    )
+    assert calls_by_function(path, "process_state") == {"<module>", "g"}

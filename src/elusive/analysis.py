@@ -19,6 +19,7 @@ from . import layout
 from .bios import SPANS
 from .corpus import Record
 from .io import read_json
+from .parallel import Dist
 from .runs import Run, digest
 
 if TYPE_CHECKING:
@@ -55,11 +56,12 @@ def company_query_rows(
     config: AttentionConfig | None = None,
     device_map: Any = None,
     max_memory: dict | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, list[dict]]:
     """Per model role, the attention row of the token just before the company value of each
     biography (mean over layers and heads) with each token's category; computed and cached as
-    `elusive.attention.query_attentions` does (under `accelerate launch` a collective: the
-    processes share the texts). `device_map` and `max_memory` dispatch each model over several
+    `elusive.attention.query_attentions` does (a collective: the processes of `dist`, default
+    this one alone, share the texts). `device_map` and `max_memory` dispatch each model over several
     devices (`elusive.models.load_model`).
 
     Returns {role: [{"weights", "eligible", "categories", "query", "tokens"}, ...]}.
@@ -86,6 +88,7 @@ def company_query_rows(
             progress=False,
             device_map=device_map,
             max_memory=max_memory,
+            dist=dist,
         )
         out[role] = [
             {
@@ -139,7 +142,7 @@ def analysis_recorded(run: Run) -> dict[str, str]:
 
 def write_analysis(run: Run) -> str:
     """Compute and write the analysis file unless it is there (`elusive.runs.Run.refresh` has
-    removed one made from other inputs). Under `accelerate launch` every process calls it and
+    removed one made from other inputs). Every process of the run (`Run.dist`) calls it and
     scores its share (`company_query_rows`); the main process writes."""
     from .attention import AttentionConfig
     from .bios import generate_bios
@@ -160,7 +163,12 @@ def write_analysis(run: Run) -> str:
     specs = {"large": config.models.large, "small": config.models.small}
     attention = AttentionConfig(**options(config.attention))
     rows = company_query_rows(
-        records, specs, attention, config.models.device_map, config.models.max_memory
+        records,
+        specs,
+        attention,
+        config.models.device_map,
+        config.models.max_memory,
+        dist=run.dist,
     )
     if run.is_main:
         atomic_write_text(path, json.dumps({"n": n, "key": key, "rows": rows}) + "\n")

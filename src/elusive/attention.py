@@ -49,6 +49,7 @@ from .io import (
     os_reason,
 )
 from .options import ROLES, AttentionConfig, AttentionError
+from .parallel import Dist
 from .scores import TextScores, rank_desc, write_scores
 
 ATTN_IMPLEMENTATION = "elusive"
@@ -577,13 +578,14 @@ def _model_scores(
     queries: Sequence[int] | None = None,
     device_map: Any = None,
     max_memory: dict | None = None,
+    dist: Dist | None = None,
 ) -> _Scored:
     """s_j of every token of each item (with `queries`: the attention row of token
     ``queries[n]`` of item n), computing only what the cache lacks.
 
     The texts missing from the cache are cut into the batches one process runs (chunks of
-    ``config.chunk_size`` texts in input order, each batched longest first) and under
-    `accelerate launch` every process runs its share of those batches (`elusive.parallel`,
+    ``config.chunk_size`` texts in input order, each batched longest first) and each process of
+    `dist` (default: this one alone) runs its share of those batches (`elusive.parallel`,
     balanced by padded tokens) and writes them to the cache, where the others read them: each
     score is computed in the batch one process would compute it in, so the scores do not depend
     on the number of processes. A collective: every process must call it alike. `device_map`
@@ -593,10 +595,9 @@ def _model_scores(
     from tqdm.auto import tqdm
 
     from .models import DTYPES, cache_root, check_placement, load_model, model_fingerprint
-    from .parallel import my_share, process_state
 
     check_placement(device_map, max_memory)
-    state = process_state()
+    dist = dist or Dist.single()
     fingerprint = model_fingerprint(spec, cache_dir=config.cache_dir)
     # query rows are the same under either score; the authors' scores are cached apart
     kind = f"-{config.score}" if config.score != "received" and queries is None else ""
@@ -608,7 +609,7 @@ def _model_scores(
         for n, t in enumerate(texts)
     ]
     missing = [n for n, item in enumerate(items) if cache.get(keys[n], item.ids) is None]
-    state.wait_for_everyone()  # every process has read the cache before any writes to it
+    dist.barrier()  # every process has read the cache before any writes to it
     batches = []  # (chunk start, indices of items): the one-process order
     for start in range(0, len(missing), config.chunk_size):
         chunk = missing[start : start + config.chunk_size]
@@ -616,7 +617,7 @@ def _model_scores(
             batches.append((start, [chunk[k] for k in batch]))
     mine = [
         batches[b]
-        for b in my_share([len(ns) * max(len(items[n].ids) for n in ns) for _, ns in batches])
+        for b in dist.share([len(ns) * max(len(items[n].ids) for n in ns) for _, ns in batches])
     ]
     done = sum(len(ns) for _, ns in mine)
     if mine:
@@ -632,7 +633,7 @@ def _model_scores(
             initial=len(items) - len(missing),
             desc=role,
             unit="text",
-            disable=not (progress and state.is_main_process),
+            disable=not (progress and dist.is_main),
         ) as bar:
             for _, group in itertools.groupby(mine, key=lambda pair: pair[0]):
                 entries = {}
@@ -642,7 +643,7 @@ def _model_scores(
                         entries[keys[n]] = {"ids": items[n].ids, "scores": [_round(x) for x in s]}
                     bar.update(len(batch))
                 cache.put(entries)
-    state.wait_for_everyone()  # every share is in the cache
+    dist.barrier()  # every share is in the cache
     cache.refresh()
     scores = [cache.get(k, item.ids) for k, item in zip(keys, items, strict=True)]
     if None in scores:  # another process's share, which it could not write to the cache
@@ -748,15 +749,16 @@ def score_records(
     progress: bool = True,
     device_map: Any = None,
     max_memory: dict | None = None,
+    dist: Dist | None = None,
 ) -> tuple[list[TextScores], dict[str, str], list[dict[str, int]]]:
     """Score every record with each model of `specs` ({"large": s, "small": s} or
-    {"model": s}). Returns the rows, each role's model fingerprint and, per process (one unless
-    launched with several: see `_model_scores`), the texts and tokens it scored over all roles.
-    A collective: under `accelerate launch` every process must call it alike. `device_map` and
+    {"model": s}). Returns the rows, each role's model fingerprint and, per process of `dist`
+    (default: this one alone; see `_model_scores`), the texts and tokens it scored over all
+    roles. A collective: every process of `dist` must call it alike. `device_map` and
     `max_memory` dispatch each model over several devices (`elusive.models.load_model`)."""
     from .models import load_tokenizer
-    from .parallel import gather, process_state
 
+    dist = dist or Dist.single()
     config = config or AttentionConfig()
     config.validate()
     if sorted(specs) not in (sorted(ROLES), ["model"]):
@@ -775,15 +777,15 @@ def score_records(
             _check_same_tokens(record, items["large"][n], items["small"][n])
     scored = {
         role: _model_scores(
-            spec, role, texts, items[role], config, progress, None, device_map, max_memory
+            spec, role, texts, items[role], config, progress, None, device_map, max_memory, dist
         )
         for role, spec in specs.items()
     }
     raw = {role: s.scores for role, s in scored.items()}
-    processes = gather(
+    processes = dist.gather(
         [
             {
-                "rank": process_state().process_index,
+                "rank": dist.rank,
                 "texts": sum(s.texts for s in scored.values()),
                 "tokens": sum(s.tokens for s in scored.values()),
             }
@@ -831,10 +833,11 @@ def query_attentions(
     progress: bool = True,
     device_map: Any = None,
     max_memory: dict | None = None,
+    dist: Dist | None = None,
 ) -> list[QueryAttention]:
     """`query_attention` of many texts under model `spec`: the attention row of token
     ``queries[n]`` (an index among the output tokens) of text n. Batched, cached and shared
-    among launched processes as `score_records` is (a collective too); `config` gives the
+    among the processes of `dist` as `score_records` is (a collective too); `config` gives the
     prefix, dtype, batch size and cache; `device_map` and `max_memory` as in `score_records`."""
     from .models import load_tokenizer
 
@@ -849,7 +852,7 @@ def query_attentions(
             )
     positions = [item.kept[q] for item, q in zip(items, queries, strict=True)]
     rows = _model_scores(
-        spec, "query rows", texts, items, config, progress, positions, device_map, max_memory
+        spec, "query rows", texts, items, config, progress, positions, device_map, max_memory, dist
     ).scores
     return [_query_result(i, r, q) for i, r, q in zip(items, rows, queries, strict=True)]
 
@@ -864,16 +867,17 @@ def score_corpus(
     device_map: Any = None,
     max_memory: dict | None = None,
     text_field: str = "text",
+    dist: Dist | None = None,
 ) -> list[TextScores]:
     """Score a corpus file and write the scores folder (`scores.jsonl` + `manifest.json`);
     `device_map` and `max_memory` as in `score_records`, `text_field` as in `read_corpus`.
 
     The manifest names the corpus relative to the scores folder, so `augment` finds it from
     any working folder, and after both are moved together; its ``processes`` say what each
-    process scored. Under `accelerate launch` the processes share the scoring and the main
-    one writes the folder, the bytes of ``scores.jsonl`` a single process writes."""
-    from .parallel import process_state
-
+    process scored. The processes of `dist` (default: those of `accelerate launch`, this one
+    alone when not launched) share the scoring and the main one writes the folder, the bytes of
+    ``scores.jsonl`` a single process writes."""
+    dist = dist or Dist.launched()
     config = config or AttentionConfig()
     check_out_dir(out_dir, ("scores.jsonl", "manifest.json"))
     check_apart(
@@ -882,7 +886,13 @@ def score_corpus(
     records = read_corpus(corpus, text_field)
     try:
         rows, fingerprints, processes = score_records(
-            records, specs, config, progress=progress, device_map=device_map, max_memory=max_memory
+            records,
+            specs,
+            config,
+            progress=progress,
+            device_map=device_map,
+            max_memory=max_memory,
+            dist=dist,
         )
     except TextTooLong as exc:
         raise TextTooLong(f"{corpus}: {exc}") from None
@@ -895,6 +905,6 @@ def score_corpus(
         "trained": config.trained if "model" not in specs else "model",
         "processes": processes,
     }
-    if process_state().is_main_process:
+    if dist.is_main:
         write_scores(out_dir, manifest, rows)
     return rows

@@ -206,7 +206,7 @@ def attention_cmd(
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
     from .attention import score_corpus
-    from .parallel import process_state
+    from .parallel import Dist
     from .specs import check_placement
 
     if model is not None and given & {"large", "small"}:
@@ -216,8 +216,11 @@ def attention_cmd(
     )
     placement = {"device_map": models.device_map, "max_memory": models.max_memory}
     check_placement(**placement)
-    rows = score_corpus(specs, corpus, out, config, **placement, text_field=reading.text_field)
-    if process_state().is_main_process:  # under `accelerate launch`: one process prints
+    dist = Dist.launched()
+    rows = score_corpus(
+        specs, corpus, out, config, **placement, text_field=reading.text_field, dist=dist
+    )
+    if dist.is_main:  # under `accelerate launch`: one process prints
         typer.echo(f"wrote attention scores of {len(rows)} texts to {out}")
 
 
@@ -277,6 +280,7 @@ def scorers_command(
 
     from .augment import AugmentConfig, load_inputs
     from .io import atomic_write_text, check_out_file
+    from .parallel import Dist
     from .scorers import query_rows as rows_at_queries
     from .scorers import scorer_markdown, scorer_table
     from .scores import read_manifest
@@ -298,7 +302,7 @@ def scorers_command(
             )
         specs = {role: m["spec"] for role, m in manifest["models"].items()}
         contrasts = rows_at_queries(
-            records, rows, specs, AttentionConfig(prefix=manifest["prefix"])
+            records, rows, specs, AttentionConfig(prefix=manifest["prefix"]), Dist.launched()
         )
     table = scorer_table(records, rows, seed=seed, authors=authors_rows, query_contrasts=contrasts)
     typer.echo(scorer_markdown(table), nl=False)
@@ -344,11 +348,11 @@ def train_command(
     reading: CorpusSection,
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
-    from .parallel import process_state
+    from .parallel import Dist
     from .train import train
 
     check_apart([out], {"--corpus": corpus})
-    with folder_lock(out) if process_state().is_main_process else contextlib.nullcontext():
+    with folder_lock(out) if Dist.launched().is_main else contextlib.nullcontext():
         last = train(config, corpus, out, text_field=reading.text_field)
     typer.echo(f"trained {config.epochs} epochs; last checkpoint: {last}")
 
@@ -393,7 +397,7 @@ def evaluate_command(
 
     from .evaluate import evaluate_model, scores_table
     from .models import DTYPES
-    from .parallel import process_state
+    from .parallel import Dist
     from .specs import check_placement
 
     if weights.dtype not in DTYPES:
@@ -402,12 +406,13 @@ def evaluate_command(
         fail("--baseline evaluates the base model of --adapter untrained: give --adapter")
     config.validate()
     check_placement(placement.device_map, placement.max_memory)
+    dist = Dist.launched()
     result = evaluate_model(
         model, qa, out, adapter, config, DTYPES[weights.dtype], shots_from,
         device_map=placement.device_map, max_memory=placement.max_memory,
-        quantize=weights.quantize, baseline=model if baseline else None,
+        quantize=weights.quantize, baseline=model if baseline else None, dist=dist,
     )  # fmt: skip
-    if not process_state().is_main_process:  # under `accelerate launch`: one process prints
+    if not dist.is_main:  # under `accelerate launch`: one process prints
         return
     if result.baseline is not None:
         Console().print(scores_table(result.baseline.scores, f"closed-book QA: {model}, untrained"))
@@ -442,11 +447,12 @@ def table1_command(
     from rich.console import Console
 
     from .evaluate import scores_table
-    from .parallel import process_state
+    from .parallel import Dist
     from .table1 import run_table1
 
-    result = run_table1(config, out, bios.n, bios.seed, evaluation)
-    if not process_state().is_main_process:  # under `accelerate launch`: one process prints
+    dist = Dist.launched()
+    result = run_table1(config, out, bios.n, bios.seed, evaluation, dist=dist)
+    if not dist.is_main:  # under `accelerate launch`: one process prints
         return
     model, n, epochs = config.model, bios.n, config.epochs
     Console().print(scores_table(result.baseline.scores, f"Table 1: {model}, untrained"))

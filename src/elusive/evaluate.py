@@ -26,6 +26,7 @@ from .errors import ElusiveError
 from .io import DroppedDataWarning, atomic_write_text, write_jsonl
 from .metrics import LABELS, METRICS, FieldScore, aggregate, best_scores, unmeasured
 from .options import EvalConfig
+from .parallel import Dist
 from .probes import CandidateScore
 
 # --------------------------------------------------------------------------- closed-book QA
@@ -140,7 +141,7 @@ def answer_and_score(
     config: EvalConfig,
     progress: bool = True,
     candidates: Sequence[Sequence[str]] | None = None,
-    shared: bool = True,
+    dist: Dist | None = None,
     prefixes: Sequence[str] | None = None,
 ) -> tuple[list[str], list[list[CandidateScore]] | None]:
     """Greedy continuations of `prompts` and, with `candidates` (one list per prompt), the
@@ -163,17 +164,16 @@ def answer_and_score(
     of its prompt alone, and a question costs its own tokens only. The answers and scores are
     the ones of the prompts run whole, up to float rounding.
 
-    Under `accelerate launch`, with `shared`, every process runs its share of these batches
-    (`elusive.parallel`, balanced by tokens) and gets everyone's results: a collective, so all
-    processes must call it alike. Each batch holds the prompts it holds in one process, and
-    left padding makes a row's numbers depend on its batch, so the results are the ones one
-    process gives, whatever the number of processes. ``shared=False`` runs every batch here.
+    Every process of `dist` (default: this one alone, which runs every batch) runs its share
+    of these batches (`elusive.parallel`, balanced by tokens) and gets everyone's results: a
+    collective, so all its processes must call it alike. Each batch holds the prompts it holds
+    in one process, and left padding makes a row's numbers depend on its batch, so the results
+    are the ones one process gives, whatever the number of processes.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, StoppingCriteriaList
 
     from .models import input_device, resolve_mixed_precision
-    from .parallel import gather, my_share, process_state
     from .probes import (
         cache_argument,
         candidate_ids,
@@ -209,14 +209,14 @@ def answer_and_score(
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     texts: list[str] = [""] * len(prompts)
     scores: list[list[CandidateScore]] = [[] for _ in prompts]
-    if shared:  # cost: each shared prefix once, plus the tokens each row holds once generated
-        costs = [
-            sum(len(h) for h in {head[i] for i in b})
-            + len(b) * (max(len(encoded[i]) - len(head[i]) for i in b) + config.max_new_tokens)
-            for b in batches
-        ]
-        batches = [batches[b] for b in my_share(costs)]
-        progress = progress and process_state().is_main_process
+    dist = dist or Dist.single()
+    costs = [  # each shared prefix once, plus the tokens each row holds once generated
+        sum(len(h) for h in {head[i] for i in b})
+        + len(b) * (max(len(encoded[i]) - len(head[i]) for i in b) + config.max_new_tokens)
+        for b in batches
+    ]
+    batches = [batches[b] for b in dist.share(costs)]
+    progress = progress and dist.is_main
     device = input_device(model)
     # bf16 autocast: greedy QA on the 0.5B pack ran ~2x faster on an AVX512-BF16 CPU
     # (docs/benchmarks.md).
@@ -256,9 +256,8 @@ def answer_and_score(
                 )
             for i, score in zip(batch, batch_scores, strict=True):
                 scores[i] = score
-    if shared:
-        for i, text, score in gather([(i, texts[i], scores[i]) for b in batches for i in b]):
-            texts[i], scores[i] = text, score
+    for i, text, score in dist.gather([(i, texts[i], scores[i]) for b in batches for i in b]):
+        texts[i], scores[i] = text, score
     return texts, (scores if cand_ids is not None else None)
 
 
@@ -375,21 +374,21 @@ def evaluate_qa(
     config: EvalConfig | None = None,
     pool: Sequence[QAItem] | None = None,
     progress: bool = True,
-    shared: bool = True,
+    dist: Dist | None = None,
 ) -> EvalResult:
     """Closed-book QA (prompt, generate greedily, cut, score) and, with ``config.probes``, the
     knowledge probes: ``choice`` and ``logprob`` after the QA prompt, and for items with a
     cloze prompt its greedy ``cloze_em``/``cloze_f1`` and ``cloze_choice``/``cloze_logprob``.
-    Both choices use the same distractors. `shared`: the launched processes share the
-    questions (see `answer_and_score`).
+    Both choices use the same distractors. The processes of `dist` (default: this one alone)
+    share the questions (see `answer_and_score`).
 
     An item without a question (a span-cloze probe, `elusive.cloze`) gets only the cloze
     metrics: its prediction row has no ``em``/``f1``/``choice``/``logprob``, so a field of such
     probes is scored by its cloze metrics alone and nothing warns of the QA ones. Without
     ``config.probes`` such items are left out (counted under ``probe_only``): nothing is asked.
 
-    The result's `warnings` (each also a DroppedDataWarning, from the process that would write
-    it) record ``over_context``, questions whose prompt needs more than the model's context
+    The result's `warnings` (each also a DroppedDataWarning, from the main process of `dist`)
+    record ``over_context``, questions whose prompt needs more than the model's context
     (`context_overflow`); ``fewer_distractors``, questions with fewer than ``config.choices``
     distractors (`elusive.probes.distractor_shortage`); ``probe_only``, the probes left out;
     and ``missing_metrics``, per field a metric no question has a value for, which the scores
@@ -397,6 +396,7 @@ def evaluate_qa(
     from .probes import candidates, distractor_shortage, judge, pick_distractors
 
     config = config or EvalConfig()
+    dist = dist or Dist.single()
     found: dict[str, Any] = {}
     if not config.probes and any(item.question is None for item in items):
         found["probe_only"] = sum(item.question is None for item in items)
@@ -432,7 +432,7 @@ def evaluate_qa(
     if qa:
         outputs, scores = answer_and_score(
             model, tokenizer, prompts, config, progress,
-            None if cands is None else [cands[i] for i in qa], shared,
+            None if cands is None else [cands[i] for i in qa], dist,
             prefixes=[examples for examples, _ in parts],
         )  # fmt: skip
         for i, row in zip(qa, score_predictions([items[i] for i in qa], outputs), strict=True):
@@ -443,7 +443,7 @@ def evaluate_qa(
             for i, probed in zip(qa, judge(qa_items, wrong, scores), strict=True):
                 rows[i].update(probed)
     if not config.probes:
-        return _result(rows, found, shared)
+        return _result(rows, found, dist)
     for row, wrong in zip(rows, distractors, strict=True):
         row["distractors"] = list(wrong)
 
@@ -452,7 +452,7 @@ def evaluate_qa(
         wrong = [distractors[i] for i in asked]
         outputs, scores = answer_and_score(
             model, tokenizer, [item.cloze for item in cloze_items], config, progress,
-            [cands[i] for i in asked], shared,
+            [cands[i] for i in asked], dist,
         )  # fmt: skip
         probed = judge(cloze_items, wrong, scores)
         for i, item, output, probe in zip(asked, cloze_items, outputs, probed, strict=True):
@@ -466,7 +466,7 @@ def evaluate_qa(
                 cloze_f1=f1,
                 **{f"cloze_{name}": value for name, value in probe.items()},
             )
-    return _result(rows, found, shared)
+    return _result(rows, found, dist)
 
 
 # Why a metric can have no value for any question of a field (`unmeasured`).
@@ -504,24 +504,21 @@ def context_overflow(
     return {"context": limit, "longest": max(needs), "fields": fields}
 
 
-def _result(rows: list[dict], found: dict[str, Any], shared: bool) -> EvalResult:
+def _result(rows: list[dict], found: dict[str, Any], dist: Dist) -> EvalResult:
     """The scores of `rows` with the `found` warnings plus the metrics missing from them; each
-    warning is shown once, by the process that writes the result (all of them when not
-    `shared`)."""
+    warning is shown once, by the main process of `dist` (the processes that share the
+    questions)."""
     scores = aggregate(rows)
     if missing := unmeasured(rows):
         found["missing_metrics"] = {
             key: {m: _WHY_MISSING.get(m, "no question there has a value") for m in names}
             for key, names in missing.items()
         }
-    if found:
-        from .parallel import process_state
-
-        if not shared or process_state().is_main_process:
-            asked = sum(1 for row in rows if row.get("question") is not None)
-            noun = "questions" if asked == len(rows) else "probes" if not asked else "items"
-            for line in _warning_lines(found, len(rows), noun):
-                warnings.warn(line, DroppedDataWarning, stacklevel=3)
+    if found and dist.is_main:
+        asked = sum(1 for row in rows if row.get("question") is not None)
+        noun = "questions" if asked == len(rows) else "probes" if not asked else "items"
+        for line in _warning_lines(found, len(rows), noun):
+            warnings.warn(line, DroppedDataWarning, stacklevel=3)
     return EvalResult(scores, rows, found)
 
 
@@ -665,7 +662,7 @@ def evaluate_checkpoint(
     *,
     pool: Sequence[QAItem] | None = None,
     progress: bool = True,
-    shared: bool = True,
+    dist: Dist | None = None,
     write: bool = True,
     device_map: Any = None,
     max_memory: dict | None = None,
@@ -673,12 +670,13 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Evaluate one checkpoint into one folder, for every caller (`evaluate_model`, the
     pipeline's evaluate stage): load `spec` with `adapter` (`load_for_eval`), answer `items`
-    (`evaluate_qa`, `pool` and `shared` as there) and, where `write`, write metrics.json (with
-    `meta`) and predictions.jsonl into `out_dir` (`write_eval`)."""
+    (`evaluate_qa`: `pool`, and the processes of `dist` share the questions) and, where
+    `write`, write metrics.json (with `meta`) and predictions.jsonl into `out_dir`
+    (`write_eval`)."""
     model, tokenizer = load_for_eval(
         spec, adapter, dtype, device_map=device_map, max_memory=max_memory, quantize=quantize
     )
-    result = evaluate_qa(model, tokenizer, items, config, pool, progress, shared)
+    result = evaluate_qa(model, tokenizer, items, config, pool, progress, dist)
     if write:
         write_eval(out_dir, result, meta)
     return result
@@ -719,10 +717,12 @@ def evaluate_model(
     max_memory: dict | None = None,
     quantize: str = "no",
     baseline: str | Path | None = None,
+    dist: Dist | None = None,
 ) -> EvalResult:
     """Load a model (+ adapter), answer the questions of `qa`, write metrics and predictions;
-    `device_map`, `max_memory` and `quantize` as in `load_for_eval`. Under `accelerate launch`
-    the processes share the questions and the main one writes.
+    `device_map`, `max_memory` and `quantize` as in `load_for_eval`. The processes of `dist`
+    (default: those of `accelerate launch`, this one alone when not launched) share the
+    questions and the main one writes.
 
     `baseline` (a model spec: the adapter's base, ``elusive evaluate --baseline``) is evaluated
     too, untrained, on the same questions with the same options, into OUT_DIR/untrained/ (the
@@ -730,8 +730,8 @@ def evaluate_model(
     before any work."""
     from .corpus import read_qa
     from .io import check_apart, check_out_dir
-    from .parallel import process_state
 
+    dist = dist or Dist.launched()
     config = config or EvalConfig()
     config.validate()
     check_quantize(quantize, device_map)
@@ -756,7 +756,7 @@ def evaluate_model(
             meta["quantize"] = quantize
         result = evaluate_checkpoint(
             out, model_spec, model_adapter, items, config, meta, dtype,
-            pool=pool, progress=progress, write=process_state().is_main_process,
+            pool=pool, progress=progress, dist=dist, write=dist.is_main,
             device_map=device_map, max_memory=max_memory, quantize=quantize,
         )  # fmt: skip
         results.append(result)

@@ -40,6 +40,7 @@ from .config import UNTRAINED, ConfigError, CorpusSection, RunConfig, options
 from .corpus import QAItem, Record, qa_to_json, read_corpus, read_qa, record_to_json
 from .io import CorpusError, atomic_write_text, file_sha256, folder_lock, read_json, write_jsonl
 from .options import LOGGING_ONLY
+from .parallel import Dist
 from .runs import (
     Cell,
     Context,
@@ -177,6 +178,7 @@ def stage_attention(run: Run, progress: bool) -> str:
             progress=progress,
             device_map=models.device_map,
             max_memory=models.max_memory,
+            dist=run.dist,
         )
         by = " by the authors' scorer" if folder == layout.AUTHORS_SCORES else ""
         scored.append(f"{len(rows)} texts scored{by}")
@@ -238,16 +240,16 @@ def stage_train(run: Run, progress: bool, echo: Callable[[str], None]) -> str:
     return f"{len(runs)} training runs"
 
 
-def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> str:
+def stage_evaluate(run: Run, progress: bool) -> str:
     """Evaluate every (training run, epoch) not yet evaluated, and each trained role's base
     model untrained (`elusive.runs.untrained_dirs`: one evaluation per role, on the same
-    questions and options). While at least `world` are left, process `rank` takes every
-    world-th one alone (nothing to exchange); all processes share the questions of the last ones
-    (fewer than `world`), so none waits idle for a whole checkpoint. Either way each
-    checkpoint's answers are the ones a single process gives."""
+    questions and options). While at least as many are left as the run's processes
+    (`Run.dist`), each process takes every world-th one alone (nothing to exchange); all
+    processes share the questions of the last ones (fewer than the processes), so none waits
+    idle for a whole checkpoint. Either way each checkpoint's answers are the ones a single
+    process gives."""
     from .evaluate import evaluate_checkpoint
     from .models import DTYPES
-    from .parallel import process_state
 
     questions = read_qa(run.path(layout.QA_FILE))
     models = run.config.models
@@ -273,16 +275,18 @@ def stage_evaluate(run: Run, progress: bool, rank: int = 0, world: int = 1) -> s
     ]
     done = 0
     todo = [job for job in jobs if not (job[3] / "metrics.json").exists()]
-    process_state().wait_for_everyone()  # every process has listed the work before any writes
-    rounds = len(todo) - len(todo) % world  # the checkpoints evaluated one per process
+    dist = run.dist
+    dist.barrier()  # every process has listed the work before any writes
+    rounds = len(todo) - len(todo) % dist.world  # the checkpoints evaluated one per process
     for index, (cell, role, epoch, out, meta) in enumerate(todo):
         shared = index >= rounds
-        if not shared and index % world != rank:
+        if not shared and index % dist.world != dist.rank:
             continue
         write = run.is_main or not shared
         evaluate_checkpoint(
             out, *weights(cell, role, epoch), questions, run.config.evaluate, meta, dtype,
-            progress=progress, shared=shared, write=write, **placement,
+            progress=progress, dist=dist if shared else Dist.single(), write=write,
+            **placement,
         )  # fmt: skip
         done += write
     untrained = len(run.config.models.trained)
@@ -473,9 +477,7 @@ PIPELINE: tuple[Stage, ...] = (
         "evaluate",
         reads=("evaluate", "train.dtype", "train/ROLE/TAG (its fingerprint)", layout.QA_FILE),
         fingerprints=evaluate_fingerprints,
-        run=lambda run, context: stage_evaluate(
-            run, context.progress and run.is_main, context.rank, context.world
-        ),
+        run=lambda run, context: stage_evaluate(run, context.progress and run.is_main),
     ),
     Stage(
         "analysis",
@@ -506,31 +508,31 @@ def run_experiment(
     out: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    dist: Dist | None = None,
 ) -> Run:
     """Run every stage of `config` (skipping finished work) and return the run.
 
-    Under `accelerate launch` every process scores its share of the texts, trains (data
-    parallel), evaluates its share of the checkpoints and questions and scores its share of the
-    analysis texts; the main process alone runs the other stages (`Stage.every_process`) while
-    the rest wait.
+    The processes of `dist` (default: those of `accelerate launch`, this one alone when not
+    launched; the run's `Run.dist`) each score their share of the texts, train (data
+    parallel), evaluate their share of the checkpoints and questions and score their share of
+    the analysis texts; the main process alone runs the other stages (`Stage.every_process`)
+    while the rest wait.
     The main process holds the run folder's lock throughout (`elusive.io.folder_lock`), so a
     second run on the same folder refuses instead of removing this one's outputs.
     """
-    from .parallel import process_state
-
-    state = process_state()
-    run = Run(config, out, is_main=state.is_main_process)
+    dist = dist or Dist.launched()
+    run = Run(config, out, dist)
     run.check()  # before the lock file: a folder that is refused gets nothing written into it
     with folder_lock(run.root) if run.is_main else nullcontext():
-        with state.main_process_first():
+        with dist.main_first():
             run.open(echo)
-        context = Context(progress, echo, state.process_index, state.num_processes)
+        context = Context(progress, echo)
         for number, stage in enumerate(PIPELINE, start=1):
             if run.is_main:
                 run.refresh(stage, echo)
-            state.wait_for_everyone()
+            dist.barrier()
             if run.is_main or stage.every_process:
                 work = partial(stage.run, run, context)
                 run.stage(stage.name, work, echo, f"[{number}/{len(PIPELINE)}]")
-            state.wait_for_everyone()
+            dist.barrier()
     return run

@@ -42,6 +42,7 @@ from .io import (
     read_json,
     remove_temp_files,
 )
+from .parallel import Dist
 from .scores import TextScores
 
 SCHEMA = 2
@@ -121,13 +122,11 @@ def unscored_rows(config: RunConfig, records: Sequence[Record]) -> list[TextScor
 
 @dataclass(frozen=True)
 class Context:
-    """How a stage runs in this process: progress bars, where its lines go, and under
-    `accelerate launch` this process's rank among `world` processes."""
+    """How a stage runs in this process: progress bars and where its lines go (who this process
+    is among the launched ones is the run's `Run.dist`)."""
 
     progress: bool = True
     echo: Callable[[str], None] = print
-    rank: int = 0
-    world: int = 1
 
 
 @dataclass(frozen=True)
@@ -160,14 +159,21 @@ class Run:
     """A run folder and its manifest (``run.json``)."""
 
     def __init__(
-        self, config: RunConfig, out: str | Path | None = None, is_main: bool = True
+        self, config: RunConfig, out: str | Path | None = None, dist: Dist | None = None
     ) -> None:
         self.config = config
         self.root = Path(out or config.out)
-        self.is_main = is_main
-        """Under `accelerate launch`, only the main process writes the manifest and prints."""
+        self.dist = dist or Dist.single()
+        """The processes that run it (`elusive.parallel`; default: this one alone); the stages
+        share their work among them."""
         self.manifest_path = self.root / "run.json"
         self.manifest: dict[str, Any] = {}
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the main process of `dist`: the one that writes the manifest and
+        prints."""
+        return self.dist.is_main
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)

@@ -36,6 +36,7 @@ from typing import Any
 from .cloze import span_kind
 from .corpus import Record
 from .errors import ElusiveError
+from .parallel import Dist
 from .scores import TextScores, authors_rank, rank_desc
 from .stats import bootstrap_ci
 
@@ -129,11 +130,13 @@ def query_rows(
     rows: Sequence[TextScores],
     specs: dict[str, str],
     config: Any,
+    dist: Dist | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """text id -> span key -> large - small attention row at the token just before that span
     (`value_queries`), over the tokens up to that query. `specs` names the large and small
     models, which must tokenize alike (the scores' ``align: tokens``); `config` is their
-    `elusive.attention.AttentionConfig` (prefix, dtype, batch size, cache)."""
+    `elusive.attention.AttentionConfig` (prefix, dtype, batch size, cache); the processes of
+    `dist` (default: this one alone) share the rows (`elusive.attention.query_attentions`)."""
     from .attention import query_attentions
 
     by_id = _by_id(records, rows)
@@ -142,7 +145,8 @@ def query_rows(
     texts = [text_of[text_id] for text_id, _, _ in jobs]
     weights = {
         role: [
-            a.weights for a in query_attentions(specs[role], texts, [q for *_, q in jobs], config)
+            a.weights
+            for a in query_attentions(specs[role], texts, [q for *_, q in jobs], config, dist=dist)
         ]
         for role in ("large", "small")
     }

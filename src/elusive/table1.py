@@ -27,6 +27,7 @@ from .runs import grid
 
 if TYPE_CHECKING:
     from .evaluate import EvalResult
+    from .parallel import Dist
 
 POLICY = "plain"
 """Table 1's augmentation: none; each original once per epoch."""
@@ -67,10 +68,12 @@ def run_table1(
     bios_seed: int = 0,
     eval_config: EvalConfig | None = None,
     progress: bool = True,
+    dist: Dist | None = None,
 ) -> EvalResult:
     """The paper's Table 1 and Figure 1: `table1_config` run by `elusive.pipeline.run_experiment`
     into run folder `out_dir` (resumed where it stopped; a changed option redoes what it
-    reaches). Returns the trained model's evaluation at its last epoch over every person
+    reaches), by the processes of `dist` (default: those of `accelerate launch`). Returns the
+    trained model's evaluation at its last epoch over every person
     (`elusive.evaluate.EvalResult`), with the base model's untrained one as its ``baseline``;
     the run folder's report holds Table 2's layout and Figure 1 (report/fig1.png)."""
     from . import layout
@@ -79,7 +82,7 @@ def run_table1(
 
     run_config = table1_config(config, out_dir, n, bios_seed, eval_config)
     echo = print if progress else (lambda line: None)
-    run = run_experiment(run_config, out_dir, progress=progress, echo=echo)
+    run = run_experiment(run_config, out_dir, progress=progress, echo=echo, dist=dist)
     (cell,) = grid(run_config)
     result = read_eval(run.path(layout.evaluation(cell, config.epochs)))
     result.baseline = read_eval(run.path(layout.untrained("small")))
