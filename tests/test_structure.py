@@ -141,8 +141,7 @@ def calls_by_function(path: Path, name: str) -> set[str]:
 
 def test_only_the_entry_points_ask_which_process_this_is():
     """Who this process is (`elusive.parallel.Dist`) is made at the entry points and passed
-    down: accelerate's process state is asked in `Dist.launched` and by the entry points alone
-    (the CLI commands and Table 1's `run_table1`, a top-level function of the Python API), and
+    down: accelerate's process state is asked in `Dist.launched` and by the CLI commands alone, and
     `Dist.launched` is called by the CLI commands and the Python API's top-level functions
     only; the functions that compute take a `Dist`."""
     asking, launching = set(), set()
@@ -150,7 +149,7 @@ def test_only_the_entry_points_ask_which_process_this_is():
         asking |= {(path.stem, f) for f in calls_by_function(path, "process_state")}
         launching |= {(path.stem, f) for f in calls_by_function(path, "launched")}
     beyond_cli = {(m, f) for m, f in asking if m != "cli"}
-    assert beyond_cli <= {("parallel", "launched"), ("table1", "run_table1")}
+    assert beyond_cli == {("parallel", "launched")}
     assert ("parallel", "launched") in asking  # the walk sees real calls
     entry_points = {
         ("pipeline", "run_experiment"),
