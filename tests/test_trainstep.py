@@ -56,6 +56,48 @@ def test_fused_lora_and_head_loss_give_peft_and_transformers_loss_and_gradients(
         torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_under_bf16_autocast_the_fused_step_gives_autocasts_loss_and_gradients(
+    tiny_model_dir, records, dropout
+):
+    """bf16 autocast: the fused step (base weights stored in bf16 once) against the model's
+    own forward under autocast, the same masks. bf16 keeps 8 bits of mantissa and the two
+    add the adapter's product in different places, so they agree to bf16's noise, and both
+    stay near the float32 result."""
+    config = TrainConfig(model=str(tiny_model_dir), lora_dropout=dropout, lora_alpha=32)
+    batch = _batch(tiny_model_dir, records)
+    results = {}
+    for path in ("plain", "fused", "float32"):
+        model, _ = build_model(config)
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.1)
+        if path == "fused":
+            assert trainstep.fuse_lora(model, torch.bfloat16) == 7 * 2
+            base = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+            assert base.weight.dtype == torch.bfloat16  # stored once, not cast at each step
+        torch.manual_seed(2)
+        if path == "plain":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(**batch, use_cache=False).loss
+        else:
+            precision = "bf16" if path == "fused" else "no"
+            loss = train_module._train_step(model, batch, path == "fused", precision)
+        loss.backward()
+        grads = _grads(model)
+        assert all(g.dtype == torch.float32 for g in grads.values())  # the adapters' own dtype
+        results[path] = (loss.item(), grads)
+    (plain_loss, plain), (fused_loss, fused) = results["plain"], results["fused"]
+    exact_loss, exact = results["float32"]
+    assert fused_loss == pytest.approx(plain_loss, rel=2e-2)
+    assert fused.keys() == plain.keys() and len(fused) == 7 * 2 * 2
+    for name, grad in fused.items():
+        scale = exact[name].norm()
+        assert (grad - plain[name]).norm() < 0.1 * scale, name
+        assert (grad - exact[name]).norm() < 0.1 * scale, name
+
+
 def test_head_loss_on_a_full_model_gives_the_embeddings_gradient(tiny_model_dir, records):
     """Full finetuning: the head (tied to the embeddings in the tiny Qwen2) gets its gradient
     from `head_loss` as from transformers' loss; padding's positions give none."""
@@ -92,30 +134,67 @@ def test_head_loss_is_the_mean_cross_entropy_of_the_target_positions():
     assert not hidden.grad[2, 1:].any()  # positions with no target: no gradient
 
 
-def test_the_fused_path_trains_as_the_plain_one(tiny_model_dir, records, tmp_path, monkeypatch):
-    """Two epochs with dropout, both paths: losses within float noise, adapters close."""
-    config = TrainConfig(
-        model=str(tiny_model_dir), epochs=2, lr=1e-2, batch_size=4, lora_dropout=0.1
-    )
-    logs = {}
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(train_module, "_fused_step", lambda *args: False)
-        train(config, records, tmp_path / str(fused), progress=False)
-        logs[fused] = (tmp_path / str(fused) / "log.json").read_text()
+def _train_both(config, records, tmp_path, monkeypatch, paths=(True, False)):
+    """{fused: (step losses, final adapter)} of two epochs trained on each path."""
     import json
 
-    losses = {k: [s["loss"] for s in json.loads(v)["steps"]] for k, v in logs.items()}
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     from safetensors.torch import load_file
 
-    a, b = (load_file(tmp_path / str(k) / "epoch-2" / "adapter_model.safetensors") for k in logs)
+    out = {}
+    for fused in paths:
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(train_module, "_fused_step", lambda *args: False)
+            folder = tmp_path / f"{config.mixed_precision}-{fused}"
+            train(config, records, folder, progress=False)
+        log = json.loads((folder / "log.json").read_text())
+        adapter = load_file(folder / "epoch-2" / "adapter_model.safetensors")
+        out[fused] = ([s["loss"] for s in log["steps"]], adapter)
+    return out
+
+
+def _config(model_dir, precision):
+    return TrainConfig(
+        model=str(model_dir),
+        epochs=2,
+        lr=1e-2,
+        batch_size=4,
+        lora_dropout=0.1,
+        mixed_precision=precision,
+    )
+
+
+def test_the_fused_path_trains_as_the_plain_one(tiny_model_dir, records, tmp_path, monkeypatch):
+    """Two epochs with dropout in float32, both paths: losses within float noise, adapters
+    close."""
+    runs = _train_both(_config(tiny_model_dir, "no"), records, tmp_path, monkeypatch)
+    (fused_losses, a), (plain_losses, b) = runs[True], runs[False]
+    assert fused_losses == pytest.approx(plain_losses, rel=1e-5)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_under_bf16_the_fused_path_trains_as_close_to_float32_as_autocast(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    """Two epochs under bf16 autocast on each path and one in float32: the fused path's
+    losses within bf16's noise of autocast's, and its adapters no farther from float32's
+    than autocast's are (bf16 rounding compounds over the steps: ~5% here on either path)."""
+    bf16 = _train_both(_config(tiny_model_dir, "bf16"), records, tmp_path, monkeypatch)
+    exact = _train_both(_config(tiny_model_dir, "no"), records, tmp_path, monkeypatch, (True,))
+    (fused_losses, fused), (plain_losses, plain) = bf16[True], bf16[False]
+    assert fused_losses == pytest.approx(plain_losses, rel=2e-2)
+    reference = exact[True][1]
+
+    def distance(adapter):
+        return sum((adapter[k] - reference[k]).norm() ** 2 for k in reference).sqrt().item()
+
+    assert 0 < distance(fused) < 1.5 * distance(plain)
+
+
 def test_the_fused_path_is_taken_only_where_it_computes_the_same(tiny_model_dir):
-    """float32 in one process: fused; bf16 autocast or bf16 weights: the model's forward."""
+    """One process: fused in float32 and for LoRA under bf16 autocast; bf16 weights, full
+    finetuning under bf16 autocast, several processes: the model's forward."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -125,7 +204,9 @@ def test_the_fused_path_is_taken_only_where_it_computes_the_same(tiny_model_dir)
     fp32 = TrainConfig(model=str(tiny_model_dir), mixed_precision="no")
     assert train_module._fused_step(accelerator, model, fp32)
     bf16 = TrainConfig(model=str(tiny_model_dir), mixed_precision="bf16")
-    assert not train_module._fused_step(accelerator, model, bf16)
+    assert train_module._fused_step(accelerator, model, bf16)
+    full = TrainConfig(model=str(tiny_model_dir), mixed_precision="bf16", full=True)
+    assert not train_module._fused_step(accelerator, model, full)
     weights = TrainConfig(model=str(tiny_model_dir), mixed_precision="no", dtype="bfloat16")
     assert not train_module._fused_step(accelerator, model, weights)
 

@@ -572,6 +572,15 @@ def probes_build(
 # --- run / demo commands
 
 
+RunSetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE overriding a config key, VALUE as YAML: --set train.lr=[3e-4]. Repeatable.",
+    ),
+]
+
+
 def _run_config(config, out: Path | None) -> None:
     """Run an experiment config and print its Table 2 and where the report is."""
     from .pipeline import run_experiment
@@ -593,14 +602,7 @@ def run_command(
         Path | None,
         typer.Option(help="Run folder (default: the config's `out`)."),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="KEY=VALUE overriding a config key, VALUE as YAML: --set train.lr=[3e-4]. "
-            "Repeatable.",
-        ),
-    ] = None,
+    set_: RunSetOption = None,
 ) -> None:
     """Corpus -> attention scores -> augmentation -> training -> evaluation -> report.
 
@@ -614,6 +616,7 @@ def run_command(
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+    set_: RunSetOption = None,
 ) -> None:
     """The small CPU demo on the offline Qwen2.5 Coder pair (1.5B large, 0.5B small+trained).
 
@@ -622,7 +625,7 @@ def demo_command(
     from importlib import resources
 
     with resources.as_file(resources.files("elusive").joinpath("data", "demo.yaml")) as path:
-        config = load_config(path)
+        config = load_config(path, set_ or ())
     _run_config(config, out)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -416,7 +417,9 @@ class YamlRefused(yaml.YAMLError):
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (plain data, no arbitrary tags) that also refuses a key given twice
     in one mapping, where PyYAML keeps the last silently, and a document whose aliases expand
-    beyond `MAX_YAML_NODES` nodes or into themselves."""
+    beyond `MAX_YAML_NODES` nodes or into themselves. Booleans are YAML 1.2's: only true and
+    false (any case), so ``mixed_precision: no`` stays the string accelerate spells it, where
+    YAML 1.1 would read False."""
 
     def compose_document(self) -> yaml.Node:
         node = super().compose_document()
@@ -440,6 +443,17 @@ class _SafeLoader(yaml.SafeLoader):
                         f"line {seen.start_mark.line + 1}); give each key once"
                     )
         return super().construct_mapping(node, deep=deep)
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _check_expansion(root: yaml.Node | None) -> None:

@@ -426,20 +426,25 @@ def _close_trackers(accelerator) -> None:
         tracker.finish()
 
 
-def _train_step(model, batch: dict[str, torch.Tensor], fused: bool = False) -> torch.Tensor:
+def _train_step(
+    model, batch: dict[str, torch.Tensor], fused: bool = False, precision: str = "no"
+) -> torch.Tensor:
     """Mean next-token loss of one micro-batch (the model shifts labels itself); `fused`: the
     same loss from the decoder's hidden states through `elusive.trainstep.head_loss`, which
-    makes logits only where there is a target (see `_fused_step`)."""
+    makes logits only where there is a target (see `_fused_step`), under bf16 autocast where
+    `precision` is bf16 (the model's own forward gets it from accelerate)."""
     if not fused:
         return model(**batch, use_cache=False).loss
     from .trainstep import head_loss
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = causal.get_decoder()
-    hidden = decoder(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # [batch, seq, hidden]
-    return head_loss(hidden, causal.get_output_embeddings(), batch["labels"])
+    device = batch["input_ids"].device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state  # [batch, seq, hidden]
+        return head_loss(hidden, causal.get_output_embeddings(), batch["labels"])
 
 
 PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3")
@@ -451,8 +456,8 @@ computes it; other models train through their own forward."""
 def _fused_step(accelerator, model, config: TrainConfig) -> bool:
     """Whether the training step takes `elusive.trainstep`'s fused path (its adapters fused
     by `fuse_lora`, its loss by `head_loss`): one process (the decoder is called past the
-    wrapper that FSDP or DDP put around the model), float32 throughout (no autocast), a plain
-    head."""
+    wrapper that FSDP or DDP put around the model), float32 weights, no autocast or LoRA under
+    bf16 autocast (a frozen head), a plain head."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type != DistributedType.NO:  # the model is wrapped: no head here
@@ -460,7 +465,7 @@ def _fused_step(accelerator, model, config: TrainConfig) -> bool:
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal.get_output_embeddings()
     return (
-        config.mixed_precision == "no"
+        (config.mixed_precision == "no" or (config.mixed_precision == "bf16" and not config.full))
         and config.dtype == "float32"  # HF's loss upcasts lower-precision logits to float32
         and causal.config.model_type in PLAIN_HEADS
         and type(head) is torch.nn.Linear
@@ -534,7 +539,7 @@ def train(
     if fused and not config.full:
         from .trainstep import fuse_lora
 
-        fuse_lora(model)
+        fuse_lora(model, torch.bfloat16 if config.mixed_precision == "bf16" else None)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
 
@@ -565,7 +570,7 @@ def train(
         began, window, epoch_losses = time.perf_counter(), [], []
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = _train_step(model, batch, fused)
+                loss = _train_step(model, batch, fused, config.mixed_precision)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
