@@ -83,7 +83,8 @@ def report(label: str, by_arm: dict[str, dict]) -> None:
     print("\n| difference | field | metric | mean [95% BCa CI] | p | Holm p (the 8) |")
     print("|---|---|---|---|---|---|")
     for (name, field, metric, stats), p_holm in zip(primary, adjusted, strict=True):
-        print(f"| {name} | {field} | {metric} | {cell(stats)} | {pvalue(stats['p'])} | {pvalue(p_holm)} |")
+        ps = f"{pvalue(stats['p'])} | {pvalue(p_holm)}"
+        print(f"| {name} | {field} | {metric} | {cell(stats)} | {ps} |")
     print()
     for arm, base in SECONDARY:
         diffs = paired_differences(by_arm[arm], by_arm[base], FIELDS, METRICS[:2])
