@@ -413,7 +413,8 @@ def test_probes_without_questions_get_cloze_metrics_only(tiny_model_dir, tmp_pat
     question = QAItem("q", "Oslo", "When was Oslo founded?", ("1048",), "all", kind="date")
     items = [question, *probes]
     model, tok = load_model(tiny_model_dir)
-    config = EvalConfig(max_new_tokens=3, choices=2, batch_size=4)
+    # float32: the batched path and `probe` alone agree to 1e-4 there, not under bf16 autocast
+    config = EvalConfig(max_new_tokens=3, choices=2, batch_size=4, mixed_precision="no")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate_qa(model, tok, items, config, progress=False)
