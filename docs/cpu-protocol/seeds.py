@@ -45,7 +45,8 @@ def read_source(folder: Path, test: set[str]) -> dict[str, dict[int, list[dict]]
 
 
 def tables(sources: list[dict[str, dict[int, list[dict]]]]) -> dict[str, dict]:
-    """arm -> score table over every source's seeds (a seed given twice is refused)."""
+    """arm -> score table over every source's seeds (a seed given twice is refused); an arm
+    no source holds is left out."""
     out = {}
     for arm in ARMS:
         by_seed: dict[int, list[dict]] = {}
@@ -54,7 +55,8 @@ def tables(sources: list[dict[str, dict[int, list[dict]]]]) -> dict[str, dict]:
                 if seed in by_seed:
                     raise SystemExit(f"{arm}: seed {seed} is in two sources")
                 by_seed[seed] = rows
-        out[arm] = unit_scores(by_seed, METRICS)
+        if by_seed:
+            out[arm] = unit_scores(by_seed, METRICS)
     return out
 
 
@@ -69,14 +71,18 @@ def cell(stats: dict) -> str:
 def report(label: str, by_arm: dict[str, dict]) -> None:
     seeds = sorted({seed for table in by_arm.values() for seed, _, _ in table})
     print(f"\n## {label}: seeds {seeds}\n")
-    print("| arm | " + " | ".join(f"{f} {m}" for f in FIELDS for m in METRICS) + " |")
-    print("|---" * (1 + len(FIELDS) * len(METRICS)) + "|")
-    for arm in ARMS:
+    print("| arm | seeds | " + " | ".join(f"{f} {m}" for f in FIELDS for m in METRICS) + " |")
+    print("|---" * (2 + len(FIELDS) * len(METRICS)) + "|")
+    for arm in by_arm:
         means = policy_means(by_arm[arm], FIELDS, METRICS)
         row = [cell(means[f][m]) for f in FIELDS for m in METRICS]
-        print(f"| {arm} | " + " | ".join(row) + " |")
+        arm_seeds = ",".join(str(s) for s in sorted({seed for seed, _, _ in by_arm[arm]}))
+        print(f"| {arm} | {arm_seeds} | " + " | ".join(row) + " |")
     primary = []
     for arm, base in PRIMARY:
+        if not {arm, base} <= by_arm.keys():
+            print(f"\n{arm} - {base}: not every arm was evaluated")
+            return
         diffs = paired_differences(by_arm[arm], by_arm[base], FIELDS, METRICS[:2])
         primary += [(f"{arm} - {base}", f, m, diffs[f][m]) for f in FIELDS for m in METRICS[:2]]
     adjusted = holm([stats["p"] for *_, stats in primary])
@@ -87,6 +93,9 @@ def report(label: str, by_arm: dict[str, dict]) -> None:
         print(f"| {name} | {field} | {metric} | {cell(stats)} | {ps} |")
     print()
     for arm, base in SECONDARY:
+        if not {arm, base} <= by_arm.keys():
+            print(f"- {arm} - {base}: not evaluated")
+            continue
         diffs = paired_differences(by_arm[arm], by_arm[base], FIELDS, METRICS[:2])
         parts = [f"{f} {m} {cell(diffs[f][m])}" for f in FIELDS for m in METRICS[:2]]
         print(f"- {arm} - {base}: " + "; ".join(parts))
