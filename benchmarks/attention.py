@@ -8,8 +8,8 @@ For each text length T, each variant runs in a fresh subprocess, so that its pea
 its own (peak RSS on the CPU, peak allocated GPU memory on a GPU): "forward" (a plain SDPA
 forward pass of the decoder, no scores: the floor), "naive" (eager attention with
 output_attentions=True: every layer's T x T maps stacked, then averaged, the slow reference),
-"ours" (`elusive.attention.attention_received`: the fused kernel where it runs, i.e. on a GPU)
-and "blocked" (the same with the fused kernel turned off: the scorer on the CPU, the GPU
+"ours" (`elusive.scoring.attention.attention_received`: the fused kernel where it runs, i.e. on a
+GPU) and "blocked" (the same with the fused kernel turned off: the scorer on the CPU, the GPU
 scorer before the kernel). Forward and naive run the decoder stack; ours runs the whole model
 with the LM head on the last position only (one row of logits). Printed per variant:
 tokens/s (median of the repeats), peak memory of the process, and the extra peak over the
@@ -68,8 +68,8 @@ class _Memory:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from elusive import attention
     from elusive.models import DTYPES
+    from elusive.scoring import attention
 
     if args.config:
         model = _random_model(args.config, DTYPES[args.dtype])
@@ -136,7 +136,7 @@ def _pack_model(args: argparse.Namespace):
     """The model named by --model and token ids of biographies, ``[batch, T]``."""
     import torch
 
-    from elusive.bios import BiosConfig, generate_bios
+    from elusive.corpus.bios import BiosConfig, generate_bios
     from elusive.models import DTYPES, load_model
 
     model, tok = load_model(args.model, DTYPES[args.dtype], cache_dir=args.cache_dir)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from elusive.augment import AugmentConfig, augment
-from elusive.bios import BiosConfig, generate_bios
-from elusive.corpus import Record
+from elusive.augment.dropout import AugmentConfig, augment
+from elusive.corpus.bios import BiosConfig, generate_bios
+from elusive.corpus.records import Record
 from elusive.io import write_jsonl
-from elusive.scores import TextScores
+from elusive.scoring.scores import TextScores
 
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")
 

@@ -1,7 +1,7 @@
 """Evaluation cost: QA generation with its prompts' shared examples run once, and the knowledge
 probes against the QA generation they accompany.
 
-On the same biography questions, times `elusive.evaluate.evaluate_qa` (1) without probes:
+On the same biography questions, times `elusive.evaluation.evaluate.evaluate_qa` (1) without probes:
 greedy QA generation, the paper's measure, and (2) with every probe: choice and logprob after
 the QA prompt, greedy cloze answers, and choice and logprob after the cloze prompt. Target:
 what the probes add costs no more than the generation itself. And (3) the same QA generation
@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from elusive.bios import BiosConfig, generate_bios  # noqa: E402
-from elusive.evaluate import EvalConfig, answer_and_score, evaluate_qa, prompt_parts  # noqa: E402
+from elusive.corpus.bios import BiosConfig, generate_bios  # noqa: E402
+from elusive.evaluation.evaluate import EvalConfig, answer_and_score, evaluate_qa, prompt_parts  # noqa: E402
 from elusive.models import input_device, load_model, resolve_mixed_precision  # noqa: E402
 
 

@@ -1,5 +1,5 @@
-"""QLoRA against LoRA: peak memory and training tokens/s of `elusive.train` with the base in
-fp32 and with ``quantize: 4bit`` (NF4 weights through bitsandbytes, computed in fp32).
+"""QLoRA against LoRA: peak memory and training tokens/s of `elusive.training.train` with the base
+in fp32 and with ``quantize: 4bit`` (NF4 weights through bitsandbytes, computed in fp32).
 
 Both train the same LoRA (r=16, every linear layer but the head) on the same biographies, one
 epoch at the same batch size, without autocast, so the base's storage is the only difference.
@@ -35,9 +35,9 @@ def measure(model: str, texts: int, batch_size: int, quantize: str) -> dict:
     """Train one epoch with `quantize` in this process; its numbers as a dict."""
     import torch
 
-    import elusive.train as train_module
-    from elusive.bios import BiosConfig, generate_bios
-    from elusive.train import TrainConfig, train
+    import elusive.training.train as train_module
+    from elusive.corpus.bios import BiosConfig, generate_bios
+    from elusive.training.train import TrainConfig, train
 
     records = generate_bios(BiosConfig(n=texts, seed=0))[0]
     config = TrainConfig(

@@ -1,8 +1,8 @@
-"""Training throughput against the machine's limit: `elusive.train` vs a plain
+"""Training throughput against the machine's limit: `elusive.training.train` vs a plain
 `transformers.Trainer` + peft baseline, in fp32 and, where the CPU computes bf16 natively
 (AVX512-BF16, AMX), under bf16 autocast: never where bf16 is emulated, ~100x slower than fp32
 there. With ``--batching``, the padded-token share and tokens/s of the three batch layouts of
-`elusive.train` (default, ``group_by_length``, ``packing``).
+`elusive.training.train` (default, ``group_by_length``, ``packing``).
 
 Both train the same LoRA (r=16, all linear layers) on the same tokenized biographies with
 the same batch size, learning rate and schedule for one epoch; the time is the training loop
@@ -37,10 +37,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from elusive.batches import padded_share  # noqa: E402
-from elusive.bios import BiosConfig, generate_bios  # noqa: E402
-from elusive.models import load_tokenizer, make_tiny_model, native_bf16  # noqa: E402
-from elusive.train import (  # noqa: E402
+from elusive.corpus.bios import BiosConfig, generate_bios  # noqa: E402
+from elusive.models import load_tokenizer, native_bf16  # noqa: E402
+from elusive.tiny import make_tiny_model  # noqa: E402
+from elusive.training.batches import padded_share  # noqa: E402
+from elusive.training.train import (  # noqa: E402
     TrainConfig,
     build_model,
     make_batches,
@@ -165,7 +166,7 @@ def mixed_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def run_batching(args) -> None:
-    from elusive.corpus import Record
+    from elusive.corpus.records import Record
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -239,7 +240,9 @@ def main() -> None:
             out = Path(tmp) / precision
             seconds = run_trainer(config, seqs, tokenizer.pad_token_id, out / "trainer")
             speed["Trainer + peft", precision] = tokens / seconds
-            speed["elusive.train", precision] = tokens / run_ours(config, records, out / "ours")
+            speed["elusive.training.train", precision] = tokens / run_ours(
+                config, records, out / "ours"
+            )
     policy = os.environ["OMP_WAIT_POLICY"]
     print(f"model {args.model}, {args.texts} texts, {tokens} tokens, batch 8, LoRA r=16, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}; "
@@ -258,10 +261,10 @@ def main() -> None:
               f"{work * rate / peak[precision]:6.1%} of the {name} peak")  # fmt: skip
     for precision in peak:
         name = "fp32" if precision == "no" else precision
-        ratio = speed["elusive.train", precision] / speed["Trainer + peft", precision]
+        ratio = speed["elusive.training.train", precision] / speed["Trainer + peft", precision]
         print(f"ratio ours / Trainer, {name}: {ratio:.2f} (target > 1)")
     if "bf16" in peak:
-        ours = speed["elusive.train", "bf16"] / speed["elusive.train", "no"]
+        ours = speed["elusive.training.train", "bf16"] / speed["elusive.training.train", "no"]
         print(f"ratio ours bf16 / ours fp32: {ours:.2f}")
 
 

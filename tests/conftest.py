@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-# Without a GPU the fused attention kernel (elusive.kernels) runs under Triton's CPU interpreter,
-# which must be chosen before triton compiles anything, i.e. before elusive is imported.
+# Without a GPU the fused attention kernel (elusive.scoring.kernels) runs under Triton's CPU
+# interpreter, which must be chosen before triton compiles anything, i.e. before elusive is
+# imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -29,7 +30,7 @@ def own_cache(tmp_path_factory):
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_model_dir(request, tmp_path_factory):
     """A saved tiny model folder of each architecture (llama adds BOS, qwen2 does not)."""
-    from elusive.models import make_tiny_model
+    from elusive.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp(f"tiny-{request.param}"), arch=request.param)
 
@@ -68,6 +69,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def records():
     """12 generated biographies (seed 3): the training corpus of the tiny-model tests."""
-    from elusive.bios import BiosConfig, generate_bios
+    from elusive.corpus.bios import BiosConfig, generate_bios
 
     return generate_bios(BiosConfig(n=12, seed=3))[0]

@@ -8,8 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from elusive import attention, kernels
-from elusive.attention import (
+from elusive.augment.dropout import AugmentConfig, AugmentError, augment_file
+from elusive.cli import app
+from elusive.corpus.bios import BiosConfig, generate_bios
+from elusive.corpus.records import Record, record_to_json
+from elusive.io import DroppedDataWarning, write_jsonl
+from elusive.models import load_model
+from elusive.scoring import attention, kernels
+from elusive.scoring.attention import (
     AttentionConfig,
     AttentionError,
     attention_received,
@@ -20,13 +26,8 @@ from elusive.attention import (
     score_records,
     tokenize,
 )
-from elusive.augment import AugmentConfig, AugmentError, augment_file
-from elusive.bios import BiosConfig, generate_bios
-from elusive.cli import app
-from elusive.corpus import Record, record_to_json
-from elusive.io import DroppedDataWarning, write_jsonl
-from elusive.models import load_model, make_tiny_model
-from elusive.scores import rank_desc, read_manifest, read_scores
+from elusive.scoring.scores import rank_desc, read_manifest, read_scores
+from elusive.tiny import make_tiny_model
 
 TEXT = (
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA. "
@@ -289,7 +290,7 @@ def test_cache_hit_recomputes_nothing_and_interrupted_runs_resume(
 def test_token_rows_hold_the_tokens_the_scores_hold(tiny_dirs, twin_dir, tmp_path, prefix):
     """What the policies that rank nothing draw from: the trained role's tokens, offsets and
     eligibility exactly as scoring writes them, and no scores."""
-    from elusive.attention import token_rows
+    from elusive.scoring.attention import token_rows
 
     records = _records(3)
     specs = {"large": str(twin_dir), "small": str(tiny_dirs["llama"])}

@@ -12,8 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import elusive.augment as augment_module
-from elusive.augment import (
+import elusive.augment.dropout as augment_module
+from elusive.augment.dropout import (
     POLICIES,
     RANKED,
     AugmentConfig,
@@ -23,12 +23,12 @@ from elusive.augment import (
     drop_probabilities,
     load_inputs,
 )
-from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.corpus import Record, read_corpus, record_to_json
+from elusive.corpus.bios import BiosConfig, generate_bios
+from elusive.corpus.records import Record, read_corpus, record_to_json
 from elusive.io import DroppedDataWarning
 from elusive.io import write_jsonl as write_rows
-from elusive.scores import TextScores, write_scores
+from elusive.scoring.scores import TextScores, write_scores
 
 runner = CliRunner()
 TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")  # words with their leading space, or punctuation
@@ -444,7 +444,7 @@ def test_cli_attention_policy_ranks_by_the_manifests_trained_role(tmp_path, bios
 
 
 def test_the_policy_registry_keeps_the_paper_order_and_captions_every_policy():
-    from elusive.augment import RANK_BY, UNRANKED, caption
+    from elusive.augment.dropout import RANK_BY, UNRANKED, caption
 
     assert POLICIES == (
         "none", "plain", "random", "attention", "contrast", "authors", "shuffled", "position"
@@ -484,7 +484,7 @@ def test_the_authors_policy_drops_by_their_argsort_of_an_authors_scores_folder(t
 def test_augment_refuses_an_out_that_is_one_of_its_inputs(tmp_path, bios, scores):
     """--out equal to the corpus (given, or the one the scores' manifest names) or to a file of
     the scores folder is refused in one line, and the input is left as it was."""
-    from elusive.augment import augment_file
+    from elusive.augment.dropout import augment_file
     from elusive.io import OutputError
 
     corpus, sdir = write_fixture(tmp_path, bios, scores)
@@ -516,7 +516,7 @@ def test_a_rerun_of_augment_removes_what_a_sigkilled_one_left(tmp_path, bios, sc
     out = tmp_path / "aug" / "random.jsonl"
     killed = (
         "import os, signal, sys\n"
-        "from elusive.augment import AugmentConfig, augment_file\n"
+        "from elusive.augment.dropout import AugmentConfig, augment_file\n"
         "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
         "augment_file(sys.argv[1], sys.argv[2], AugmentConfig(policy='random', alpha=0.5))\n"
     )

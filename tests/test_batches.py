@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from elusive.batches import (
+from elusive.training.batches import (
     MEGA_BATCHES,
     LengthGroupedBatches,
     PackedBlocks,

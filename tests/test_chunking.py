@@ -1,5 +1,5 @@
-"""Documents cut into passages (elusive.chunking), checked against slow references: each passage
-tokenized again the way training tokenizes it, the document rebuilt from its passages."""
+"""Documents cut into passages (elusive.corpus.chunking), checked against slow references: each
+passage tokenized again the way training tokenizes it, the document rebuilt from its passages."""
 
 import random
 import re
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from elusive.chunking import ChunkError, chunk_record, chunk_records, sentence_starts
-from elusive.corpus import Record, markdown_headings
+from elusive.corpus.chunking import ChunkError, chunk_record, chunk_records, sentence_starts
+from elusive.corpus.records import Record, markdown_headings
 from elusive.models import load_tokenizer
-from elusive.train import tokenize_texts
+from elusive.training.train import tokenize_texts
 
 WORDS = (
     "the a of knowledge model Paris 1970 kg well-known e.g. Dr. naïve café Zürich 東京 "
@@ -25,7 +25,7 @@ def tokenizer(tiny_model_dir):
 
 
 def training_length(tokenizer, text: str) -> int:
-    """The slow reference: the sequence `elusive.train` trains on, uncut."""
+    """The slow reference: the sequence `elusive.training.train` trains on, uncut."""
     return len(tokenize_texts([text], tokenizer, None)[0])
 
 
@@ -86,7 +86,7 @@ def short_spans(tokenizer, text: str, spans: dict, max_tokens: int) -> dict:
 
 
 def check_passages(document: Record, passages: list[Record], tokenizer, max_tokens: int) -> None:
-    """The contract of elusive.chunking, checked passage by passage."""
+    """The contract of elusive.corpus.chunking, checked passage by passage."""
     assert "".join(p.text for p in passages) == document.text  # nothing lost or reordered
     position = 0
     for k, passage in enumerate(passages):

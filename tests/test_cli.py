@@ -280,12 +280,12 @@ def test_run_out_a_file_is_one_error_naming_it(tmp_path):
     ],
 )
 def test_what_the_machine_or_input_refuses_is_one_error_line(monkeypatch, error, message):
-    import elusive.bios
+    import elusive.corpus.bios
 
     def refuse(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(elusive.bios, "write_bios", refuse)
+    monkeypatch.setattr(elusive.corpus.bios, "write_bios", refuse)
     result = runner.invoke(app, ["bios", "generate", "--out", "o"])
     line = one_error_line(result)
     assert message in line
@@ -300,12 +300,12 @@ def test_what_the_machine_or_input_refuses_is_one_error_line(monkeypatch, error,
 
 @pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("x"), TypeError("bug")])
 def test_a_programming_error_keeps_its_traceback(monkeypatch, error):
-    import elusive.bios
+    import elusive.corpus.bios
 
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(elusive.bios, "write_bios", broken)
+    monkeypatch.setattr(elusive.corpus.bios, "write_bios", broken)
     result = runner.invoke(app, ["bios", "generate", "--out", "o"])
     assert result.exit_code == 1 and result.exception is error
     assert "error:" not in result.stderr
@@ -355,8 +355,8 @@ def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeyp
     """`evaluate --baseline` writes the base model's evaluation into OUT/untrained and shows
     it; without --adapter it is one error line; `table1` evaluates the base model into
     OUT/eval/small/untrained, on the same questions."""
-    from elusive.evaluate import evaluate_model
-    from elusive.models import make_tiny_model
+    from elusive.evaluation.evaluate import evaluate_model
+    from elusive.tiny import make_tiny_model
 
     make_tiny_model(tmp_path / "tiny", seed=0)
     monkeypatch.chdir(tmp_path)  # short paths: the tables' titles fit on a line
@@ -398,12 +398,14 @@ def test_evaluate_baseline_and_table1_show_the_untrained_model(tmp_path, monkeyp
 def test_train_and_evaluate_take_a_config_file_and_set_under_typed_options(tmp_path, monkeypatch):
     """--config gives the options, --set overrides it, an option typed on the command line
     overrides both; the rest keep their defaults. A wrong key names the file, exit 2."""
-    import elusive.evaluate
-    import elusive.train
+    import elusive.evaluation.evaluate
+    import elusive.training.train
     from elusive.options import EvalConfig, TrainConfig
 
     seen = []
-    monkeypatch.setattr(elusive.train, "train", lambda config, *a, **k: seen.append(config))
+    monkeypatch.setattr(
+        elusive.training.train, "train", lambda config, *a, **k: seen.append(config)
+    )
     (tmp_path / "train.yaml").write_text("epochs: 5\nlr: 0.01\nbatch_size: 2\nwarmup: 0.2\n")
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "a"}\n')
@@ -430,7 +432,7 @@ def test_train_and_evaluate_take_a_config_file_and_set_under_typed_options(tmp_p
         found.append(config)
         raise typer.Exit(0)
 
-    monkeypatch.setattr(elusive.evaluate, "evaluate_model", evaluate_model)
+    monkeypatch.setattr(elusive.evaluation.evaluate, "evaluate_model", evaluate_model)
     # YAML's double quotes read \n as a newline, as in a run config's evaluate.template
     (tmp_path / "eval.yaml").write_text('shots: 2\nprobe_seed: 5\ntemplate: "Q: {question}\\nA:"\n')
     result = runner.invoke(
@@ -447,12 +449,12 @@ def test_train_and_evaluate_take_a_config_file_and_set_under_typed_options(tmp_p
 def test_typed_options_win_over_set_which_wins_over_the_file(tmp_path, monkeypatch):
     """The precedence, on `bios generate`: an option typed on the command line (even at its
     default) over --set over --config over the field default."""
-    import elusive.bios
-    from elusive.bios import FIELDS, BiosConfig
+    import elusive.corpus.bios
+    from elusive.corpus.bios import FIELDS, BiosConfig
 
     seen = []
     monkeypatch.setattr(
-        elusive.bios, "write_bios", lambda config, out: seen.append(config) or (1, 2)
+        elusive.corpus.bios, "write_bios", lambda config, out: seen.append(config) or (1, 2)
     )
     order = list(reversed(FIELDS))
     (tmp_path / "b.yaml").write_text(f"n: 5\nseed: 3\ntemplates: 2\nfield_order: {order}\n")
@@ -489,7 +491,7 @@ SCORES, CORPUS = "scores", "c.jsonl"
 FAMILIES = [
     (
         ["attention", "--corpus", CORPUS, "--out", "s"],
-        "elusive.attention:score_corpus",
+        "elusive.scoring.attention:score_corpus",
         "prefix: 'Text: '\nlarge: L\nsmall: S\ntext_field: body\nbatch_size: 2\n",
         ["batch_size=3"],
         ["--dtype", "bfloat16"],
@@ -498,7 +500,7 @@ FAMILIES = [
     ),
     (
         ["augment", "--scores", SCORES, "--out", "a.jsonl"],
-        "elusive.augment:augment_file",
+        "elusive.augment.dropout:augment_file",
         "policy: random\nalpha: 0.5\nprotect: [name]\n",
         ["copies=2"],
         ["--alpha", "0.25"],
@@ -507,7 +509,7 @@ FAMILIES = [
     ),
     (
         ["show", "t1", "--scores", SCORES, "--out", "fig"],
-        "elusive.augment:show",
+        "elusive.augment.dropout:show",
         "policy: attention\nbeta: 0.1\n",
         ["random_drop=1-alpha"],
         ["--protect", "name,date"],
@@ -516,7 +518,7 @@ FAMILIES = [
     ),
     (
         ["scorers", "--scores", SCORES],
-        "elusive.augment:load_inputs",
+        "elusive.augment.dropout:load_inputs",
         "text_field: body\n",
         [],
         [],
@@ -525,7 +527,7 @@ FAMILIES = [
     ),
     (
         ["table1", "--model", "m", "--out", "t"],
-        "elusive.table1:run_table1",
+        "elusive.experiment.table1:run_table1",
         "epochs: 3\nbios_seed: 4\nshots: 2\nn: 8\n",
         ["lr=0.01"],
         ["--n", "6"],
@@ -534,7 +536,7 @@ FAMILIES = [
     ),
     (
         ["export", "run", "--out", "x"],
-        "elusive.export:export_model",
+        "elusive.experiment.export:export_model",
         "policy: contrast\nseed: 1\n",
         ["epoch=3"],
         ["--seed", "2"],
@@ -543,7 +545,7 @@ FAMILIES = [
     ),
     (
         ["squad", "convert", "squad.json", "--out", "sq"],
-        "elusive.squad:read_squad",
+        "elusive.corpus.squad:read_squad",
         "max_paragraphs: 4\nrequire_answer_in_context: false\n",
         ["seed=2"],
         ["--max-questions", "5"],
@@ -552,7 +554,7 @@ FAMILIES = [
     ),
     (
         ["probes", "build", CORPUS, "--out", "p.jsonl"],
-        "elusive.cloze:probe_file",
+        "elusive.corpus.cloze:probe_file",
         "max_probes: 10\nchunk: 64\n",
         ["text_field=body"],
         ["--seed", "5"],
@@ -606,7 +608,7 @@ def test_a_run_config_gives_a_command_its_sections(tmp_path, monkeypatch):
         "evaluate": {"shots": 5},
     }
     Path("run.yaml").write_text(json.dumps(run))
-    calls = _calls(monkeypatch, "elusive.attention", "score_corpus")
+    calls = _calls(monkeypatch, "elusive.scoring.attention", "score_corpus")
     args = ["attention", "--corpus", "c.jsonl", "--out", "s", "--config", "run.yaml"]
     assert runner.invoke(app, args).exit_code == 0
     ((a, k),) = calls
@@ -616,7 +618,7 @@ def test_a_run_config_gives_a_command_its_sections(tmp_path, monkeypatch):
         "give either --model or --large/--small, not both"
     )
 
-    calls = _calls(monkeypatch, "elusive.train", "train")
+    calls = _calls(monkeypatch, "elusive.training.train", "train")
     args = ["train", "--model", "m", "--corpus", "c.jsonl", "--out", "r", "--config", "run.yaml"]
     assert runner.invoke(app, args).exit_code == 0, calls
     ((a, k),) = calls
@@ -624,7 +626,7 @@ def test_a_run_config_gives_a_command_its_sections(tmp_path, monkeypatch):
         3e-4, 5, 4, 0, "body"
     )  # fmt: skip
 
-    calls = _calls(monkeypatch, "elusive.augment", "augment_file")
+    calls = _calls(monkeypatch, "elusive.augment.dropout", "augment_file")
     args = ["augment", "--scores", "s", "--out", "a.jsonl", "--config", "run.yaml"]
     assert one_error_line(runner.invoke(app, args)) == (
         "run.yaml: augment.beta: a grid of 2 values; this command takes one: give it with --beta"

@@ -41,8 +41,8 @@ def test_a_new_field_becomes_an_option_with_its_choices(tmp_path):
 
 
 def test_a_field_listed_twice_or_unknown_is_refused_when_the_command_is_made():
-    from elusive.augment import AugmentConfig
-    from elusive.config import CorpusSection
+    from elusive.augment.dropout import AugmentConfig
+    from elusive.experiment.config import CorpusSection
 
     def command(seed: int = 0, *, config: AugmentConfig) -> None: ...
 

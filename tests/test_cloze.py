@@ -1,5 +1,5 @@
-"""Span-cloze probes (elusive.cloze): spans found in text, cloze prompts cut right before their
-span, answer kinds, distractors of the same kind, and the probes file."""
+"""Span-cloze probes (elusive.corpus.cloze): spans found in text, cloze prompts cut right before
+their span, answer kinds, distractors of the same kind, and the probes file."""
 
 import json
 import random
@@ -12,9 +12,9 @@ import pysbd
 import pytest
 from typer.testing import CliRunner
 
-from elusive.bios import BiosConfig, generate_bios
 from elusive.cli import app
-from elusive.cloze import (
+from elusive.corpus.bios import BiosConfig, generate_bios
+from elusive.corpus.cloze import (
     ANSWER_KINDS,
     ProbeConfig,
     answer_kind,
@@ -24,11 +24,11 @@ from elusive.cloze import (
     subject,
     write_probes,
 )
-from elusive.corpus import QAItem, Record, read_qa
+from elusive.corpus.records import QAItem, Record, read_qa
+from elusive.corpus.squad import read_squad
+from elusive.evaluation.probes import pick_distractors
 from elusive.io import CorpusError, DroppedDataWarning
 from elusive.metrics import normalize_answer
-from elusive.probes import pick_distractors
-from elusive.squad import read_squad
 
 DATA = Path(__file__).parent / "data"
 SQUAD_FIXTURES = [DATA / "squad_small.json", DATA / "squad_wiki_sample.json"]
@@ -39,7 +39,7 @@ TEXT = (
     "cost $2.5 million. The lake covers 3,400 km² and 40% of it freezes in April, at -12 °C. "
     "Paris. Yesterday Anna Bell left for the 1990s, on 4 July 2001 (2001-07-04)."
 )
-# Written by hand from the rule of elusive.cloze, in text order.
+# Written by hand from the rule of elusive.corpus.cloze, in text order.
 EXPECTED = [
     ("name", "Lake Varren"),  # two words: kept at a sentence's start
     ("name.2", "St. Louis County"),  # an abbreviation's period inside a name
@@ -346,9 +346,10 @@ def test_probe_items_as_qaitems():
 def test_cli_probes_build_on_chunked_markdown_names_the_runs_passages(tmp_path):
     """--chunk with --model: the probes are of the passages a run with that corpus.chunk
     trains on (ids doc#k), and a line break ends a sentence (a heading is no prompt's start)."""
-    from elusive.chunking import chunk_records
-    from elusive.corpus import read_corpus
-    from elusive.models import load_tokenizer, make_tiny_model
+    from elusive.corpus.chunking import chunk_records
+    from elusive.corpus.records import read_corpus
+    from elusive.models import load_tokenizer
+    from elusive.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny")
     pages = tmp_path / "pages"

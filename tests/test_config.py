@@ -15,10 +15,10 @@ import yaml
 from typer.testing import CliRunner
 
 import elusive
-from elusive.attention import AttentionConfig
-from elusive.augment import AugmentConfig
+from elusive.augment.dropout import AugmentConfig
 from elusive.cli import app
-from elusive.config import (
+from elusive.evaluation.evaluate import EvalConfig
+from elusive.experiment.config import (
     AttentionSection,
     AugmentSection,
     ConfigError,
@@ -28,8 +28,8 @@ from elusive.config import (
     options,
     safe_yaml,
 )
-from elusive.evaluate import EvalConfig
-from elusive.train import TrainConfig
+from elusive.scoring.attention import AttentionConfig
+from elusive.training.train import TrainConfig
 
 
 def write(tmp_path, **sections):
@@ -137,7 +137,7 @@ def test_elusive_run_fails_on_a_bad_config_in_one_line_writing_nothing(tmp_path)
 CHECK_WITHOUT_TORCH = """
 import sys
 from elusive.cli import app
-from elusive.config import load_config
+from elusive.experiment.config import load_config
 
 load_config(sys.argv[1])
 for args in (["--help"], ["run", sys.argv[2]]):
@@ -238,16 +238,18 @@ def test_options_rebuild_the_module_config_from_a_section(tmp_path):
 
 def test_cli_run_prints_tables_only_on_the_main_process(tmp_path, monkeypatch):
     """Under `accelerate launch` every process runs `elusive run`; one prints the tables."""
-    import elusive.pipeline
-    import elusive.summary
+    import elusive.experiment.pipeline
+    import elusive.experiment.summary
+    from elusive.experiment.runs import Run
     from elusive.parallel import Dist
-    from elusive.runs import Run
 
     def fake_run(config, out=None, echo=print):
         return Run(config, out, Dist(rank=1, world=2, exchange=list, wait=lambda: None))
 
-    monkeypatch.setattr(elusive.pipeline, "run_experiment", fake_run)
-    monkeypatch.setattr(elusive.summary, "summarize", lambda run: pytest.fail("summarized"))
+    monkeypatch.setattr(elusive.experiment.pipeline, "run_experiment", fake_run)
+    monkeypatch.setattr(
+        elusive.experiment.summary, "summarize", lambda run: pytest.fail("summarized")
+    )
     result = CliRunner().invoke(app, ["run", str(write(tmp_path))])
     assert result.exit_code == 0 and result.output == ""
 
@@ -342,8 +344,8 @@ def test_a_template_with_unknown_fields_or_lone_braces_fails_at_load(tmp_path, t
 
 
 def test_a_template_takes_literal_braces_escaped_only(tmp_path):
-    from elusive.corpus import QAItem
-    from elusive.evaluate import build_prompts
+    from elusive.corpus.records import QAItem
+    from elusive.evaluation.evaluate import build_prompts
 
     with pytest.raises(ConfigError, match="has '{json}' in"):
         load_config(write(tmp_path, evaluate={"template": "{json} {question}"}))
@@ -467,7 +469,7 @@ def test_duplicate_grid_values_fail_at_load(tmp_path, sections, message):
 
 
 def test_grid_values_refused_as_one_are_those_whose_run_folders_collide():
-    from elusive.runs import Cell
+    from elusive.experiment.runs import Cell
 
     def folder(alpha, beta, lr):
         return Cell("small", "contrast", alpha, beta, lr, 0).train_tag

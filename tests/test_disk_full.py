@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.models import make_tiny_model
+from elusive.tiny import make_tiny_model
 
 runner = CliRunner()
 SQUAD = Path(__file__).parent / "data" / "squad_small.json"

@@ -11,22 +11,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from elusive.attention import attention_received, attention_row, score_corpus
-from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
-from elusive.config import ConfigError, load_config
-from elusive.evaluate import EvalConfig, evaluate_qa, load_for_eval
+from elusive.corpus.bios import BiosConfig, generate_bios, write_bios
+from elusive.evaluation.evaluate import EvalConfig, evaluate_qa, load_for_eval
+from elusive.evaluation.probes import score_candidates
+from elusive.experiment.config import ConfigError, load_config
 from elusive.models import (
     ModelSpecError,
     check_placement,
     input_device,
     load_model,
-    make_tiny_model,
     offloaded,
     quiet_peft,
 )
-from elusive.probes import score_candidates
-from elusive.scores import read_scores
+from elusive.scoring.attention import attention_received, attention_row, score_corpus
+from elusive.scoring.scores import read_scores
+from elusive.tiny import make_tiny_model
 
 TEXTS = [
     "Ava Mia Smith was born on May 2, 1970. She spent her early years in Boston, MA.",

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from elusive.bios import BiosConfig, generate_bios
-from elusive.corpus import QAItem
-from elusive.evaluate import (
+from elusive.corpus.bios import BiosConfig, generate_bios
+from elusive.corpus.records import QAItem
+from elusive.evaluation.evaluate import (
     EvalConfig,
     answer_and_score,
     build_prompts,
@@ -20,8 +20,9 @@ from elusive.evaluate import (
 )
 from elusive.io import DroppedDataWarning
 from elusive.metrics import aggregate, best_scores
-from elusive.models import ModelSpecError, make_tiny_model
-from elusive.train import TrainConfig, train
+from elusive.models import ModelSpecError
+from elusive.tiny import make_tiny_model
+from elusive.training.train import TrainConfig, train
 
 # --------------------------------------------------------------------------- closed-book QA
 
@@ -62,7 +63,7 @@ def test_cut_answer(raw, answer):
 def test_generation_stops_where_the_answer_is_decided(text):
     """Once `answer_complete` holds for a prefix it holds for every longer one, and every such
     prefix cuts to the full text's answer: stopping there changes no answer."""
-    from elusive.evaluate import answer_complete
+    from elusive.evaluation.evaluate import answer_complete
 
     done = [n for n in range(len(text) + 1) if answer_complete(text[:n])]
     if text == " no sentence end at all":
@@ -98,7 +99,7 @@ def test_prompts_zero_and_k_shot(bios_qa):
 
 
 def test_evaluator_scores_agree_with_the_metric(bios_qa, monkeypatch, tmp_path):
-    import elusive.evaluate as ev
+    import elusive.evaluation.evaluate as ev
 
     golds = [q.answers[0] for q in bios_qa]
     canned = [
@@ -176,8 +177,8 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     batches spanning two groups, rows of different lengths) give the greedy answers and probe
     scores of the prompts run whole, the examples running once per batch, not per question;
     0-shot prompts run as they did."""
+    from elusive.evaluation.probes import candidates, pick_distractors
     from elusive.models import load_model
-    from elusive.probes import candidates, pick_distractors
 
     model, tok = load_model(tiny_model_dir)
     items = bios_qa[:20]
@@ -230,7 +231,7 @@ def test_shared_tokens_stop_where_the_examples_tokens_merge_with_the_question(ti
     starts with are shared, and each prompt keeps at least one token of its own."""
     from transformers import AutoTokenizer
 
-    from elusive.evaluate import _shared_length
+    from elusive.evaluation.evaluate import _shared_length
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prefix, prompts = "Liam Thom", ["Liam Thompson was", "Liam Thomas is"]
@@ -310,10 +311,10 @@ def test_a_metric_no_question_has_is_named_not_dropped(tiny_model_dir, tmp_path,
     which scores lack it and why, and metrics.json lists it, instead of dropping it quietly."""
     from typer.testing import CliRunner
 
-    import elusive.evaluate as ev
+    import elusive.evaluation.evaluate as ev
     from elusive.cli import app
+    from elusive.evaluation.probes import CandidateScore
     from elusive.io import DroppedDataWarning
-    from elusive.probes import CandidateScore
 
     qa = tmp_path / "qa.jsonl"
     lines = [
@@ -394,13 +395,13 @@ def test_questions_longer_than_the_context_are_counted_and_recorded(
 def test_probes_without_questions_get_cloze_metrics_only(tiny_model_dir, tmp_path):
     """Span-cloze probes (no question) beside one QA question: the probes' fields hold the
     cloze metrics alone, with no QA metric and no warning that one is missing; each probe's
-    cloze log-prob and choice are those `elusive.probes.probe` gives it alone."""
+    cloze log-prob and choice are those `elusive.evaluation.probes.probe` gives it alone."""
     import warnings
 
-    from elusive.cloze import build_probes
-    from elusive.corpus import Record
+    from elusive.corpus.cloze import build_probes
+    from elusive.corpus.records import Record
+    from elusive.evaluation.probes import pick_distractors, probe
     from elusive.models import load_model
-    from elusive.probes import pick_distractors, probe
 
     texts = {
         "Oslo": "Oslo was founded in 1048. It lies 12 metres above the sea.",
@@ -453,7 +454,7 @@ def test_a_baseline_is_the_base_model_evaluated_untrained_beside(tmp_path):
     """`evaluate_model(..., baseline=base)`: OUT holds the adapter's evaluation as without a
     baseline, OUT/untrained what the base model alone gives, and both folders are checked
     before any work."""
-    from elusive.evaluate import evaluate_model
+    from elusive.evaluation.evaluate import evaluate_model
     from elusive.io import OutputError
 
     base = make_tiny_model(tmp_path / "base", seed=0)
@@ -487,8 +488,8 @@ def test_a_baseline_is_the_base_model_evaluated_untrained_beside(tmp_path):
 
 def test_warnings_count_probes_as_probes(tiny_model_dir):
     """A shortage of distractors among probes without questions is counted in probes."""
-    from elusive.cloze import build_probes
-    from elusive.corpus import Record
+    from elusive.corpus.cloze import build_probes
+    from elusive.corpus.records import Record
     from elusive.models import load_model
 
     texts = {
@@ -507,7 +508,7 @@ def test_warnings_count_probes_as_probes(tiny_model_dir):
 def test_read_eval_gives_back_what_write_eval_wrote(tmp_path):
     """A folder's result read back (`run_table1` returns it): scores with QA metrics and with
     probes alone (EM and F1 None), the predictions and the warnings."""
-    from elusive.evaluate import EvalResult, read_eval, write_eval
+    from elusive.evaluation.evaluate import EvalResult, read_eval, write_eval
     from elusive.metrics import FieldScore
 
     scores = {

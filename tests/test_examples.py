@@ -7,8 +7,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from elusive.config import load_config
-from elusive.corpus import read_corpus
+from elusive.corpus.records import read_corpus
+from elusive.experiment.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = ROOT / "examples" / "manual"

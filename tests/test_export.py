@@ -13,10 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.export import ExportError, export_model, find_checkpoint
+from elusive.experiment.export import ExportError, export_model, find_checkpoint
 from elusive.io import OutputError
-from elusive.models import load_model, make_tiny_model, model_fingerprint, quiet_peft
-from elusive.train import TrainConfig, train
+from elusive.models import load_model, model_fingerprint, quiet_peft
+from elusive.tiny import make_tiny_model
+from elusive.training.train import TrainConfig, train
 
 PROMPTS = [
     "Liam Thompson was born on",
@@ -209,7 +210,7 @@ def test_a_qlora_adapter_is_merged_into_the_unquantized_base(
 
     from transformers import AutoModelForCausalLM
 
-    from elusive.evaluate import load_for_eval
+    from elusive.evaluation.evaluate import load_for_eval
 
     run = tmp_path / "run"
     last = train(_config(tiny_model_dir, quantize="4bit"), records, run, progress=False)
@@ -240,8 +241,8 @@ def test_a_qlora_adapter_is_merged_into_the_unquantized_base(
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     """A finished `elusive run` of a tiny pair: policies none and random, epochs 1 and 2."""
-    from elusive.config import load_config
-    from elusive.pipeline import run_experiment
+    from elusive.experiment.config import load_config
+    from elusive.experiment.pipeline import run_experiment
 
     root = tmp_path_factory.mktemp("pipeline")
     small = make_tiny_model(root / "small", arch="llama", seed=0)

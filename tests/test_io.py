@@ -142,9 +142,9 @@ def test_a_folder_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_pat
     [(b'{"stages": {}', "invalid JSON"), (b"\xff{}", "not UTF-8"), (b'{"a": "\\ud800"}', "")],
 )
 def test_a_damaged_run_manifest_is_one_error_naming_it(tmp_path, content, reason):
-    from elusive.config import RunConfig
+    from elusive.experiment.config import RunConfig
+    from elusive.experiment.runs import Run
     from elusive.io import CorpusError
-    from elusive.runs import Run
 
     (tmp_path / "run.json").write_bytes(content)
     with pytest.raises(CorpusError, match=f"^{tmp_path / 'run.json'}: {reason}") as caught:

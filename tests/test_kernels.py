@@ -4,9 +4,9 @@ blocked scorer. Without a GPU the kernel runs under Triton's interpreter (see co
 import pytest
 import torch
 
-from elusive import attention, kernels
-from elusive.attention import attention_received
 from elusive.models import load_model
+from elusive.scoring import attention, kernels
+from elusive.scoring.attention import attention_received
 
 triton = pytest.importorskip("triton", reason="triton: pip install -e '.[dev]'")
 
@@ -112,7 +112,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from elusive.kernels import _column_sums, _tuned
+from elusive.scoring.kernels import _column_sums, _tuned
 
 ints = ["T", "H", "BUCKET"] + [f"stride_{t}{d}" for t in "qk" for d in "bht"]
 signature = {"Q": "*bf16", "K": "*bf16", "LSE2": "*fp32", "SUMS": "*fp32", "scale_log2": "fp32"}

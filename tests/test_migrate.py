@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.config import ConfigError, load_config
-from elusive.migrate import migrate
-from elusive.pipeline import run_experiment
-from elusive.runs import SCHEMA
+from elusive.experiment.config import ConfigError, load_config
+from elusive.experiment.migrate import migrate
+from elusive.experiment.pipeline import run_experiment
+from elusive.experiment.runs import SCHEMA
 from test_pipeline import SMALL_GRID, snapshot, tiny_pair, write_config  # noqa: F401
 
 runner = CliRunner()
@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture
 def made(tmp_path, tiny_pair, monkeypatch):  # noqa: F811
     """A finished run folder (report stage left out: not what is tested) and its config."""
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
@@ -88,3 +88,19 @@ def test_a_version_1_folder_gets_the_option_renamed_and_a_newer_one_is_refused(m
     assert json.loads(run.manifest_path.read_text()) == newer
     result = runner.invoke(app, ["migrate", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "run.json: no such file" in result.output
+
+
+def test_an_old_table1_folder_is_named_and_left_as_it_was(tmp_path):
+    old = tmp_path / "table1"
+    for name in ("data/people.jsonl", "data/qa.jsonl", "run/run.json", "eval/metrics.json"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_text("{}\n")
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+    result = runner.invoke(app, ["migrate", str(old)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {old}: an `elusive table1` folder of the layout before Table 1 ran as a run "
+        "config (data/, run/, eval/): it records no run config to upgrade from; rerun "
+        "`elusive table1 --out NEW_FOLDER`"
+    )
+    assert sorted(p.relative_to(old) for p in old.rglob("*")) == before

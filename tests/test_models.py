@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from elusive import models
-from elusive.models import (
-    ModelSpecError,
-    OfflinePack,
-    load_model,
-    make_tiny_model,
-    model_fingerprint,
-    resolve_model,
-)
+from elusive.models import ModelSpecError, OfflinePack, load_model, model_fingerprint, resolve_model
+from elusive.tiny import make_tiny_model
 
 
 def test_tiny_model_loads_and_tokenizes_with_offsets(tiny_model_dir):

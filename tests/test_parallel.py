@@ -124,7 +124,7 @@ def _as_two(work: Callable[[Dist], Any]) -> list[Any]:
 def pair(tmp_path_factory, one_thread):
     """A large and a small tiny llama (one tokenizer), run on one thread: the reference and the
     two ranks compute the same numbers."""
-    from elusive.models import make_tiny_model
+    from elusive.tiny import make_tiny_model
 
     folder = tmp_path_factory.mktemp("pair")
     return {
@@ -137,8 +137,8 @@ def test_two_ranks_each_score_their_share_and_both_get_every_score(pair, tmp_pat
     """`score_records` under a two-process `Dist`: each rank scores its share of the batches
     (their texts add up to the one-process count, none twice), the shares meet in the cache,
     and both ranks end with the rows one process gives."""
-    from elusive.attention import AttentionConfig, score_records
-    from elusive.bios import BiosConfig, generate_bios
+    from elusive.corpus.bios import BiosConfig, generate_bios
+    from elusive.scoring.attention import AttentionConfig, score_records
 
     records = generate_bios(BiosConfig(n=7, seed=4))[0]
     options = {"batch_size": 2, "chunk_size": 3}
@@ -161,7 +161,7 @@ def test_two_ranks_each_answer_their_share_and_both_get_every_answer(pair):
     """`answer_and_score` under a two-process `Dist`: each rank generates for its share of the
     batches only (together every prompt once) and both get every answer and candidate score,
     the ones one process gives."""
-    from elusive.evaluate import EvalConfig, answer_and_score
+    from elusive.evaluation.evaluate import EvalConfig, answer_and_score
     from elusive.models import load_model
 
     prompts = [f"Question {i}: where did person {'x' * i} work? Answer:" for i in range(9)]
@@ -191,12 +191,12 @@ def _score_evaluate_analyse(folder: Path) -> None:
     (2-shot: each process runs the solved examples its batches share) and run the Figure 2-3
     analysis, into folder/out-WORLD (own cache); each process also writes how many prompts it
     generated for."""
-    from elusive import evaluate
-    from elusive.analysis import company_query_rows
-    from elusive.attention import AttentionConfig, score_corpus
-    from elusive.corpus import read_corpus
-    from elusive.evaluate import EvalConfig, evaluate_model
+    from elusive.corpus.records import read_corpus
+    from elusive.evaluation import evaluate
+    from elusive.evaluation.evaluate import EvalConfig, evaluate_model
+    from elusive.experiment.analysis import company_query_rows
     from elusive.io import atomic_write_text
+    from elusive.scoring.attention import AttentionConfig, score_corpus
 
     dist = Dist.launched()
     out = folder / f"out-{dist.world}"
@@ -237,8 +237,8 @@ def launched(tmp_path_factory):
     """The program above run here, one process, then by a 2-process torchrun (gloo)."""
     import torch
 
-    from elusive.bios import BiosConfig, write_bios
-    from elusive.models import make_tiny_model
+    from elusive.corpus.bios import BiosConfig, write_bios
+    from elusive.tiny import make_tiny_model
 
     folder = tmp_path_factory.mktemp("parallel")
     make_tiny_model(folder / "small", arch="llama", seed=0)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from elusive.config import ConfigError, load_config
-from elusive.models import make_tiny_model
-from elusive.pipeline import STAGES, run_experiment
-from elusive.runs import Run, grid
+from elusive.experiment.config import ConfigError, load_config
+from elusive.experiment.pipeline import STAGES, run_experiment
+from elusive.experiment.runs import Run, grid
+from elusive.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_end_to_end_report_and_rerun_recomputes_nothing(tmp_path, tiny_pair):
 
 
 def test_interrupted_training_resumes_to_the_same_numbers(tmp_path, tiny_pair, monkeypatch):
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     overrides = {
         "seeds": [0],
@@ -162,7 +162,8 @@ def test_grid_expands_lists_and_skips_unused_parameters(tmp_path, tiny_pair):
     # none: 1 setting, random: 1 alpha, contrast and shuffled: 1 alpha x 2 betas; x 2 seeds
     assert len(cells) == (1 + 1 + 2 + 2) * 2
     assert {c.beta for c in cells if c.policy == "random"} == {None}
-    # each policy declares what it takes (elusive.augment.PARAMETERS): plain, like none, nothing
+    # each policy declares what it takes (elusive.augment.dropout.PARAMETERS): plain, like none,
+    # nothing
     config.augment.policies = ["plain", "none", "contrast"]
     taken = {(c.policy, c.alpha, c.beta) for c in grid(config)}
     assert taken == {("plain", None, None), ("none", None, None), ("contrast", 0.7, 0.03),
@@ -297,7 +298,7 @@ def test_a_fixed_config_redoes_only_what_it_reaches(tmp_path, tiny_pair, monkeyp
     """A run that failed in evaluation, rerun with its config fixed, keeps corpus, scores,
     augmented corpora and training; each later edit redoes what depends on it, and says so.
     The untrained model's evaluation is redone by an evaluate option alone."""
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "stage_report", lambda run: "not written")  # not tested here
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
@@ -342,8 +343,8 @@ def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, ti
     fingerprint changes with it; `train.packing` changes every one."""
     import dataclasses
 
-    from elusive.pipeline import train_fingerprints
-    from elusive.runs import Run
+    from elusive.experiment.pipeline import train_fingerprints
+    from elusive.experiment.runs import Run
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
 
@@ -360,10 +361,10 @@ def test_a_tracker_retrains_nothing_and_a_batch_layout_retrains_all(tmp_path, ti
 def test_attention_stage_redone_after_a_crash_before_its_manifest(tmp_path, tiny_pair, capfd):
     """scores.jsonl is written first, manifest.json last: a crash between them leaves a folder
     that the stage scores again instead of skipping it; no progress bar when progress=False."""
-    import elusive.scores as scores_module
-    from elusive.pipeline import stage_attention, stage_corpus
-    from elusive.runs import Run
-    from elusive.scores import read_scores
+    import elusive.scoring.scores as scores_module
+    from elusive.experiment.pipeline import stage_attention, stage_corpus
+    from elusive.experiment.runs import Run
+    from elusive.scoring.scores import read_scores
 
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
     run = Run(config)
@@ -439,7 +440,7 @@ def test_a_run_killed_mid_training_resumes_to_identical_bytes(tmp_path, tiny_pai
 
 def skip_stages(monkeypatch) -> None:
     """Every stage a no-op: these tests are about what the run folder refuses or removes."""
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
 
     for name in STAGES:
         monkeypatch.setattr(pipeline, f"stage_{name}", lambda *a, **k: "skipped")
@@ -474,8 +475,8 @@ def test_an_output_path_the_manifest_does_not_record_is_refused_not_removed(
 ):
     """An elusive run folder (run.json there) holding the user's own corpus/ where the corpus
     stage writes, unrecorded: refused, naming it and run.json, and kept."""
+    from elusive.experiment.runs import Run
     from elusive.io import OutputError
-    from elusive.runs import Run
 
     skip_stages(monkeypatch)
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair, **SMALL_GRID))
@@ -493,9 +494,9 @@ def test_an_output_path_the_manifest_does_not_record_is_refused_not_removed(
 def test_a_corpus_inside_the_run_folder_is_refused(tmp_path, tiny_pair, monkeypatch):
     """corpus.path and corpus.qa inside the run folder (where its refresh removes outputs):
     refused in one line naming the key and both paths, the input kept."""
-    from elusive.bios import BiosConfig, write_bios
+    from elusive.corpus.bios import BiosConfig, write_bios
+    from elusive.experiment.runs import Run
     from elusive.io import OutputError
-    from elusive.runs import Run
 
     skip_stages(monkeypatch)
     out = tmp_path / "run"
@@ -517,7 +518,7 @@ def test_a_run_folder_is_locked_while_a_run_writes_it(tmp_path, tiny_pair, monke
     import subprocess
     import sys
 
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
     from elusive.io import OutputError
 
     LOCK_FILE = ".elusive.lock"
@@ -657,19 +658,19 @@ def test_a_user_corpus_without_qa_runs_on_span_cloze_probes(tmp_path, tiny_pair,
 
 
 def _corpus_stage_only(monkeypatch) -> None:
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
 
     for stage in ("attention", "augment", "train", "evaluate", "report"):
         monkeypatch.setattr(pipeline, f"stage_{stage}", lambda *a, **k: "not run here")
 
 
 def test_corpus_chunk_cuts_markdown_documents_into_passages(tmp_path, tiny_pair, monkeypatch):
-    from elusive.chunking import sequence_length
-    from elusive.corpus import read_corpus
+    from elusive.corpus.chunking import sequence_length
+    from elusive.corpus.records import read_corpus
+    from elusive.experiment.pipeline import corpus_fingerprints
+    from elusive.experiment.runs import Run
     from elusive.io import write_jsonl
     from elusive.models import load_tokenizer
-    from elusive.pipeline import corpus_fingerprints
-    from elusive.runs import Run
 
     _corpus_stage_only(monkeypatch)
     pages = tmp_path / "wiki"
@@ -755,8 +756,8 @@ def test_the_untrained_row_leads_the_report_and_is_one_evaluation(tmp_path, tiny
     first row of every table, its means have CIs over the test people, `report.baselines:
     [untrained]` pairs each policy with it unit by unit (checked against a loop), and a run with
     other policies and seeds gets the very same evaluation."""
-    from elusive.corpus import read_qa
-    from elusive.evaluate import evaluate_qa, load_for_eval
+    from elusive.corpus.records import read_qa
+    from elusive.evaluation.evaluate import evaluate_qa, load_for_eval
 
     grid_ = {**SMALL_GRID, "seeds": [0, 1]}
     grid_["report"] = {"analysis_texts": 4, "baselines": ["untrained", "none"]}
@@ -841,7 +842,7 @@ def test_probes_of_passages_from_probes_build_are_a_chunked_runs_qa(
 ):
     """`elusive probes build --chunk N --model M` names the passages a run with corpus.chunk N
     cuts: given back as corpus.qa, its probes split the passages into validation and test."""
-    from elusive.cloze import probe_file
+    from elusive.corpus.cloze import probe_file
 
     _corpus_stage_only(monkeypatch)
     pages = tmp_path / "pages"
@@ -863,10 +864,10 @@ def test_figures_2_3_follow_a_change_of_model_not_a_stale_cache(tmp_path, tiny_p
     """report/analysis.json (the attention rows of Figures 2-3, the `analysis` stage) is kept
     only while the models, the scoring options and the generator are the ones it was computed
     from."""
-    import elusive.analysis as analysis
-    from elusive.analysis import read_analysis
-    from elusive.pipeline import stage_named
-    from elusive.runs import Context
+    import elusive.experiment.analysis as analysis
+    from elusive.experiment.analysis import read_analysis
+    from elusive.experiment.pipeline import stage_named
+    from elusive.experiment.runs import Context
 
     large, small = tiny_pair
     config = load_config(write_config(tmp_path / "c.yaml", tiny_pair))
@@ -911,7 +912,7 @@ def finished(tmp_path_factory, tiny_pair) -> Path:
 
 
 def stage_of(rel: str) -> str:
-    """The stage that writes a file of the run folder (`elusive.layout`)."""
+    """The stage that writes a file of the run folder (`elusive.experiment.layout`)."""
     top, *rest = Path(rel).parts
     if top == "report":
         return "analysis" if rest == ["analysis.json"] else "report"
@@ -967,8 +968,8 @@ def test_a_changed_option_redoes_exactly_the_stages_it_reaches(
 def test_the_authors_policy_ranks_by_a_second_scores_folder_of_the_authors_scorer(
     tmp_path, tiny_pair
 ):
-    from elusive.augment import AugmentConfig, augment_file
-    from elusive.scores import read_manifest, read_scores
+    from elusive.augment.dropout import AugmentConfig, augment_file
+    from elusive.scoring.scores import read_manifest, read_scores
 
     augment = {"policies": ["none", "authors"], "copies": 2, "alpha": [0.7], "beta": [0.1]}
     overrides = {"seeds": [0], "augment": augment, "train": {"lr": [1e-3], "epochs": [1]}}
@@ -1004,7 +1005,7 @@ def test_a_run_of_policies_that_rank_nothing_scores_nothing_and_augments_the_sam
     """Without models.large and with policies that rank nothing, the attention and analysis
     stages write nothing, and each augmented corpus is the bytes a scored run writes (the
     tokens stand for the scores)."""
-    import elusive.pipeline as pipeline
+    import elusive.experiment.pipeline as pipeline
 
     for name in ("train", "evaluate", "report"):
         monkeypatch.setattr(pipeline, f"stage_{name}", lambda *a, **k: "skipped")

@@ -10,12 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elusive.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios
-from elusive.corpus import QAItem
-from elusive.evaluate import EvalConfig, evaluate_qa
-from elusive.metrics import normalize_answer
-from elusive.models import load_model
-from elusive.probes import (
+from elusive.corpus.bios import FIELDS, TEMPLATES, BiosConfig, generate_bios
+from elusive.corpus.records import QAItem
+from elusive.evaluation.evaluate import EvalConfig, evaluate_qa
+from elusive.evaluation.probes import (
     CandidateScore,
     cache_argument,
     candidates,
@@ -27,6 +25,8 @@ from elusive.probes import (
     probe,
     score_candidates,
 )
+from elusive.metrics import normalize_answer
+from elusive.models import load_model
 
 
 def _reference_logprob(model, tokenizer, prompt: str, answer: str) -> float:
@@ -163,7 +163,7 @@ def test_evaluate_qa_adds_every_probe_and_is_deterministic(tiny_model_dir):
 
 
 def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir):
-    from elusive.evaluate import answer_and_score, generate_continuations, prompt_parts
+    from elusive.evaluation.evaluate import answer_and_score, generate_continuations, prompt_parts
 
     model, tok = load_model(tiny_model_dir)
     items = generate_bios(BiosConfig(n=5, seed=9))[1]
@@ -185,7 +185,7 @@ def test_scores_on_the_generation_cache_equal_a_fresh_prompt_pass(tiny_model_dir
 
 def _canned_answers(model, tokenizer, prompts, config, progress, cands, shared, prefixes=None):
     """`answer_and_score` without a model: empty answers, every candidate scored alike."""
-    from elusive.probes import CandidateScore
+    from elusive.evaluation.probes import CandidateScore
 
     return [""] * len(prompts), [[CandidateScore(-1.0, 1)] * len(c) for c in cands]
 
@@ -196,10 +196,10 @@ def test_fewer_distractors_than_asked_are_warned_once_and_recorded(monkeypatch, 
     import json
     import warnings
 
-    import elusive.evaluate as ev
-    from elusive.evaluate import write_eval
+    import elusive.evaluation.evaluate as ev
+    from elusive.evaluation.evaluate import write_eval
+    from elusive.evaluation.probes import distractor_shortage
     from elusive.io import DroppedDataWarning
-    from elusive.probes import distractor_shortage
 
     items = [QAItem(f"d{i}", f"p{i}", "When?", (f"day {i}",), "date") for i in range(12)]
     items += [QAItem(f"c{i}", f"p{i}", "Where?", (city,), "city") for i, city in enumerate("xyz")]
@@ -300,7 +300,7 @@ def test_candidates_scored_one_row_per_forward_equal_the_hand_computed_sum(
 ):
     # One row per forward: every group reuses the prompts' cache, and some hold a two-token
     # candidate alone (its only forward is of token 0).
-    import elusive.probes as probes
+    import elusive.evaluation.probes as probes
 
     monkeypatch.setattr(probes, "ROWS_PER_FORWARD", 1)
     model, tok = load_model(tiny_model_dir)

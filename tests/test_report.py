@@ -1,13 +1,13 @@
-"""The report's rendering (`elusive.report`) and the numbers behind its figures: Figure 1's token
-distances of the fields from the name, the drops by span, the loss curves."""
+"""The report's rendering (`elusive.experiment.report`) and the numbers behind its figures: Figure
+1's token distances of the fields from the name, the drops by span, the loss curves."""
 
 from __future__ import annotations
 
-from elusive.bios import FIELDS, BiosConfig, generate_bios
-from elusive.figures import plot_accuracy_vs_distance
+from elusive.corpus.bios import FIELDS, BiosConfig, generate_bios
+from elusive.experiment.figures import plot_accuracy_vs_distance
+from elusive.experiment.summary import field_token_distances
 from elusive.metrics import FieldScore
 from elusive.models import load_model
-from elusive.summary import field_token_distances
 
 
 def test_field_distances_by_hand_and_in_field_order(tiny_model_dir):
@@ -37,8 +37,8 @@ def test_figure1_png(tmp_path):
 
 
 def test_figures_colour_every_token_category_in_the_report_order():
-    from elusive.analysis import CATEGORIES
-    from elusive.figures import COLOURS
+    from elusive.experiment.analysis import CATEGORIES
+    from elusive.experiment.figures import COLOURS
 
     assert tuple(COLOURS) == CATEGORIES
 
@@ -47,9 +47,9 @@ def test_drop_by_span_against_a_loop():
     import math
     import re
 
-    from elusive.augment import AugmentConfig
-    from elusive.scores import TextScores
-    from elusive.summary import drop_by_span
+    from elusive.augment.dropout import AugmentConfig
+    from elusive.experiment.summary import drop_by_span
+    from elusive.scoring.scores import TextScores
 
     records, _ = generate_bios(BiosConfig(n=4, seed=2))
     rows = []
@@ -88,8 +88,8 @@ def test_drop_by_span_against_a_loop():
 
 
 def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
-    from elusive.report import markdown_tables
-    from elusive.summary import UNITS, Row, Selection
+    from elusive.experiment.report import markdown_tables
+    from elusive.experiment.summary import UNITS, Row, Selection
 
     score = {"n": 4, "em": 0.5, "em_std": 0.0, "f1": 0.6, "f1_std": 0.1}
     probed = {**score, "choice": 0.25, "choice_std": 0.0}
@@ -102,8 +102,8 @@ def test_a_probe_that_one_field_lacks_is_shown_as_a_dash():
 
 
 def test_the_note_says_whether_settings_were_chosen_or_there_was_one_per_policy():
-    from elusive.report import markdown_tables
-    from elusive.summary import UNITS, Row, Selection
+    from elusive.experiment.report import markdown_tables
+    from elusive.experiment.summary import UNITS, Row, Selection
 
     test = {"overall": {"n": 4, "em": 0.5, "em_std": 0.0, "f1": 0.75, "f1_std": 0.0}}
     one = Row("small", "tiny", "none", None, None, 1e-3, 2, [0], 0.5, test)
@@ -122,12 +122,12 @@ def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
     untrained reference row, which trained nothing, left out), drawn as loss-small.png."""
     import json
 
-    import elusive.report as report_module
-    from elusive.config import RunConfig
-    from elusive.report import loss_figures
-    from elusive.runs import Cell, Run
-    from elusive.summary import Row, RunSummary, Selection, loss_points
-    from elusive.train import TrainConfig, train
+    import elusive.experiment.report as report_module
+    from elusive.experiment.config import RunConfig
+    from elusive.experiment.report import loss_figures
+    from elusive.experiment.runs import Cell, Run
+    from elusive.experiment.summary import Row, RunSummary, Selection, loss_points
+    from elusive.training.train import TrainConfig, train
 
     run = Run(RunConfig(), tmp_path / "run")
     records = generate_bios(BiosConfig(n=8, seed=1))[0]
@@ -173,8 +173,8 @@ def test_loss_curves_draw_every_policy_and_seed_from_the_training_logs(
 
 
 def test_the_untrained_row_comes_first_without_a_spread():
-    from elusive.report import markdown_tables
-    from elusive.summary import UNITS, Row, Selection
+    from elusive.experiment.report import markdown_tables
+    from elusive.experiment.summary import UNITS, Row, Selection
 
     test = {"overall": {"n": 4, "em": 0.25, "em_std": None, "f1": 0.5, "f1_std": None}}
     untrained = Row("small", "tiny", "untrained", None, None, None, 0, [], 0.5, test)

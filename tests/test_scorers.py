@@ -1,4 +1,5 @@
-"""`elusive.scorers`: where each scorer ranks a text's spans, checked against a slow loop."""
+"""`elusive.scoring.scorers`: where each scorer ranks a text's spans, checked against a slow
+loop."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.corpus import Record, record_to_json
+from elusive.corpus.records import Record, record_to_json
 from elusive.io import write_jsonl
-from elusive.scorers import (
+from elusive.scoring.scorers import (
     ScorerError,
     percentiles,
     query_row_percentiles,
@@ -22,7 +23,7 @@ from elusive.scorers import (
     span_percentiles,
     value_queries,
 )
-from elusive.scores import TextScores, authors_rank, rank_desc, read_scores, write_scores
+from elusive.scoring.scores import TextScores, authors_rank, rank_desc, read_scores, write_scores
 
 runner = CliRunner()
 
@@ -174,9 +175,10 @@ def test_the_authors_row_ranks_as_their_argsort_does():
 
 
 def test_the_command_adds_the_authors_and_query_row_scorers_from_the_models(tmp_path):
-    from elusive.attention import AttentionConfig, query_attention, score_corpus
-    from elusive.bios import BiosConfig, generate_bios
-    from elusive.models import load_model, make_tiny_model
+    from elusive.corpus.bios import BiosConfig, generate_bios
+    from elusive.models import load_model
+    from elusive.scoring.attention import AttentionConfig, query_attention, score_corpus
+    from elusive.tiny import make_tiny_model
 
     small = make_tiny_model(tmp_path / "small", arch="llama", seed=0)
     large = make_tiny_model(tmp_path / "large", arch="llama", seed=1)
@@ -219,7 +221,7 @@ def test_the_command_adds_the_authors_and_query_row_scorers_from_the_models(tmp_
 
 
 def rows_at(records, rows, specs):
-    from elusive.attention import AttentionConfig
-    from elusive.scorers import query_rows
+    from elusive.scoring.attention import AttentionConfig
+    from elusive.scoring.scorers import query_rows
 
     return query_rows(records, rows, specs, AttentionConfig())

@@ -1,4 +1,4 @@
-"""The scores file format (`elusive.scores`): what `elusive attention` writes, read back."""
+"""The scores file format (`elusive.scoring.scores`): what `elusive attention` writes, read back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from elusive.options import AttentionError
-from elusive.scores import TextScores, rank_desc, read_scores, write_scores
+from elusive.scoring.scores import TextScores, rank_desc, read_scores, write_scores
 
 
 def test_scores_files_round_trip_and_bad_files_fail(tmp_path):

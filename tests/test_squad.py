@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from elusive.cli import app
-from elusive.corpus import read_corpus, read_qa, write_corpus_and_qa
+from elusive.corpus.records import read_corpus, read_qa, write_corpus_and_qa
+from elusive.corpus.squad import SquadConfig, read_squad
 from elusive.io import CorpusError, DroppedDataWarning
 from elusive.metrics import aggregate, best_scores, exact_match, f1_score
-from elusive.squad import SquadConfig, read_squad
 
 FIXTURE = Path(__file__).parent / "data" / "squad_small.json"
 RAW = json.loads(FIXTURE.read_text(encoding="utf-8"))

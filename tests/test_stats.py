@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elusive.figures import plot_paired_differences
+from elusive.experiment.figures import plot_paired_differences
 from elusive.stats import (
     bootstrap_ci,
     holm,

@@ -1,6 +1,6 @@
-"""The run's summary (`elusive.summary`) on its own: a hand-built run folder gives the settings,
-means and spreads worked out here by hand; on a finished pipeline folder, the summary is what
-the report shows, and rendering it again needs no model."""
+"""The run's summary (`elusive.experiment.summary`) on its own: a hand-built run folder gives the
+settings, means and spreads worked out here by hand; on a finished pipeline folder, the summary is
+what the report shows, and rendering it again needs no model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import statistics
 
 import pytest
 
-from elusive.config import RunConfig, load_config
+from elusive.experiment.config import RunConfig, load_config
+from elusive.experiment.runs import Cell, Run
+from elusive.experiment.summary import gather
 from elusive.io import atomic_write_text, write_jsonl
-from elusive.runs import Cell, Run
-from elusive.summary import gather
 from test_pipeline import SMALL_GRID, finished, tiny_pair, write_config  # noqa: F401
 
 PEOPLE = {"validation": ["p0", "p1"], "test": ["p2", "p3"]}
@@ -112,9 +112,9 @@ def test_the_report_is_the_summary_rendered_without_a_model(
 ):
     """On a finished pipeline folder: the summary is report.json; rendering it again, with
     every model unloadable, writes report.md and report.json byte for byte as the run did."""
-    import elusive.attention
     import elusive.models
-    from elusive.report import render
+    import elusive.scoring.attention
+    from elusive.experiment.report import render
 
     config = load_config(finished / "c.yaml")
     run = Run(config, finished / "run")
@@ -128,7 +128,7 @@ def test_the_report_is_the_summary_rendered_without_a_model(
         raise AssertionError("the report loaded a model")
 
     monkeypatch.setattr(elusive.models, "load_model", no_model)
-    monkeypatch.setattr(elusive.attention, "query_attentions", no_model)
+    monkeypatch.setattr(elusive.scoring.attention, "query_attentions", no_model)
     out = tmp_path / "again"
     written = render(gather(run), out)
     assert {p.name for p in written} == {p.name for p in report.iterdir()} - {"analysis.json"}

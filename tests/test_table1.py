@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from elusive import layout
 from elusive.cli import app
-from elusive.corpus import read_corpus, read_qa
-from elusive.evaluate import read_eval
+from elusive.corpus.records import read_corpus, read_qa
+from elusive.evaluation.evaluate import read_eval
+from elusive.experiment import layout
+from elusive.experiment.runs import grid
+from elusive.experiment.table1 import run_table1, table1_config
 from elusive.io import iter_jsonl
 from elusive.metrics import aggregate
-from elusive.models import make_tiny_model
 from elusive.options import EvalConfig, TrainConfig
-from elusive.runs import grid
-from elusive.table1 import run_table1, table1_config
+from elusive.tiny import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,7 +147,7 @@ def test_cli_table1_prints_both_tables_and_the_report(tmp_path, model, monkeypat
 
 
 def test_a_ranking_policy_without_a_large_model_is_one_config_error(model):
-    from elusive.config import ConfigError
+    from elusive.experiment.config import ConfigError
 
     config = table1_config(TrainConfig(model=model), "out")
     config.augment.policies = ["plain", "contrast"]

@@ -12,18 +12,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from elusive.bios import BiosConfig, generate_bios, write_bios
 from elusive.cli import app
-from elusive.evaluate import load_for_eval
+from elusive.corpus.bios import BiosConfig, generate_bios, write_bios
+from elusive.evaluation.evaluate import load_for_eval
 from elusive.models import (
     ModelSpecError,
     load_model,
-    make_tiny_model,
     native_bf16,
     quiet_peft,
     resolve_mixed_precision,
 )
-from elusive.train import (
+from elusive.tiny import make_tiny_model
+from elusive.training.train import (
     STATE_FILE,
     EpochShuffle,
     TrainConfig,
@@ -58,7 +58,7 @@ def _adapter(run_dir, epoch):
 def interrupt_at(call, config, records, folder) -> None:
     """Train `config` into `folder`, stopped as Ctrl-C stops it: a KeyboardInterrupt at
     micro-batch `call` (from 1); the training step is restored afterwards."""
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     step, calls = train_module._train_step, []
 
@@ -205,7 +205,7 @@ def test_lora_lowers_loss_and_saved_adapter_reproduces_logits(
 ):
     from peft import PeftModel
 
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     seen = []
     step = train_module._train_step
@@ -362,7 +362,7 @@ def test_a_crash_between_the_epoch_rename_and_the_log_loses_no_log(
 ):
     """The epoch folder carries its log: a crash after epoch-1 is renamed into place but before
     RUN_DIR/log.json is written resumes with epoch 1's log lines, as an uninterrupted run."""
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     config = _config(tiny_model_dir, epochs=2, batch_size=6)
     whole = train(config, records, tmp_path / "whole", progress=False)
@@ -407,7 +407,7 @@ def test_qlora_without_bitsandbytes_fails_in_one_line(
 ):
     """As where bitsandbytes is not installed: a None in sys.modules makes `find_spec` find
     nothing and an import fail, whether or not it is installed here."""
-    from elusive.config import ConfigError, load_config
+    from elusive.experiment.config import ConfigError, load_config
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     assert importlib.util.find_spec("bitsandbytes") is None
@@ -444,7 +444,7 @@ def test_qlora_trains_resumes_exactly_and_evaluates(tiny_model_dir, records, tmp
     from bitsandbytes.nn import Linear4bit, Params4bit
     from peft import PeftModel
 
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     config = _config(
         tiny_model_dir, quantize="4bit", batch_size=2, grad_accum=2, lora_dropout=0.1, warmup=0.3
@@ -555,7 +555,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
-from elusive.train import _load_optimizer_state, _optimizer_state
+from elusive.training.train import _load_optimizer_state, _optimizer_state
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -811,7 +811,7 @@ def test_packing_blocks_are_max_length_and_hold_every_token_once(tiny_model_dir,
 
 
 def test_length_grouped_batches_hold_the_epochs_texts_with_less_padding(tiny_model_dir):
-    from elusive.batches import padded_share
+    from elusive.training.batches import padded_share
 
     _, tok = load_model(tiny_model_dir)
     people = generate_bios(BiosConfig(n=48, seed=5))[0]
@@ -875,7 +875,7 @@ def test_the_loss_log_has_a_line_per_step_and_their_epoch_means(
 ):
     """With packing, 3 micro-batches of blocks per optimizer step: one log line per step, and
     each epoch's loss is the mean of its steps'; each step's is its micro-batches' mean."""
-    import elusive.train as train_module
+    import elusive.training.train as train_module
 
     config = _config(tiny_model_dir, packing=True, max_length=32, batch_size=2, grad_accum=3)
     _, tok = load_model(tiny_model_dir)

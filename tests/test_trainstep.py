@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import elusive.train as train_module
-import elusive.trainstep as trainstep
+import elusive.training.train as train_module
+import elusive.training.trainstep as trainstep
 from elusive.models import load_model
-from elusive.train import TrainConfig, build_model, pad_batch, tokenize_texts, train
+from elusive.training.train import TrainConfig, build_model, pad_batch, tokenize_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

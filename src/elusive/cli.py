@@ -21,16 +21,16 @@ from typing import Annotated
 
 import typer
 
-from .augment import AugmentConfig
-from .bios import BiosConfig
-from .cli_options import ESCAPED_NEWLINES, Options, config_options
-from .cloze import ProbeConfig
-from .config import CorpusSection, ModelsSection, load_config
-from .errors import ElusiveError
-from .export import ExportChoice
-from .io import check_apart, folder_lock, os_reason
-from .options import AttentionConfig, EvalConfig, TrainConfig
-from .squad import SquadConfig
+from elusive.augment.dropout import AugmentConfig
+from elusive.cli_options import ESCAPED_NEWLINES, Options, config_options
+from elusive.corpus.bios import BiosConfig
+from elusive.corpus.cloze import ProbeConfig
+from elusive.corpus.squad import SquadConfig
+from elusive.errors import ElusiveError
+from elusive.experiment.config import CorpusSection, ModelsSection, load_config
+from elusive.experiment.export import ExportChoice
+from elusive.io import check_apart, folder_lock, os_reason
+from elusive.options import AttentionConfig, EvalConfig, TrainConfig
 
 # OpenMP threads sleep instead of spinning while they wait, so a busy machine costs training its
 # share, not more: beside a second torch process a bf16 epoch took 49 s instead of 69 s (26 s
@@ -136,7 +136,7 @@ _show_warning = warnings.showwarning
 def _show_dropped(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings about skipped or cut input are messages to the user: one `warning:` line
     each, not the source location Python prints for a programming warning."""
-    from .io import DroppedDataWarning
+    from elusive.io import DroppedDataWarning
 
     if issubclass(category, DroppedDataWarning):
         typer.echo(f"warning: {message}", err=True)
@@ -171,7 +171,7 @@ def bios_generate(
     config: BiosConfig,
 ) -> None:
     """Write a synthetic biography corpus (people.jsonl) and its QA pairs (qa.jsonl)."""
-    from .bios import write_bios
+    from elusive.corpus.bios import write_bios
 
     people, qa = write_bios(config, out)
     typer.echo(f"wrote {config.n} people to {people} and {5 * config.n} questions to {qa}")
@@ -205,9 +205,9 @@ def attention_cmd(
     given: frozenset[str],
 ) -> None:
     """Score the attention each token receives; contrast a large and a small model."""
-    from .attention import score_corpus
-    from .parallel import Dist
-    from .specs import check_placement
+    from elusive.parallel import Dist
+    from elusive.scoring.attention import score_corpus
+    from elusive.specs import check_placement
 
     if model is not None and given & {"large", "small"}:
         fail("give either --model or --large/--small, not both")
@@ -246,7 +246,7 @@ def augment_command(
     reading: CorpusSection,
 ) -> None:
     """Token-dropout augmentation: the original plus COPIES copies of every text."""
-    from .augment import augment_file
+    from elusive.augment.dropout import augment_file
 
     n = augment_file(
         scores, out, config, corpus=corpus, progress=True, text_field=reading.text_field
@@ -278,12 +278,12 @@ def scorers_command(
     """Where each scorer ranks a text's spans (the name, each field): mean rank percentile."""
     import json
 
-    from .augment import AugmentConfig, load_inputs
-    from .io import atomic_write_text, check_out_file
-    from .parallel import Dist
-    from .scorers import query_rows as rows_at_queries
-    from .scorers import scorer_markdown, scorer_table
-    from .scores import read_manifest
+    from elusive.augment.dropout import AugmentConfig, load_inputs
+    from elusive.io import atomic_write_text, check_out_file
+    from elusive.parallel import Dist
+    from elusive.scoring.scorers import query_rows as rows_at_queries
+    from elusive.scoring.scorers import scorer_markdown, scorer_table
+    from elusive.scoring.scores import read_manifest
 
     if out is not None:
         check_out_file(out)
@@ -327,7 +327,7 @@ def show_command(
     reading: CorpusSection,
 ) -> None:
     """Figure 4: draw a text with each token coloured by its keep probability."""
-    from .augment import show
+    from elusive.augment.dropout import show
 
     html_path, png_path = show(
         text_id, scores, out, config, corpus=corpus, text_field=reading.text_field
@@ -348,8 +348,8 @@ def train_command(
     reading: CorpusSection,
 ) -> None:
     """Continual pretraining on a corpus with LoRA (default) or full finetuning."""
-    from .parallel import Dist
-    from .train import train
+    from elusive.parallel import Dist
+    from elusive.training.train import train
 
     check_apart([out], {"--corpus": corpus})
     with folder_lock(out) if Dist.launched().is_main else contextlib.nullcontext():
@@ -395,10 +395,10 @@ def evaluate_command(
     """Closed-book QA: greedy answers, EM and F1, and knowledge probes per field and overall."""
     from rich.console import Console
 
-    from .evaluate import evaluate_model, scores_table
-    from .models import DTYPES
-    from .parallel import Dist
-    from .specs import check_placement
+    from elusive.evaluation.evaluate import evaluate_model, scores_table
+    from elusive.models import DTYPES
+    from elusive.parallel import Dist
+    from elusive.specs import check_placement
 
     if weights.dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {weights.dtype!r}")
@@ -446,9 +446,9 @@ def table1_command(
     the pipeline (`elusive run`) with the plain policy alone."""
     from rich.console import Console
 
-    from .evaluate import scores_table
-    from .parallel import Dist
-    from .table1 import run_table1
+    from elusive.evaluation.evaluate import scores_table
+    from elusive.experiment.table1 import run_table1
+    from elusive.parallel import Dist
 
     dist = Dist.launched()
     result = run_table1(config, out, bios.n, bios.seed, evaluation, dist=dist)
@@ -475,7 +475,7 @@ def export_command(
     choice: ExportChoice,
 ) -> None:
     """A model out: the adapter merged into its base, a Hugging Face folder with a model card."""
-    from .export import export_model
+    from elusive.experiment.export import export_model
 
     checkpoint = export_model(source, out, **dataclasses.asdict(choice))
     what = "model" if checkpoint.full else f"{checkpoint.base} + adapter"
@@ -487,7 +487,7 @@ def migrate_command(
     folder: Annotated[Path, typer.Argument(help="A run folder of `elusive run` (holds run.json).")],
 ) -> None:
     """Upgrade a run folder made by an older elusive, in place, so that `elusive run` resumes it."""
-    from .migrate import migrate
+    from elusive.experiment.migrate import migrate
 
     typer.echo(migrate(folder))
 
@@ -512,8 +512,8 @@ def squad_convert(
     config: SquadConfig,
 ) -> None:
     """Write a paragraph corpus (corpus.jsonl) and its closed-book questions (qa.jsonl)."""
-    from .corpus import write_corpus_and_qa
-    from .squad import read_squad
+    from elusive.corpus.records import write_corpus_and_qa
+    from elusive.corpus.squad import read_squad
 
     check_apart([out / "corpus.jsonl", out / "qa.jsonl"], {"FILE": file})
     records, questions = read_squad(file, config)
@@ -553,7 +553,7 @@ def probes_build(
     units and names found in them), to read, edit and give a run as corpus.qa."""
     from collections import Counter
 
-    from .cloze import probe_file
+    from elusive.corpus.cloze import probe_file
 
     probes = probe_file(corpus, out, config, reading.text_field, reading.chunk, model)
     kinds = Counter(item.field for item in probes.items)
@@ -583,9 +583,9 @@ RunSetOption = Annotated[
 
 def _run_config(config, out: Path | None) -> None:
     """Run an experiment config and print its Table 2 and where the report is."""
-    from .pipeline import run_experiment
-    from .report import markdown_tables
-    from .summary import summarize
+    from elusive.experiment.pipeline import run_experiment
+    from elusive.experiment.report import markdown_tables
+    from elusive.experiment.summary import summarize
 
     run = run_experiment(config, out=out, echo=typer.echo)
     if not run.is_main:  # under `accelerate launch`: the main process prints for all

@@ -36,7 +36,14 @@ from typing import Annotated, Any
 
 import typer
 
-from .config import ConfigError, RunConfig, apply_sets, coerce, read_mapping, yaml_value
+from elusive.experiment.config import (
+    ConfigError,
+    RunConfig,
+    apply_sets,
+    coerce,
+    read_mapping,
+    yaml_value,
+)
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .errors import ElusiveError
+from elusive.errors import ElusiveError
 
 
 class CorpusError(ElusiveError):

@@ -66,7 +66,7 @@ PROBES: tuple[str, ...] = (
     "cloze_choice",
     "cloze_logprob",
 )
-"""Knowledge-probe metrics (`elusive.probes`), beside QA ``em`` and ``f1``."""
+"""Knowledge-probe metrics (`elusive.evaluation.probes`), beside QA ``em`` and ``f1``."""
 METRICS: tuple[str, ...] = ("em", "f1", *PROBES)
 LABELS: dict[str, str] = {
     "em": "EM",
@@ -83,7 +83,7 @@ LABELS: dict[str, str] = {
 class FieldScore:
     """Mean scores over the `n` questions of a field; a probe is None where it was not run
     (``cloze_*`` needs QA lines with a cloze prompt), and so are `em` and `f1` for a field of
-    probes without questions (span-cloze probes, `elusive.cloze`)."""
+    probes without questions (span-cloze probes, `elusive.corpus.cloze`)."""
 
     em: float | None
     f1: float | None

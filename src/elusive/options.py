@@ -1,12 +1,12 @@
 """The options of the model stages (attention scoring, training, evaluation) and their checks.
 
-The stage modules (`elusive.attention`, `elusive.train`, `elusive.evaluate`) import torch and
-transformers, which take seconds to load. Their option dataclasses live here, importing
-neither, so that `elusive run` checks a whole config, and `elusive --help` shows every default,
-in a fraction of a second; each stage module imports its own config from here, so
-``from elusive.train import TrainConfig`` works too. Options that stand for a torch object are
-names here (`DTYPE_NAMES`, `MIXED_PRECISIONS`); the torch objects live beside torch
-(`elusive.models.DTYPES`).
+The stage modules (`elusive.scoring.attention`, `elusive.training.train`,
+`elusive.evaluation.evaluate`) import torch and transformers, which take seconds to load. Their
+option dataclasses live here, importing neither, so that `elusive run` checks a whole config, and
+`elusive --help` shows every default, in a fraction of a second; each stage module imports its own
+config from here, so ``from elusive.training.train import TrainConfig`` works too. Options that
+stand for a torch object are names here (`DTYPE_NAMES`, `MIXED_PRECISIONS`); the torch objects live
+beside torch (`elusive.models.DTYPES`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ElusiveError, flag
+from elusive.errors import ElusiveError, flag
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 """Weight dtypes by their config name (`--dtype`, ``train.dtype``); `elusive.models.DTYPES`
@@ -40,6 +40,11 @@ REPORT_TO = ("none", "tensorboard")
 LOGGING_ONLY = ("report_to",)
 """`TrainConfig` options that change what a run reports, not what it trains: a training run
 resumes under other values of them, and the run pipeline retrains nothing for them."""
+UNTRAINED = "untrained"
+"""The report's row (and a `report.baselines` name) of a trained role's base model evaluated
+before any training; also its evaluation folder's name
+(`elusive.experiment.runs.untrained_dirs`)."""
+
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -273,7 +278,7 @@ def check_finite(config: object, name: Callable[[str], str], error: type[Elusive
 
 
 TEMPLATE_FIELDS = ("question",)
-"""The fields `elusive.evaluate.build_prompts` fills into `EvalConfig.template`."""
+"""The fields `elusive.evaluation.evaluate.build_prompts` fills into `EvalConfig.template`."""
 
 
 def check_template(template: str, where: str) -> None:

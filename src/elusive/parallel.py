@@ -9,8 +9,8 @@ results meet on disk (the attention score cache) or through `Dist.gather`. A sin
 launched or not, is rank 0 of 1 and runs everything.
 
 Who this process is comes in one `Dist`, made once where a program starts (a CLI command,
-`elusive.pipeline.run_experiment`, the Python API's top-level functions) and passed down; the
-functions that compute take it as an argument and never ask accelerate themselves.
+`elusive.experiment.pipeline.run_experiment`, the Python API's top-level functions) and passed down;
+the functions that compute take it as an argument and never ask accelerate themselves.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ElusiveError, flag
+from elusive.errors import ElusiveError, flag
 
 
 class ModelSpecError(ElusiveError):
