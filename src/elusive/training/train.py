@@ -537,9 +537,11 @@ def train(
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     fused = _fused_step(accelerator, model, config)
     if fused and not config.full:
-        from elusive.training.trainstep import fuse_lora
+        from elusive.training.trainstep import float32_attention, fuse_lora
 
         fuse_lora(model, torch.bfloat16 if config.mixed_precision == "bf16" else None)
+        if config.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+            float32_attention(model)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
 
