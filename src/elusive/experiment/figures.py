@@ -1,9 +1,8 @@
-"""Drawing the figures; the numbers come from the modules that compute them.
+"""Drawing the report's figures; the numbers come from the modules that compute them.
 
 - Figure 1 (`plot_accuracy_vs_distance`), Figures 2 and 3 (`plot_rank_categories`): from the
-  run report (`elusive.experiment.report`).
-- Figure 4 (`render_html`, `render_png`): a text with each token coloured by its keep
-  probability, from `elusive.augment.dropout.token_views`.
+  run report (`elusive.experiment.report`). Figure 4, one text's keep probabilities, is drawn
+  by `elusive.augment.render`.
 - The paired differences of the study statistics (`plot_paired_differences`, `elusive.stats`).
 - The training loss curves of a run (`plot_loss_curves`), from each training run's log.json.
 """
