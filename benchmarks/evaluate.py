@@ -24,7 +24,12 @@ import torch  # noqa: E402
 
 from elusive.corpus.bios import BiosConfig, generate_bios  # noqa: E402
 from elusive.evaluation.evaluate import EvalConfig, answer_and_score, evaluate_qa, prompt_parts  # noqa: E402
-from elusive.models import input_device, load_model, resolve_mixed_precision  # noqa: E402
+from elusive.models import (  # noqa: E402
+    input_device,
+    load_model,
+    resolve_mixed_precision,
+    store_for_autocast,
+)
 
 
 def main() -> None:
@@ -39,6 +44,9 @@ def main() -> None:
     items = generate_bios(BiosConfig(n=args.people, seed=0))[1]
     model, tokenizer = load_model(args.model)
     model.eval()
+    if (precision := resolve_mixed_precision(args.mixed_precision, input_device(model))) != "no":
+        # as an evaluation stores them (elusive.evaluation.evaluate.evaluate_checkpoint)
+        store_for_autocast(model, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     seconds, results = {}, {}
     for probes in (False, True):
         config = EvalConfig(
@@ -62,7 +70,6 @@ def main() -> None:
     )
 
     tokens = tokenizer(prompts)["input_ids"]
-    precision = resolve_mixed_precision(config.mixed_precision, input_device(model))
     print(
         f"model {args.model}, {len(items)} questions, {args.shots}-shot QA prompts "
         f"({len(set(e for e, _ in parts))} sets of examples, "

@@ -12,6 +12,7 @@ from elusive.evaluation.evaluate import (
     answer_and_score,
     build_prompts,
     cut_answer,
+    evaluate_checkpoint,
     evaluate_qa,
     generate_continuations,
     load_for_eval,
@@ -304,6 +305,44 @@ def test_generation_autocasts_to_bf16_only_where_native(
     assert seen and set(seen) == {torch.bfloat16 if native else False}
     with pytest.raises(ValueError, match="--mixed-precision must be auto or one of"):
         EvalConfig(mixed_precision="bf17").validate()
+
+
+def test_under_autocast_a_checkpoint_is_evaluated_on_linears_stored_once_to_the_same_bits(
+    tiny_model_dir, bios_qa, tmp_path, monkeypatch
+):
+    """evaluate_checkpoint under bf16 stores the model's linear layers in bf16 before
+    answering, and answers and probes to the bits autocast over float32 weights gives."""
+    import elusive.models
+
+    config = EvalConfig(mixed_precision="bf16", shots=1, choices=2, max_new_tokens=4)
+    model, tok = load_for_eval(str(tiny_model_dir))
+    expected = evaluate_qa(model, tok, bios_qa, config, progress=False)
+    stored, store = [], elusive.models.store_for_autocast
+
+    def recording(model, dtype):
+        stored.append((dtype, store(model, dtype)))
+        return stored[-1][1]
+
+    monkeypatch.setattr(elusive.models, "store_for_autocast", recording)
+    got = evaluate_checkpoint(tmp_path, str(tiny_model_dir), None, bios_qa, config, {})
+    layers = 7 * 2 + 1  # q, k, v, o, gate, up, down in each of 2 layers, and the head
+    assert stored == [(torch.bfloat16, layers)]
+    assert got.predictions == expected.predictions
+
+
+def test_store_for_autocast_keeps_a_tied_head_and_gives_autocasts_bits(tiny_model_dir):
+    from elusive.models import load_model, store_for_autocast
+
+    model, tok = load_model(tiny_model_dir)
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied, as some models are
+    ids = tok(["Anna was born in"], return_tensors="pt")["input_ids"].to(model.device)
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        assert store_for_autocast(model, torch.bfloat16) == 7 * 2  # not the head
+        after = model(input_ids=ids).logits
+    assert model.lm_head.weight.dtype == torch.float32
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert torch.equal(before, after)
 
 
 def test_a_metric_no_question_has_is_named_not_dropped(tiny_model_dir, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Loading causal LMs and their tokenizers from a model spec, and tiny models for tests.
+"""Loading causal LMs and their tokenizers from a model spec.
 
 A model spec is one of:
 
@@ -11,7 +11,7 @@ A model spec is one of:
 Dequantising a GGUF file takes minutes, so GGUF files and packs are converted once into a
 verified safetensors folder under the cache dir (``$ELUSIVE_CACHE``, default
 ``~/.cache/elusive``) and loaded from there afterwards. Tiny random models, built from a config
-in seconds, stand in for real ones in tests and dry runs.
+in seconds, stand in for real ones in tests and dry runs (`elusive.tiny`).
 """
 
 from __future__ import annotations
@@ -108,6 +108,24 @@ def resolve_mixed_precision(value: str, device: torch.device | None = None) -> s
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return "bf16" if native_bf16(device) else "no"
+
+
+def store_for_autocast(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store each float32 `nn.Linear` of `model` in `dtype` once, for a model that only runs
+    under `dtype` autocast; returns how many. Autocast casts a linear layer's float32 weight
+    and bias to `dtype` at every call (it keeps no cast of a weight that needs no gradient), so
+    a greedy decoding step reads and writes every weight again; stored in `dtype` they give the
+    same bits without the copies. A layer whose weight is the input embedding's (a tied head)
+    stays: the embedding's output would change dtype."""
+    embedding = model.get_input_embeddings()
+    tied = embedding.weight if embedding is not None else None
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+            if module.weight is not tied:
+                module.to(dtype)
+                count += 1
+    return count
 
 
 def load_model(
