@@ -23,13 +23,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from elusive.corpus.bios import BiosConfig, generate_bios  # noqa: E402
-from elusive.evaluation.evaluate import EvalConfig, answer_and_score, evaluate_qa, prompt_parts  # noqa: E402
-from elusive.models import (  # noqa: E402
-    input_device,
-    load_model,
-    resolve_mixed_precision,
-    store_for_autocast,
+from elusive.evaluation.evaluate import (  # noqa: E402
+    EvalConfig,
+    answer_and_score,
+    evaluate_qa,
+    prompt_parts,
+    store_for_precision,
 )
+from elusive.models import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -44,9 +45,8 @@ def main() -> None:
     items = generate_bios(BiosConfig(n=args.people, seed=0))[1]
     model, tokenizer = load_model(args.model)
     model.eval()
-    if (precision := resolve_mixed_precision(args.mixed_precision, input_device(model))) != "no":
-        # as an evaluation stores them (elusive.evaluation.evaluate.evaluate_checkpoint)
-        store_for_autocast(model, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    # the weights stored as an evaluation stores them (evaluate_checkpoint)
+    precision = store_for_precision(model, EvalConfig(mixed_precision=args.mixed_precision))
     seconds, results = {}, {}
     for probes in (False, True):
         config = EvalConfig(
