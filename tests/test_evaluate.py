@@ -7,6 +7,7 @@ import torch
 
 from elusive.corpus.bios import BiosConfig, generate_bios
 from elusive.corpus.records import QAItem
+from elusive.evaluation import evaluate
 from elusive.evaluation.evaluate import (
     EvalConfig,
     answer_and_score,
@@ -173,7 +174,51 @@ def test_left_padded_batches_match_one_by_one_greedy(tiny_model_dir, bios_qa):
         assert want.startswith(got) and cut_answer(want) == cut_answer(got)
 
 
-def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir, bios_qa):
+def test_a_row_that_stops_leaves_the_batch_and_the_others_go_on_as_before(tiny_model_dir, bios_qa):
+    """Greedy decoding feeds each row its tokens but the last and nothing more: a row that
+    stops (here at a token made its EOS) leaves the batch, the others' tokens unchanged."""
+    from types import SimpleNamespace
+
+    from elusive.evaluation.probes import left_pad, model_cache, pad_id, prompt_pass
+    from elusive.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    prompts = build_prompts(bios_qa[::6][:5], EvalConfig(shots=1), pool=bios_qa[10:])
+    ids, mask = left_pad(tok(prompts)["input_ids"], pad_id(tok))  # rows of unequal length
+    fed = []  # rows of every decoding step's forward pass
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+
+    def decode(tokenizer):
+        out = prompt_pass(model, ids, mask)
+        fed.clear()
+        return evaluate.greedy_tokens(
+            model, tokenizer, out.logits[:, -1], model_cache(out), mask, max_new_tokens=8
+        )
+
+    with torch.no_grad():
+        before = decode(tok)
+        assert sum(fed) == sum(len(t) - 1 for t in before)
+        # a token only one row makes, not its last: made EOS, that row stops there
+        row, at, token = next(
+            (r, j, t)
+            for r, tokens in enumerate(before)
+            for j, t in enumerate(tokens[:-1])
+            if all(t not in other for k, other in enumerate(before) if k != r)
+        )
+        after = decode(SimpleNamespace(eos_token_id=token, decode=tok.decode))
+    hook.remove()
+    assert after[row] == before[row][: at + 1]
+    assert [t for k, t in enumerate(after) if k != row] == [
+        t for k, t in enumerate(before) if k != row
+    ]
+    assert sum(fed) == sum(len(t) - 1 for t in after) < sum(len(t) - 1 for t in before)
+
+
+def test_shared_examples_run_once_and_answer_as_the_whole_prompts(
+    tiny_model_dir, bios_qa, monkeypatch
+):
     """k-shot prompts grouped by their solved examples (three sets, groups split over batches,
     batches spanning two groups, rows of different lengths) give the greedy answers and probe
     scores of the prompts run whole, the examples running once per batch, not per question;
@@ -197,8 +242,8 @@ def test_shared_examples_run_once_and_answer_as_the_whole_prompts(tiny_model_dir
     hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
-    generate, calls = model.generate, []
-    model.generate = lambda **kwargs: calls.append(1) or generate(**kwargs)
+    greedy, calls = evaluate.greedy_tokens, []
+    monkeypatch.setattr(evaluate, "greedy_tokens", lambda *a: calls.append(1) or greedy(*a))
     whole = answer_and_score(model, tok, prompts, config, False, cands)
     whole_fed, whole_calls = list(fed), len(calls)
     fed.clear()

@@ -157,24 +157,30 @@ def test_two_ranks_each_score_their_share_and_both_get_every_score(pair, tmp_pat
     assert both[0][2] == both[1][2]  # the same record of who scored what
 
 
-def test_two_ranks_each_answer_their_share_and_both_get_every_answer(pair):
+def test_two_ranks_each_answer_their_share_and_both_get_every_answer(pair, monkeypatch):
     """`answer_and_score` under a two-process `Dist`: each rank generates for its share of the
     batches only (together every prompt once) and both get every answer and candidate score,
     the ones one process gives."""
+    from elusive.evaluation import evaluate
     from elusive.evaluation.evaluate import EvalConfig, answer_and_score
     from elusive.models import load_model
 
     prompts = [f"Question {i}: where did person {'x' * i} work? Answer:" for i in range(9)]
     candidates = [["Acme", "Globex Corporation", f"Initech {i}"] for i in range(9)]
     config = EvalConfig(batch_size=2, max_new_tokens=4, mixed_precision="no")
+    rows: dict[int, int] = {}  # id(model) -> rows it decoded
+    greedy = evaluate.greedy_tokens
+
+    def counting(model, tokenizer, logits, cache, mask, max_new_tokens):
+        rows[id(model)] = rows.get(id(model), 0) + len(mask)
+        return greedy(model, tokenizer, logits, cache, mask, max_new_tokens)
+
+    monkeypatch.setattr(evaluate, "greedy_tokens", counting)
 
     def answer(dist: Dist | None) -> tuple[Any, int]:
         model, tokenizer = load_model(pair["small"])  # each rank its own, as processes have
-        rows = []
-        generate = model.generate
-        model.generate = lambda **kw: rows.append(len(kw["input_ids"])) or generate(**kw)
         result = answer_and_score(model, tokenizer, prompts, config, False, candidates, dist)
-        return result, sum(rows)
+        return result, rows.get(id(model), 0)
 
     (texts, scores), generated = answer(None)
     assert generated == len(prompts) and all(texts)
@@ -208,15 +214,13 @@ def _score_evaluate_analyse(folder: Path) -> None:
         atomic_write_text(out / "analysis.json", json.dumps(rows) + "\n")
 
     generated = []
-    load = evaluate.load_for_eval
+    greedy = evaluate.greedy_tokens
 
-    def counting_load(*args, **kwargs):
-        model, tokenizer = load(*args, **kwargs)
-        generate = model.generate
-        model.generate = lambda **kw: generated.append(len(kw["input_ids"])) or generate(**kw)
-        return model, tokenizer
+    def counting(model, tokenizer, logits, cache, mask, max_new_tokens):
+        generated.append(len(mask))  # the rows of a batch this process decodes
+        return greedy(model, tokenizer, logits, cache, mask, max_new_tokens)
 
-    evaluate.load_for_eval = counting_load
+    evaluate.greedy_tokens = counting
     try:
         eval_config = EvalConfig(batch_size=3, max_new_tokens=4, choices=3, shots=2)
         evaluate_model(
@@ -228,7 +232,7 @@ def _score_evaluate_analyse(folder: Path) -> None:
             dist=dist,
         )
     finally:
-        evaluate.load_for_eval = load
+        evaluate.greedy_tokens = greedy
     atomic_write_text(out / f"generated-{dist.rank}.json", json.dumps(sum(generated)))
 
 

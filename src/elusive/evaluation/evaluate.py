@@ -149,8 +149,9 @@ def answer_and_score(
     Prompts run in batches left-padded to their longest prompt, in order of token length (less
     padding); results come back in the order given. A row stops at EOS, once its answer is
     complete (`answer_complete`: the tokens after that would not change `cut_answer`), or after
-    ``config.max_new_tokens``. The candidates are scored on the key/value cache that the
-    generation built for the prompt, so they cost no prompt pass of their own.
+    ``config.max_new_tokens`` (`greedy_tokens`). The candidates are scored on the key/value
+    cache of the prompt pass that the generation continues, so they cost no prompt pass of
+    their own.
 
     `prefixes[i]` (default: none) is a text prompt i starts with, such as its solved examples
     (`prompt_parts`): the prompts with the same prefix form a group, the tokens they all start
@@ -170,28 +171,19 @@ def answer_and_score(
     are the ones one process gives, whatever the number of processes.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig, StoppingCriteriaList
 
     from elusive.evaluation.probes import (
-        cache_argument,
         candidate_ids,
         left_pad,
         model_cache,
         pad_id,
+        prompt_pass,
         score_after_prompts,
     )
     from elusive.models import input_device, resolve_mixed_precision
 
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     cand_ids = candidate_ids(tokenizer, candidates) if candidates is not None else None
-    gen_config = GenerationConfig(
-        max_new_tokens=config.max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        return_dict_in_generate=True,
-        output_logits=cand_ids is not None,  # the first step's logits: the prompt's last
-    )
     groups: dict[str, list[int]] = {}  # prefix -> its prompts, in the order given
     keys = prefixes if prefixes is not None else [""] * len(prompts)
     for i, prefix in zip(range(len(prompts)), keys, strict=True):
@@ -225,7 +217,7 @@ def answer_and_score(
         own = [encoded[i][len(head[i]) :] for i in batch]
         ids, mask = left_pad(own, pad_id(tokenizer))  # [batch, own width]
         distinct = list(dict.fromkeys(head[i] for i in batch if head[i]))
-        reuse = {}  # no shared tokens: the prompts run whole
+        rows_cache = None  # no shared tokens: the prompts run whole
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             if distinct:
                 if prefix is None or prefix[0] != distinct:  # the same ones: the same numbers
@@ -233,31 +225,67 @@ def answer_and_score(
                 ids, mask, rows_cache = _after_prefix(
                     *prefix[1], [head[i] for i in batch], ids, mask
                 )
-                reuse = cache_argument(model, rows_cache)
-            out = model.generate(  # [batch, width] ids and mask, the shared tokens included
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                generation_config=gen_config,
-                stopping_criteria=StoppingCriteriaList([_AnswerDone(tokenizer, ids.shape[1])]),
-                **reuse,
-            )
-        generated = out.sequences[:, ids.shape[1] :]  # [batch, new]
-        for row, i in enumerate(batch):
-            texts[i] = tokenizer.decode(generated[row], skip_special_tokens=True)
-        if cand_ids is not None:
-            cache = model_cache(out)
-            extra = cache.get_seq_length() - ids.shape[1]
-            if extra:
-                cache.crop(-extra)  # back to the prompt's keys and values
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            out = prompt_pass(model, ids, mask, rows_cache)  # [batch, width]: shared included
+            logits, cache = out.logits[:, -1], model_cache(out)  # [batch, vocab]; the prompts'
+            if cand_ids is not None:  # on copies of the prompts' cache, before decoding extends it
                 batch_scores = score_after_prompts(
-                    model, out.logits[0], cache, mask, [cand_ids[i] for i in batch]
+                    model, logits, cache, mask, [cand_ids[i] for i in batch]
                 )
-            for i, score in zip(batch, batch_scores, strict=True):
-                scores[i] = score
+                for i, score in zip(batch, batch_scores, strict=True):
+                    scores[i] = score
+            generated = greedy_tokens(model, tokenizer, logits, cache, mask, config.max_new_tokens)
+        for i, tokens in zip(batch, generated, strict=True):
+            texts[i] = tokenizer.decode(tokens, skip_special_tokens=True)
     for i, text, score in dist.gather([(i, texts[i], scores[i]) for b in batches for i in b]):
         texts[i], scores[i] = text, score
     return texts, (scores if cand_ids is not None else None)
+
+
+@torch.no_grad()
+def greedy_tokens(
+    model, tokenizer, logits: torch.Tensor, cache, mask: torch.Tensor, max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy continuations of a batch of left-padded prompts the model has run: `logits`
+    [batch, vocab] their last position's, `cache` their keys and values (extended here), `mask`
+    [batch, width] their attention mask. Each row takes the most likely token until EOS (kept,
+    as the last), until its answer is complete (`answer_complete`: the tokens after that would
+    not change `cut_answer`) or for `max_new_tokens`. A row that stops leaves the batch, its
+    rows dropped from the cache, so each step computes only the rows still going (answers of
+    unequal length waste no steps). No sampling, penalty or other setting of the model's
+    generation config applies: the next token is the argmax."""
+    from elusive.evaluation.probes import cache_argument
+    from elusive.models import input_device
+
+    device = input_device(model)
+    new: list[list[int]] = [[] for _ in range(len(mask))]
+    going = list(range(len(mask)))  # the batch rows still going: the cache's rows, in order
+    mask = mask.to(device)
+    position = mask.sum(-1)  # [going]: a row's next position, after its real prompt tokens
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)  # [going]
+        keep = []
+        for k, (row, t) in enumerate(zip(going, token.tolist(), strict=True)):
+            new[row].append(t)
+            text = tokenizer.decode(new[row], skip_special_tokens=True)
+            if t != tokenizer.eos_token_id and not answer_complete(text):
+                keep.append(k)
+        if not keep or step + 1 == max_new_tokens:
+            break
+        if len(keep) < len(going):
+            cache.batch_select_indices(torch.tensor(keep))  # on the CPU, as in `probes`
+            index = torch.tensor(keep, device=device)
+            going = [going[k] for k in keep]
+            token, mask, position = token[index], mask[index], position[index]
+        mask = torch.cat([mask, mask.new_ones((len(going), 1))], dim=1)  # [going, width + 1]
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position[:, None],
+            use_cache=True,
+            **cache_argument(model, cache),
+        ).logits[:, -1]  # [going, vocab]
+        position = position + 1
+    return new
 
 
 def _shared_length(tokenizer, prefix: str, members: Sequence[Sequence[int]]) -> int:
@@ -308,18 +336,6 @@ def _after_prefix(
     cache.batch_select_indices(rows)  # indices on the CPU, as in `elusive.evaluation.probes`
     head_ids, head_mask = prefix_ids[rows], prefix_mask[rows] * sharing  # [batch, longest]
     return torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1), cache
-
-
-class _AnswerDone:
-    """Generation stopping criterion: a row is done once `answer_complete` holds for the text
-    it generated after the prompt (`width` tokens, padding included)."""
-
-    def __init__(self, tokenizer, width: int) -> None:
-        self.tokenizer, self.width = tokenizer, width
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
-        return torch.tensor([answer_complete(t) for t in texts], device=input_ids.device)
 
 
 def generate_continuations(

@@ -201,20 +201,25 @@ def score_candidates(
     return out
 
 
-def prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor):
+def prompt_pass(model, ids: torch.Tensor, mask: torch.Tensor, cache=None):
     """One forward pass of left-padded prompts (ids and mask [batch, width], anywhere) on the
     model's input device, positions counted from each row's first real token (so a row runs as
     it would alone), keeping the key/value cache; only the last position's logits are made
-    (no [batch, width, vocab])."""
+    (no [batch, width, vocab]). With `cache` (the keys and values of the first
+    ``cache.get_seq_length()`` positions of every row, extended here) only the tokens after
+    those run."""
     from elusive.models import input_device
 
     device = input_device(model)
+    done = cache.get_seq_length() if cache is not None else 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [batch, width]
     return model(
-        input_ids=ids.to(device),
+        input_ids=ids[:, done:].to(device),
         attention_mask=mask.to(device),
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+        position_ids=positions[:, done:].to(device),
         use_cache=True,
         logits_to_keep=1,
+        **({} if cache is None else cache_argument(model, cache)),
     )
 
 
@@ -236,7 +241,7 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
 
 
 def model_cache(output):
-    """The key/value cache in a model or generate output: ``cache`` from transformers 5.x,
+    """The key/value cache in a model's output: ``cache`` from transformers 5.x,
     ``past_key_values`` before (asked only when ``cache`` is absent: 5.x warns on the old
     name)."""
     return output["cache"] if "cache" in output else output["past_key_values"]
