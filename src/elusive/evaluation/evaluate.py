@@ -266,8 +266,9 @@ def greedy_tokens(
         keep = []
         for k, (row, t) in enumerate(zip(going, token.tolist(), strict=True)):
             new[row].append(t)
-            text = tokenizer.decode(new[row], skip_special_tokens=True)
-            if t != tokenizer.eos_token_id and not answer_complete(text):
+            if t != tokenizer.eos_token_id and not answer_complete(
+                tokenizer.decode(new[row], skip_special_tokens=True)
+            ):
                 keep.append(k)
         if not keep or step + 1 == max_new_tokens:
             break
@@ -324,9 +325,9 @@ def _after_prefix(
     """A batch continuing the shared prefixes of `_prefix_cache` (rows in the order they were
     given: their distinct `heads`, ``()`` for a row that shares none): (ids, mask) [batch,
     longest prefix + width], each row [padding][its prefix][padding][its own left-padded
-    tokens] with every padding masked (``generate`` counts positions over the mask's ones, so a
-    row's positions are those of its prompt alone), and a copy of `prefix_cache` with each row's
-    prefix (``generate`` runs only the tokens after the cache's)."""
+    tokens] with every padding masked (`prompt_pass` counts positions over the mask's ones, so
+    a row's positions are those of its prompt alone), and a copy of `prefix_cache` with each
+    row's prefix (`prompt_pass` runs only the tokens after the cache's)."""
     import copy
 
     distinct = list(dict.fromkeys(h for h in heads if h))
